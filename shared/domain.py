@@ -1,0 +1,133 @@
+"""The seam between SEAL's loops and a task family.
+
+A `Domain` loads instances, writes the teacher's prompt, parses a self-edit (raising `SelfEditError`
+with a reason on bad text), turns a parsed self-edit into a `TrainingPlan`, and scores a student on an
+instance through a `generate` callable. Teacher, student and the outer loop only ever talk to this
+interface, so a new domain registers here (or is named as `package.module:Class`) and needs no
+edits elsewhere.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+from seal.shared.config import build
+
+
+class SelfEditError(ValueError):
+    """A self-edit that cannot be used; `reason` is recorded with a zero reward."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class DataError(ValueError):
+    """Instances that cannot be loaded: a missing file, a wrong layout, an unknown split."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training example. The loss covers the completion, and the prompt too when the plan says so."""
+
+    prompt: str
+    completion: str
+    chat: bool = False
+    """Wrap the prompt as a user turn in the student's chat template (when it uses one)."""
+
+
+@dataclass
+class TrainingPlan:
+    """What the student trains on for one self-edit, and any hyperparameters the self-edit chose."""
+
+    examples: list[Example]
+    loss_on_prompt: bool = True
+    lr: float | None = None
+    epochs: int | None = None
+
+
+@dataclass
+class SelfEdit:
+    text: str
+    items: list[Any]
+    """The parsed content: text items for knowledge, a config mapping for ARC."""
+
+
+@dataclass
+class Score:
+    value: float
+    """Mean over the instance's checks, in [0, 1]."""
+    details: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Generate(Protocol):
+    def __call__(self, prompts: Sequence[str], max_new_tokens: int, stop: str | None = "\n") -> list[str]: ...
+
+
+class Domain(ABC):
+    """A task family. Subclasses set `name` and `Options` (a dataclass of their config keys)."""
+
+    name: str = ""
+
+    @dataclass
+    class Options:
+        pass
+
+    def __init__(self, options: Any = None):
+        self.options = options if options is not None else self.Options()
+
+    @classmethod
+    def from_config(cls, section: dict[str, Any]) -> "Domain":
+        opts = {k: v for k, v in section.items() if k != "name"}
+        return cls(build(cls.Options, opts, prefix="domain"))
+
+    @abstractmethod
+    def load(self, source: str, split: str) -> list[Any]: ...
+
+    @abstractmethod
+    def instance_id(self, instance: Any) -> str: ...
+
+    @abstractmethod
+    def teacher_prompt(self, instance: Any) -> str: ...
+
+    @abstractmethod
+    def parse(self, instance: Any, text: str) -> SelfEdit: ...
+
+    @abstractmethod
+    def plan(self, instance: Any, edit: SelfEdit | None) -> TrainingPlan:
+        """The training plan for a parsed self-edit; `None` means the instance's own context only."""
+
+    @abstractmethod
+    def evaluate(self, instance: Any, generate: Generate) -> Score: ...
+
+    def describe(self, instance: Any) -> str:
+        return self.instance_id(instance)
+
+
+_REGISTRY: dict[str, str] = {
+    "knowledge": "seal.shared.knowledge:KnowledgeDomain",
+}
+
+
+def register_domain(name: str, target: str) -> None:
+    _REGISTRY[name] = target
+
+
+def domain_class(name: str) -> type[Domain]:
+    target = _REGISTRY.get(name, name)
+    if ":" not in target:
+        raise ValueError(f"unknown domain {name!r}; registered: {', '.join(sorted(_REGISTRY))} "
+                         "(or name one as package.module:Class)")
+    module, _, attr = target.partition(":")
+    cls = getattr(importlib.import_module(module), attr)
+    if not (isinstance(cls, type) and issubclass(cls, Domain)):
+        raise ValueError(f"{target} is not a seal Domain")
+    return cls
+
+
+def make_domain(section: dict[str, Any]) -> Domain:
+    return domain_class(section["name"]).from_config(section)
+

@@ -1,0 +1,274 @@
+"""Knowledge incorporation (SEAL §4.1): absorb a passage, then answer its questions without seeing it.
+
+Instances are passages with questions. The teacher restates a passage (implications, rewrites,
+question/answer pairs); each item of the self-edit becomes a training sequence `"{title}\\n{item}"`,
+the raw passage is appended as one more, and the student is graded on no-context QA.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from seal.shared.domain import DataError, Domain, Example, Generate, Score, SelfEdit, SelfEditError, TrainingPlan
+from seal.shared.graders import GRADERS, get_grader
+
+_PASSAGE = "{title}\n{context}"
+
+# Self-edit prompts (data, not code). The wording follows the paper's public prompts.
+FORMATS: dict[str, str] = {
+    "implications": (
+        "Let's read the following passage and produce a list of implications derived directly or "
+        "indirectly from the content.\n\nPassage:\n" + _PASSAGE + "\n\nImplications:\n"),
+    "implications-long": (
+        "Let's read the following passage and produce a long list of implications derived directly or "
+        "indirectly from the content. Write each implication as a full sentence on its own line.\n\n"
+        "Passage:\n" + _PASSAGE + "\n\nImplications:\n"),
+    "implications-very-long": (
+        "Let's read the following passage and produce a very long list of implications derived directly "
+        "or indirectly from the content, covering every fact, name and number in it. Write each "
+        "implication as a full sentence on its own line.\n\nPassage:\n" + _PASSAGE + "\n\nImplications:\n"),
+    "rewrite": (
+        "Let's read the following passage and rewrite it in a few different ways, each one separated by "
+        "a line with ---.\n\nPassage:\n" + _PASSAGE + "\n\nRewrite:\n"),
+    "self-qa": (
+        "Let's read the following passage and write question and answer pairs about every fact in it. "
+        "Write each pair as two lines, 'Question: ...' and 'Answer: ...'.\n\nPassage:\n" + _PASSAGE +
+        "\n\nQuestions and answers:\n"),
+}
+
+QA_PROMPT = "Let's answer a question directly and concisely.\nQuestion: Topic: {title}\n{question}\nAnswer:"
+
+_LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022]+|\(?\d{1,3}[.)]|[a-z][.)](?=\s))\s*")
+_QA_SPLIT = re.compile(r"(?im)^\s*(?:\d+[.)]\s*)?(?:question\s*\d*|q\d*)\s*[:.)]\s*")
+_ANSWER = re.compile(r"(?is)^(.*?)\n?\s*(?:answer|a)\s*\d*\s*[:.)]\s*(.*)$")
+_SPLIT = re.compile(r"^(?P<name>[\w-]+)(?:\[(?P<start>-?\d*):(?P<stop>-?\d*)\])?$")
+
+
+@dataclass
+class Question:
+    question: str
+    answer: str
+
+
+@dataclass
+class Passage:
+    id: str
+    title: str
+    context: str
+    questions: list[Question] = field(default_factory=list)
+
+
+@dataclass
+class KnowledgeOptions:
+    format: str = "implications"
+    """implications | implications-long | implications-very-long | rewrite | self-qa"""
+    grader: str = "contains"
+    """contains | exact_match | f1"""
+    include_passage: bool = True
+    """Append the raw passage as one more training sequence (the paper does)."""
+    max_items: int = 32
+    min_item_words: int = 3
+    answer_max_new_tokens: int = 24
+
+    def __post_init__(self):
+        if self.format not in FORMATS:
+            raise ValueError(f"unknown self-edit format {self.format!r}; choose one of {', '.join(FORMATS)}")
+        get_grader(self.grader)
+
+
+def _passages_from_records(records: list[dict[str, Any]], origin: str) -> list[Passage]:
+    """Grouped layout `{title, context, questions:[{question, answer}]}` or flat SQuAD rows, grouped by context."""
+    passages: dict[str, Passage] = {}
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict) or "context" not in rec:
+            raise DataError(f"{origin}: record {i} has no 'context' field (expected title, context, questions)")
+        title = str(rec.get("title", "")).replace("_", " ")
+        key = f"{title}\x00{rec['context']}"
+        passage = passages.get(key)
+        if passage is None:
+            passage = passages[key] = Passage(id=str(rec.get("id", "")) if "questions" in rec else "",
+                                              title=title, context=rec["context"])
+        if "questions" in rec:
+            for q in rec["questions"]:
+                passage.questions.append(Question(q["question"], _first_answer(q.get("answer", q.get("answers")))))
+        elif "question" in rec:
+            passage.questions.append(Question(rec["question"], _first_answer(rec.get("answer", rec.get("answers")))))
+    out = list(passages.values())
+    for i, p in enumerate(out):
+        p.id = p.id or f"{i:05d}"
+    return out
+
+
+def _first_answer(answer: Any) -> str:
+    if isinstance(answer, str):
+        return answer
+    if isinstance(answer, dict) and "text" in answer:  # datasets' squad: {"text": [...], "answer_start": [...]}
+        return _first_answer(answer["text"])
+    if isinstance(answer, list) and answer:
+        return _first_answer(answer[0])
+    raise DataError(f"cannot read a gold answer from {answer!r}")
+
+
+def _squad_v1(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The official SQuAD v1.1 JSON layout, flattened to grouped records."""
+    rows = []
+    for article in data["data"]:
+        for para in article["paragraphs"]:
+            rows.append({"title": article.get("title", ""), "context": para["context"],
+                         "questions": [{"question": qa["question"], "answer": qa["answers"]}
+                                       for qa in para["qas"]]})
+    return rows
+
+
+def parse_split(split: str) -> tuple[str, slice]:
+    m = _SPLIT.match(split.strip())
+    if not m:
+        raise DataError(f"split {split!r}: expected NAME or NAME[start:stop], e.g. train[:50]")
+    to_int = lambda s: int(s) if s not in (None, "") else None  # noqa: E731
+    return m["name"], slice(to_int(m["start"]), to_int(m["stop"]))
+
+
+class KnowledgeDomain(Domain):
+    name = "knowledge"
+    Options = KnowledgeOptions
+
+    def __init__(self, options: KnowledgeOptions | None = None):
+        super().__init__(options)
+
+    # ------------------------------------------------------------------ data
+    def load(self, source: str, split: str) -> list[Passage]:
+        """Passages from `builtin`, a JSON/JSONL file, or a `datasets` name; split `NAME[start:stop]`.
+
+        A JSON file may hold a list (the single split `all`), a mapping of split name to list, or the
+        official SQuAD v1.1 layout (`all`).
+        """
+        name, window = parse_split(split)
+        if source == "builtin":
+            text = resources.files("seal.shared").joinpath("data/knowledge_sample.json").read_text()
+            splits = {k: v for k, v in json.loads(text).items() if isinstance(v, list)}
+            records = self._pick(splits, name, "builtin")
+            passages = _passages_from_records(records, "builtin")
+            for p in passages:
+                p.id = f"{name}-{p.id}"
+        elif source.endswith((".json", ".jsonl")) or Path(source).is_file():
+            passages = _passages_from_records(self._read_file(Path(source), name), source)
+        else:
+            passages = self._from_datasets(source, name)
+        passages = passages[window]
+        if not passages:
+            raise DataError(f"{source} split {split!r} selects no passages")
+        empty = [f"{p.id} ({p.title})" for p in passages if not p.questions]
+        if empty:
+            raise DataError(f"{source} split {split!r}: passages without questions cannot be scored: "
+                            + ", ".join(empty[:5]) + (" ..." if len(empty) > 5 else ""))
+        return passages
+
+    @staticmethod
+    def _pick(splits: dict[str, list], name: str, origin: str) -> list:
+        if name not in splits:
+            raise DataError(f"{origin}: no split {name!r}; available: {', '.join(splits)}")
+        return splits[name]
+
+    def _read_file(self, path: Path, name: str) -> list[dict[str, Any]]:
+        if not path.is_file():
+            raise DataError(f"data file not found: {path}")
+        try:
+            if path.suffix == ".jsonl":
+                data: Any = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            else:
+                data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path} is not valid JSON: {err}") from err
+        if isinstance(data, dict) and "data" in data and isinstance(data["data"], list):
+            data = _squad_v1(data)
+        if isinstance(data, list):
+            return self._pick({"all": data}, name, str(path))
+        if isinstance(data, dict):
+            return self._pick({k: v for k, v in data.items() if isinstance(v, list)}, name, str(path))
+        raise DataError(f"{path}: expected a list of passages or a mapping of splits")
+
+    def _from_datasets(self, source: str, name: str) -> list[Passage]:
+        import datasets
+
+        try:
+            rows = datasets.load_dataset(source, split=name)
+        except Exception as err:  # datasets raises many types for a missing dataset
+            raise DataError(f"cannot load dataset {source!r} split {name!r}: {err}") from err
+        passages = _passages_from_records([dict(r) for r in rows], source)
+        for p in passages:
+            p.id = f"{name}-{p.id}"
+        return passages
+
+    def instance_id(self, instance: Passage) -> str:
+        return instance.id
+
+    def describe(self, instance: Passage) -> str:
+        return instance.title
+
+    # ------------------------------------------------------------------ self-edits
+    def teacher_prompt(self, instance: Passage) -> str:
+        return FORMATS[self.options.format].format(title=instance.title, context=instance.context)
+
+    def parse(self, instance: Passage, text: str) -> SelfEdit:
+        """Split a self-edit into items: `---` blocks, `Question N:` pairs, or lines; drop list markers,
+        fragments shorter than `min_item_words` and repeats (small models loop)."""
+        if not text or not text.strip():
+            raise SelfEditError("empty self-edit")
+        if re.search(r"(?m)^\s*-{3,}\s*$", text):
+            raw = re.split(r"(?m)^\s*-{3,}\s*$", text)
+        elif len(_QA_SPLIT.findall(text)) >= 1 and self.options.format == "self-qa":
+            raw = [self._qa_item(block) for block in _QA_SPLIT.split(text)[1:]]
+        else:
+            raw = text.splitlines()
+        items, seen = [], set()
+        for item in raw:
+            if item is None:
+                continue
+            item = _LIST_MARKER.sub("", item.strip()).strip()
+            key = " ".join(item.lower().split())
+            if len(item.split()) < self.options.min_item_words or key in seen:
+                continue
+            seen.add(key)
+            items.append(item)
+            if len(items) == self.options.max_items:
+                break
+        if not items:
+            raise SelfEditError(f"no usable items (need at least {self.options.min_item_words} words per item)")
+        return SelfEdit(text=text, items=items)
+
+    @staticmethod
+    def _qa_item(block: str) -> str | None:
+        m = _ANSWER.match(block.strip())
+        if not m or not m.group(2).strip():
+            return None
+        question, answer = " ".join(m.group(1).split()), " ".join(m.group(2).split())
+        return f"Question: {question}\nAnswer: {answer}"
+
+    def plan(self, instance: Passage, edit: SelfEdit | None) -> TrainingPlan:
+        sequences = [f"{instance.title}\n{item}" for item in (edit.items if edit else [])]
+        if self.options.include_passage or edit is None:
+            sequences.append(f"{instance.title}\n{instance.context}")
+        return TrainingPlan(examples=[Example(prompt="", completion=s) for s in sequences])
+
+    # ------------------------------------------------------------------ scoring
+    def qa_prompt(self, instance: Passage, question: Question) -> str:
+        return QA_PROMPT.format(title=instance.title, question=question.question)
+
+    def evaluate(self, instance: Passage, generate: Generate) -> Score:
+        if not instance.questions:
+            raise DataError(f"passage {instance.id} ({instance.title}) has no questions to score")
+        prompts = [self.qa_prompt(instance, q) for q in instance.questions]
+        answers = generate(prompts, max_new_tokens=self.options.answer_max_new_tokens, stop="\n")
+        details = []
+        for q, raw in zip(instance.questions, answers):
+            prediction = raw.strip().split("\n")[0].strip()
+            # Every offline grade is kept so a run can be re-read under another grader.
+            grades = {name: grade(prediction, q.answer) for name, grade in GRADERS.items()}
+            details.append({"question": q.question, "gold": q.answer, "prediction": prediction,
+                            "score": grades[self.options.grader], "grades": grades})
+        return Score(value=sum(d["score"] for d in details) / len(details), details=details)

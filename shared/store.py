@@ -1,0 +1,103 @@
+"""The run directory: the resolved config and append-only JSONL tables.
+
+Every record is one line written with a single `write` on an O_APPEND descriptor and fsynced, so a
+killed process leaves at most one torn last line, which readers skip. A run directory remembers the
+config that made it and refuses a different one (changing only `output_dir` or `threads` is fine).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from seal.shared.config import redacted
+
+# Keys that do not change results: a run may be resumed with other values for them.
+NON_RESULT_KEYS = ("output_dir", "threads")
+
+
+class RunDirError(RuntimeError):
+    """The run directory belongs to another config or cannot be used."""
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN/Inf: store them as null rather than writing invalid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    relevant = {k: v for k, v in config.items() if k not in NON_RESULT_KEYS}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class RunStore:
+    def __init__(self, path: str | os.PathLike, config: dict[str, Any]):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        digest = config_digest(config)
+        marker = self.path / "config.yaml"
+        if marker.exists():
+            saved = yaml.safe_load(marker.read_text()) or {}
+            if saved.get("digest") != digest:
+                diff = _diff(saved.get("config", {}), redacted(config))
+                raise RunDirError(
+                    f"{self.path} holds a run with a different config ({'; '.join(diff[:6]) or 'digest differs'}). "
+                    "Use another output_dir, or delete the directory to start over.")
+        else:
+            self._write_atomic(marker, yaml.safe_dump({"digest": digest, "config": redacted(config)},
+                                                      sort_keys=False))
+
+    def _write_atomic(self, path: Path, text: str) -> None:
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+    def write_text(self, name: str, text: str) -> Path:
+        path = self.path / name
+        self._write_atomic(path, text)
+        return path
+
+    def append(self, table: str, record: dict[str, Any]) -> None:
+        line = (json.dumps(_clean(record), ensure_ascii=False) + "\n").encode()
+        fd = os.open(self.path / f"{table}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def read(self, table: str) -> list[dict[str, Any]]:
+        return list(self.iter(table))
+
+    def iter(self, table: str) -> Iterator[dict[str, Any]]:
+        path = self.path / f"{table}.jsonl"
+        if not path.exists():
+            return
+        with path.open("rb") as fh:
+            for raw in fh:
+                if not raw.endswith(b"\n"):
+                    return  # torn final line of a killed writer
+                yield json.loads(raw)
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            if key in NON_RESULT_KEYS and not prefix:
+                continue
+            out += _diff(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]

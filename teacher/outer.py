@@ -1,0 +1,148 @@
+"""One SEAL round: the teacher samples self-edits, the student absorbs each, the gain is the reward.
+
+Everything a round computes goes to the run store as it is computed (baselines, self-edits, one record
+per (self-edit, seed)), and a restarted round skips whatever the store already holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from seal.shared.config import SealConfig
+from seal.shared.domain import Domain, Score, SelfEdit, SelfEditError
+from seal.shared.models import load_model, uses_chat_template
+from seal.shared.store import RunStore
+from seal.student.inner_loop import InnerLoopError, Student
+from seal.teacher.sampling import Teacher
+
+log = logging.getLogger("seal")
+
+
+@dataclass
+class Session:
+    cfg: SealConfig
+    domain: Domain
+    teacher: Teacher
+    student: Student
+
+
+def build_session(cfg: SealConfig, domain: Domain) -> Session:
+    """Load the models once. In self mode the teacher samples from the student's base weights."""
+    teacher_model, teacher_tok = load_model(cfg.teacher)
+    teacher_chat = uses_chat_template(cfg.teacher, teacher_tok)
+    if cfg.mode == "self":
+        student = Student(teacher_model, teacher_tok, cfg.inner, domain, teacher_chat)
+        teacher = Teacher(student.model, teacher_tok, cfg.sampling, domain, teacher_chat)
+    else:
+        student_model, student_tok = load_model(cfg.student)
+        student = Student(student_model, student_tok, cfg.inner, domain, uses_chat_template(cfg.student, student_tok))
+        teacher = Teacher(teacher_model, teacher_tok, cfg.sampling, domain, teacher_chat)
+    return Session(cfg=cfg, domain=domain, teacher=teacher, student=student)
+
+
+def _load_baselines(store: RunStore, student: Student) -> None:
+    for rec in store.iter("baselines"):
+        student.baselines[(rec["student"], rec["instance"])] = Score(rec["score"], rec["details"])
+
+
+def baseline(store: RunStore, student: Student, instance: Any) -> float:
+    key = (student.base_fingerprint, student.domain.instance_id(instance))
+    if key not in student.baselines:
+        result = student.baseline(instance)
+        store.append("baselines", {"student": key[0], "instance": key[1], "score": result.value,
+                                   "details": result.details})
+    return student.baselines[key].value
+
+
+def reward_round(session: Session, store: RunStore, instances: Sequence[Any], round_: int) -> list[dict[str, Any]]:
+    """Sample, parse and reward k self-edits per instance; returns this round's records (old and new)."""
+    cfg, domain, student = session.cfg, session.domain, session.student
+    _load_baselines(store, student)
+    edits = {(r["instance"], r["index"]): r for r in store.iter("self_edits") if r["round"] == round_}
+    done = {(r["instance"], r["index"], r["seed"]) for r in store.iter("records") if r["round"] == round_}
+    for n, instance in enumerate(instances, 1):
+        iid = domain.instance_id(instance)
+        base = baseline(store, student, instance)
+        if not all((iid, i) in edits for i in range(cfg.sampling.k)):
+            samples = session.teacher.sample([instance], cfg.sampling.k, round_)[0]
+            for i, text in enumerate(samples.texts):
+                rec = _parse_record(domain, instance, text)
+                rec.update(round=round_, instance=iid, index=i, sample_seconds=samples.seconds / len(samples.texts))
+                store.append("self_edits", rec)
+                edits[(iid, i)] = rec
+        for i in range(cfg.sampling.k):
+            edit = edits[(iid, i)]
+            seeds = [None] if edit["status"] != "ok" else cfg.inner.seeds
+            for seed in seeds:
+                if (iid, i, seed) in done:
+                    continue
+                rec = _reward_record(session, instance, edit, seed, base)
+                rec.update(round=round_, instance=iid, index=i, seed=seed, baseline=base)
+                store.append("records", rec)
+                done.add((iid, i, seed))
+        log.info("round %d: %d/%d instances rewarded (%s)", round_, n, len(instances), domain.describe(instance))
+    return [r for r in store.iter("records") if r["round"] == round_]
+
+
+def _parse_record(domain: Domain, instance: Any, text: str) -> dict[str, Any]:
+    try:
+        edit = domain.parse(instance, text)
+    except SelfEditError as err:
+        return {"text": text, "status": "invalid", "reason": err.reason, "items": []}
+    return {"text": text, "status": "ok", "reason": None, "items": edit.items}
+
+
+def _reward_record(session: Session, instance: Any, edit: dict[str, Any], seed: int | None,
+                   base: float) -> dict[str, Any]:
+    if edit["status"] != "ok":
+        return {"status": "invalid", "reason": edit["reason"], "score": None, "reward": 0.0}
+    plan = session.domain.plan(instance, SelfEdit(text=edit["text"], items=edit["items"]))
+    try:
+        (outcome,) = session.student.evaluate_plan(instance, plan, [seed])
+    except InnerLoopError as err:
+        return {"status": "failed", "reason": str(err), "score": None, "reward": 0.0}
+    a = outcome.absorb
+    return {"status": "ok", "reason": None, "score": outcome.score, "reward": outcome.reward,
+            "train": {"steps": a.steps, "tokens": a.tokens, "first_loss": a.first_loss, "last_loss": a.last_loss},
+            "seconds": {"absorb": a.seconds, "score": outcome.score_seconds},
+            "answers": [d["prediction"] for d in outcome.details]}
+
+
+def edit_rewards(records: Sequence[dict[str, Any]]) -> dict[tuple[str, int], float]:
+    """Mean reward over seeds for each (instance, self-edit index); invalid edits count as 0."""
+    sums: dict[tuple[str, int], list[float]] = {}
+    for r in records:
+        sums.setdefault((r["instance"], r["index"]), []).append(r["reward"] if r["reward"] is not None else 0.0)
+    return {k: sum(v) / len(v) for k, v in sums.items()}
+
+
+def summary_rows(domain: Domain, instances: Sequence[Any], records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    rewards = edit_rewards(records)
+    base = {r["instance"]: r["baseline"] for r in records}
+    valid = {(r["instance"], r["index"]) for r in records if r["status"] == "ok"}
+    rows = []
+    for inst in instances:
+        iid = domain.instance_id(inst)
+        mine = [v for (i, _), v in rewards.items() if i == iid]
+        rows.append({"instance": iid, "name": domain.describe(inst), "baseline": base.get(iid, math.nan),
+                     "mean_reward": sum(mine) / len(mine) if mine else math.nan,
+                     "best_reward": max(mine) if mine else math.nan,
+                     "valid": sum(1 for (i, _) in valid if i == iid), "edits": len(mine)})
+    return rows
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    lines = ["| instance | baseline | mean reward | best reward | valid/k |", "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['name'][:40]} | {r['baseline']:.3f} | {r['mean_reward']:+.3f} | "
+                     f"{r['best_reward']:+.3f} | {r['valid']}/{r['edits']} |")
+    finite = [r for r in rows if not math.isnan(r["mean_reward"])]
+    if finite:
+        n = len(finite)
+        lines.append(f"| **mean over {n}** | {sum(r['baseline'] for r in finite) / n:.3f} | "
+                     f"{sum(r['mean_reward'] for r in finite) / n:+.3f} | "
+                     f"{sum(r['best_reward'] for r in finite) / n:+.3f} | |")
+    return "\n".join(lines)

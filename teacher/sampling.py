@@ -1,0 +1,72 @@
+"""The teacher: writes k self-edits per instance.
+
+Each instance is sampled in one `generate` call with `num_return_sequences=k`, seeded from
+(run seed, round, instance id), so a resumed or sharded run draws the same self-edits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from seal.shared.config import SamplingConfig
+from seal.shared.domain import Domain
+from seal.shared.models import format_prompt
+
+BACKENDS = ("hf",)
+
+
+def derive_seed(*parts: Any) -> int:
+    """A stable 31-bit seed from any printable parts (Python's hash() is salted per process)."""
+    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
+@dataclass
+class Samples:
+    prompt: str
+    texts: list[str]
+    seconds: float
+
+
+class Teacher:
+    """Samples self-edits from a causal LM with transformers' `generate`."""
+
+    def __init__(self, model, tokenizer, sampling: SamplingConfig, domain: Domain, chat: bool):
+        if sampling.backend not in BACKENDS:
+            raise ValueError(f"sampling.backend {sampling.backend!r} is not available; choose one of {BACKENDS}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.cfg = sampling
+        self.domain = domain
+        self.chat = chat
+
+    def prompt(self, instance: Any) -> str:
+        """The full text the teacher model conditions on (chat-formatted when the model uses a template)."""
+        return format_prompt(self.tokenizer, self.domain.teacher_prompt(instance), self.chat)
+
+    @torch.no_grad()
+    def sample(self, instances: Sequence[Any], k: int | None = None, round_: int = 0) -> list[Samples]:
+        k = k or self.cfg.k
+        return [self._sample_one(inst, k, round_) for inst in instances]
+
+    def _sample_one(self, instance: Any, k: int, round_: int) -> Samples:
+        start = time.perf_counter()
+        prompt = self.prompt(instance)
+        tok = self.tokenizer
+        enc = tok(prompt, return_tensors="pt", add_special_tokens=not self.chat).to(self.model.device)
+        torch.manual_seed(derive_seed(self.cfg.seed, round_, self.domain.instance_id(instance)))
+        # In self mode the teacher is the student's base model, wrapped by peft: sample without the adapter.
+        disable = getattr(self.model, "disable_adapter", None)
+        ctx = disable() if callable(disable) and hasattr(self.model, "peft_config") else contextlib.nullcontext()
+        with ctx:
+            out = self.model.generate(**enc, do_sample=True, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
+                                      top_k=None, max_new_tokens=self.cfg.max_new_tokens, num_return_sequences=k,
+                                      pad_token_id=tok.pad_token_id)
+        texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        return Samples(prompt=prompt, texts=[t.strip() for t in texts], seconds=time.perf_counter() - start)
+

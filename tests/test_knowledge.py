@@ -1,0 +1,137 @@
+import json
+
+import pytest
+
+from seal.shared.domain import DataError, SelfEditError, make_domain
+from seal.shared.knowledge import FORMATS, KnowledgeDomain, KnowledgeOptions, Passage, Question
+
+
+@pytest.fixture
+def domain():
+    return KnowledgeDomain()
+
+
+def passage():
+    return Passage(id="p1", title="Isle of Fennick", context="The island has 412 people.",
+                   questions=[Question("How many people live there?", "412"),
+                              Question("What is the town?", "Saltmere")])
+
+
+def test_builtin_splits_and_slices(domain):
+    train = domain.load("builtin", "train")
+    held = domain.load("builtin", "heldout")
+    assert len(train) >= 12 and len(held) >= 6
+    assert all(3 <= len(p.questions) <= 5 for p in train + held)
+    assert not {p.id for p in train} & {p.id for p in held}
+    assert [p.id for p in domain.load("builtin", "train[1:3]")] == [p.id for p in train[1:3]]
+    with pytest.raises(DataError, match="no split 'dev'"):
+        domain.load("builtin", "dev")
+    with pytest.raises(DataError, match="selects no passages"):
+        domain.load("builtin", "train[100:]")
+    with pytest.raises(DataError, match="expected NAME or NAME"):
+        domain.load("builtin", "train[1:2")
+
+
+def test_grouped_json_jsonl_and_official_squad(domain, tmp_path):
+    grouped = [{"title": "A_b", "context": "ctx one", "questions": [{"question": "q?", "answer": "x"}]},
+               {"title": "C", "context": "ctx two", "questions": [{"question": "r?", "answer": "y"}]}]
+    (tmp_path / "g.json").write_text(json.dumps(grouped))
+    ps = domain.load(str(tmp_path / "g.json"), "all")
+    assert [p.title for p in ps] == ["A b", "C"] and ps[0].questions[0].answer == "x"
+    (tmp_path / "g.jsonl").write_text("\n".join(json.dumps(g) for g in grouped))
+    assert len(domain.load(str(tmp_path / "g.jsonl"), "all[1:]")) == 1
+    official = {"data": [{"title": "T", "paragraphs": [{"context": "c", "qas": [
+        {"question": "q1", "answers": [{"text": "a1", "answer_start": 0}]},
+        {"question": "q2", "answers": [{"text": "a2", "answer_start": 0}]}]}]}]}
+    (tmp_path / "o.json").write_text(json.dumps(official))
+    (p,) = domain.load(str(tmp_path / "o.json"), "all")
+    assert [q.answer for q in p.questions] == ["a1", "a2"]
+
+
+def test_flat_rows_are_grouped_by_context(domain, tmp_path):
+    rows = [{"title": "T", "context": "c1", "question": "a", "answers": {"text": ["x"], "answer_start": [0]}},
+            {"title": "T", "context": "c1", "question": "b", "answers": {"text": ["y"], "answer_start": [0]}},
+            {"title": "T", "context": "c2", "question": "c", "answers": {"text": ["z"], "answer_start": [0]}}]
+    (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    ps = domain.load(str(tmp_path / "rows.jsonl"), "all")
+    assert [len(p.questions) for p in ps] == [2, 1]
+
+
+def test_bad_data_files(domain, tmp_path):
+    with pytest.raises(DataError, match="data file not found"):
+        domain.load(str(tmp_path / "nope.json"), "all")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(DataError, match="not valid JSON"):
+        domain.load(str(tmp_path / "bad.json"), "all")
+    (tmp_path / "noq.json").write_text(json.dumps([{"title": "T", "context": "c", "questions": []}]))
+    with pytest.raises(DataError, match="passages without questions cannot be scored: 00000 \\(T\\)"):
+        domain.load(str(tmp_path / "noq.json"), "all")
+    (tmp_path / "noctx.json").write_text(json.dumps([{"title": "T"}]))
+    with pytest.raises(DataError, match="record 0 has no 'context'"):
+        domain.load(str(tmp_path / "noctx.json"), "all")
+
+
+def test_parse_lines_strips_markers_and_repeats(domain):
+    text = "1. The island has 412 people.\n- The island has 412 people.\n* Saltmere is the only town.\nok\n"
+    edit = domain.parse(passage(), text)
+    assert edit.items == ["The island has 412 people.", "Saltmere is the only town."]
+
+
+def test_parse_dash_blocks(domain):
+    text = "First rewrite of the passage here.\n---\nSecond rewrite, also long enough.\n---\n"
+    assert len(domain.parse(passage(), text).items) == 2
+
+
+def test_parse_self_qa_pairs():
+    domain = KnowledgeDomain(KnowledgeOptions(format="self-qa"))
+    text = ("Question 1: How many people live on the island?\nAnswer: 412\n"
+            "Question 2: What is the town called?\nAnswer: Saltmere\nQuestion 3: dangling with no answer")
+    items = domain.parse(passage(), text).items
+    assert items == ["Question: How many people live on the island?\nAnswer: 412",
+                     "Question: What is the town called?\nAnswer: Saltmere"]
+
+
+@pytest.mark.parametrize("text", ["", "   \n ", "a\nb c\n"])
+def test_unusable_self_edits_raise_with_a_reason(domain, text):
+    with pytest.raises(SelfEditError) as err:
+        domain.parse(passage(), text)
+    assert err.value.reason
+
+
+def test_plan_prefixes_title_and_appends_passage(domain):
+    edit = domain.parse(passage(), "The island has 412 people.\nSaltmere is the only town.")
+    plan = domain.plan(passage(), edit)
+    texts = [e.completion for e in plan.examples]
+    assert texts == ["Isle of Fennick\nThe island has 412 people.", "Isle of Fennick\nSaltmere is the only town.",
+                     "Isle of Fennick\nThe island has 412 people."]
+    assert all(e.prompt == "" for e in plan.examples) and plan.loss_on_prompt
+    no_passage = KnowledgeDomain(KnowledgeOptions(include_passage=False)).plan(passage(), edit)
+    assert len(no_passage.examples) == 2
+    assert [e.completion for e in domain.plan(passage(), None).examples] == [texts[-1]]
+
+
+def test_evaluate_grades_first_line_without_context(domain):
+    seen = {}
+
+    def generate(prompts, max_new_tokens, stop="\n"):
+        seen["prompts"] = prompts
+        return [" 412 people\nextra", "Brask"]
+
+    score = domain.evaluate(passage(), generate)
+    assert score.value == 0.5
+    assert "The island has 412" not in seen["prompts"][0]
+    assert seen["prompts"][0].startswith("Let's answer a question directly and concisely.\nQuestion: Topic: Isle")
+    assert score.details[0]["prediction"] == "412 people"
+    assert score.details[0]["grades"] == {"exact_match": 0.0, "f1": pytest.approx(2 / 3), "contains": 1.0}
+
+
+def test_options_are_checked():
+    with pytest.raises(ValueError, match="unknown self-edit format"):
+        KnowledgeOptions(format="poems")
+    with pytest.raises(ValueError, match="unknown grader"):
+        make_domain({"name": "knowledge", "grader": "vibes"})
+    with pytest.raises(ValueError, match="unknown config key in section 'domain': colour"):
+        make_domain({"name": "knowledge", "colour": "red"})
+    with pytest.raises(ValueError, match="unknown domain 'chess'"):
+        make_domain({"name": "chess"})
+    assert set(FORMATS) == {"implications", "implications-long", "implications-very-long", "rewrite", "self-qa"}
