@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from seal.shared import (ConfigError, DataError, ModelLoadError, RunDirError, RunStore,  # noqa: E402
                          make_domain, parse_config)
 from seal.shared.config import to_dict  # noqa: E402
-from seal.teacher import build_session, format_table, reward_round, summary_rows  # noqa: E402
+from seal.teacher import evaluate, format_csv, format_markdown, format_rounds, run_rounds  # noqa: E402
 
 log = logging.getLogger("seal")
 
@@ -39,21 +39,24 @@ def main(argv: list[str]) -> int:
         return 2
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    log.info("run directory %s: %d %s instances, k=%d, seeds=%s", store.path, len(train), domain.name,
-             cfg.sampling.k, cfg.inner.seeds)
+    log.info("run directory %s: %d %s training instances, %d round(s), k=%d, seeds=%s", store.path, len(train),
+             domain.name, cfg.outer.rounds, cfg.sampling.k, cfg.inner.seeds)
     start = time.perf_counter()
     try:
-        session = build_session(cfg, domain)
-    except ModelLoadError as err:
+        if cfg.outer.rounds:
+            rounds = run_rounds(cfg, domain, store, train)
+            print("ReST-EM rounds:\n" + format_rounds(rounds) + "\n", flush=True)
+        if cfg.eval.enabled:
+            heldout = domain.load(cfg.data.source, cfg.data.eval_split)
+            rows = evaluate(cfg, domain, store, heldout)
+            table = format_markdown(rows)
+            store.write_text("eval.md", table + "\n")
+            store.write_text("eval.csv", format_csv(rows))
+            print(f"Held-out evaluation ({len(heldout)} instances, grader {cfg.domain.get('grader', 'default')}):"
+                  f"\n{table}\n", flush=True)
+    except (ModelLoadError, DataError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    log.info("models ready in %.1fs", time.perf_counter() - start)
-    for round_ in range(cfg.outer.rounds):
-        records = reward_round(session, store, train, round_)
-        table = format_table(summary_rows(domain, train, records))
-        store.write_text(f"summary_round{round_}.md", table + "\n")
-        print(f"\nRound {round_}: baseline and reward per instance ({domain.name}, k={cfg.sampling.k}, "
-              f"seeds={cfg.inner.seeds})\n{table}\n")
     log.info("done in %.1fs; records in %s", time.perf_counter() - start, store.path)
     return 0
 

@@ -82,12 +82,61 @@ class InnerConfig:
     max_grad_norm: float = 1.0
 
 
+FILTERS = ("best_of_k", "best_of_k_positive", "all_positive", "top_fraction")
+
+
 @dataclass
 class OuterConfig:
-    """The outer loop over the teacher."""
+    """The outer loop: ReST-EM rounds (paper: 2 rounds; teacher SFT with LoRA r=64/alpha=128, lr 3e-4, 2 epochs)."""
 
     rounds: int = 1
-    """Rounds of (sample, reward); ReST-EM teacher updates come with the outer-loop recipe."""
+    filter: str = "best_of_k"
+    """best_of_k (the paper) | best_of_k_positive | all_positive | top_fraction"""
+    top_fraction: float = 0.25
+    lora: bool = True
+    """LoRA on the teacher, merged after each round; false: full finetuning."""
+    lora_r: int = 64
+    lora_alpha: int = 128
+    lora_dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    lr: float = 3e-4
+    epochs: float = 2.0
+    batch_size: int = 1
+    grad_accum: int = 1
+    max_length: int = 2048
+    lr_scheduler: str = "constant"
+
+    def __post_init__(self):
+        if self.filter not in FILTERS:
+            raise ConfigError(f"outer.filter: {self.filter!r} is not one of {', '.join(FILTERS)}")
+        if not 0 < self.top_fraction <= 1:
+            raise ConfigError("outer.top_fraction must be in (0, 1]")
+        if self.rounds < 0:
+            raise ConfigError("outer.rounds must be >= 0")
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation: the paper's conditions side by side, single-passage and multi-passage (CPT)."""
+
+    enabled: bool = True
+    k: int = 1
+    """Self-edits sampled per held-out instance for each teacher condition."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    temperature: float | None = None
+    """Sampling temperature for evaluation self-edits; None: sampling.temperature."""
+    conditions: list[str] = field(default_factory=lambda: ["no_update", "context_only", "base_teacher",
+                                                            "round_teachers"])
+    """no_update | context_only | base_teacher | round_teachers | file"""
+    self_edits_file: str | None = None
+    """JSONL of {instance or title, text}: self-edits written by any other model (condition `file`)."""
+    cpt: bool = True
+    """Also train one adapter on all held-out instances' sequences and ask every question."""
+    cpt_epochs: int | None = None
+    """Epochs for the CPT adapter; None: inner.epochs."""
+
+
+EVAL_CONDITIONS = ("no_update", "context_only", "base_teacher", "round_teachers", "file")
 
 
 @dataclass
@@ -109,8 +158,14 @@ class SealConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     inner: InnerConfig = field(default_factory=InnerConfig)
     outer: OuterConfig = field(default_factory=OuterConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
+        bad = [c for c in self.eval.conditions if c not in EVAL_CONDITIONS]
+        if bad:
+            raise ConfigError(f"eval.conditions: unknown {', '.join(bad)}; choose from {', '.join(EVAL_CONDITIONS)}")
+        if "file" in self.eval.conditions and not self.eval.self_edits_file:
+            raise ConfigError("eval.conditions has 'file' but eval.self_edits_file is not set")
         if self.mode not in ("self", "teacher_student"):
             raise ConfigError(f"mode: expected 'self' or 'teacher_student', got {self.mode!r}")
         if self.mode == "teacher_student" and self.student is None:

@@ -134,11 +134,10 @@ def format_prompt(tokenizer, text: str, chat: bool) -> str:
 
 
 def fingerprint(model) -> str:
-    """A cheap identity for a model's current weights (for baseline caches): hash of a few tensors' sums."""
+    """A cheap identity for a model's weights (keys the baseline cache): sums of a few tensors, not its path."""
     import hashlib
 
     h = hashlib.sha256()
-    h.update(str(getattr(model.config, "_name_or_path", "")).encode())
     with torch.no_grad():
         params = [p for n, p in model.named_parameters() if "lora_" not in n]
         picks = params[:2] + params[len(params) // 2: len(params) // 2 + 2] + params[-2:]

@@ -1,7 +1,11 @@
-"""The self-edit policy: prompts and sampling, and the outer loop that rewards its self-edits."""
+"""The self-edit policy: prompts and sampling, the ReST-EM outer loop, and held-out evaluation."""
 
-from seal.teacher.outer import Session, build_session, format_table, reward_round, summary_rows
+from seal.teacher.evaluation import evaluate, format_csv, format_markdown, table_rows
+from seal.teacher.outer import (Session, build_session, format_rounds, format_table, reward_round, run_rounds,
+                                summary_rows)
+from seal.teacher.rest_em import TeacherUpdate, completion_logprob, learn, select
 from seal.teacher.sampling import Samples, Teacher, derive_seed
 
-__all__ = ["Samples", "Session", "Teacher", "build_session", "derive_seed", "format_table", "reward_round",
-           "summary_rows"]
+__all__ = ["Samples", "Session", "Teacher", "TeacherUpdate", "build_session", "completion_logprob", "derive_seed",
+           "evaluate", "format_csv", "format_markdown", "format_rounds", "format_table", "learn", "reward_round",
+           "run_rounds", "select", "summary_rows", "table_rows"]

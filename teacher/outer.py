@@ -6,17 +6,22 @@ per (self-edit, seed)), and a restarted round skips whatever the store already h
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
-from seal.shared.config import SealConfig
+from seal.shared.config import ModelConfig, SealConfig
 from seal.shared.domain import Domain, Score, SelfEdit, SelfEditError
 from seal.shared.models import load_model, uses_chat_template
 from seal.shared.store import RunStore
 from seal.student.inner_loop import InnerLoopError, Student
-from seal.teacher.sampling import Teacher
+from seal.teacher.rest_em import learn, read_update, select, write_update_marker
+from seal.teacher.rest_em import is_complete as teacher_complete
+from seal.teacher.sampling import Teacher, derive_seed
 
 log = logging.getLogger("seal")
 
@@ -27,20 +32,26 @@ class Session:
     domain: Domain
     teacher: Teacher
     student: Student
+    teacher_cfg: ModelConfig
 
 
-def build_session(cfg: SealConfig, domain: Domain) -> Session:
-    """Load the models once. In self mode the teacher samples from the student's base weights."""
-    teacher_model, teacher_tok = load_model(cfg.teacher)
-    teacher_chat = uses_chat_template(cfg.teacher, teacher_tok)
+def build_session(cfg: SealConfig, domain: Domain, teacher_cfg: ModelConfig | None = None,
+                  student: Student | None = None) -> Session:
+    """Load the models. In self mode the teacher samples from the student's base weights; in
+    teacher_student mode an existing (fixed) student can be passed in and is kept."""
+    teacher_cfg = teacher_cfg or cfg.teacher
+    teacher_model, teacher_tok = load_model(teacher_cfg)
+    teacher_chat = uses_chat_template(teacher_cfg, teacher_tok)
     if cfg.mode == "self":
         student = Student(teacher_model, teacher_tok, cfg.inner, domain, teacher_chat)
         teacher = Teacher(student.model, teacher_tok, cfg.sampling, domain, teacher_chat)
     else:
-        student_model, student_tok = load_model(cfg.student)
-        student = Student(student_model, student_tok, cfg.inner, domain, uses_chat_template(cfg.student, student_tok))
+        if student is None:
+            student_model, student_tok = load_model(cfg.student)
+            student = Student(student_model, student_tok, cfg.inner, domain,
+                              uses_chat_template(cfg.student, student_tok))
         teacher = Teacher(teacher_model, teacher_tok, cfg.sampling, domain, teacher_chat)
-    return Session(cfg=cfg, domain=domain, teacher=teacher, student=student)
+    return Session(cfg=cfg, domain=domain, teacher=teacher, student=student, teacher_cfg=teacher_cfg)
 
 
 def _load_baselines(store: RunStore, student: Student) -> None:
@@ -69,6 +80,8 @@ def reward_round(session: Session, store: RunStore, instances: Sequence[Any], ro
         if not all((iid, i) in edits for i in range(cfg.sampling.k)):
             samples = session.teacher.sample([instance], cfg.sampling.k, round_)[0]
             for i, text in enumerate(samples.texts):
+                if (iid, i) in edits:  # appended before a kill; the same seed drew the same text
+                    continue
                 rec = _parse_record(domain, instance, text)
                 rec.update(round=round_, instance=iid, index=i, sample_seconds=samples.seconds / len(samples.texts))
                 store.append("self_edits", rec)
@@ -145,4 +158,87 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         lines.append(f"| **mean over {n}** | {sum(r['baseline'] for r in finite) / n:.3f} | "
                      f"{sum(r['mean_reward'] for r in finite) / n:+.3f} | "
                      f"{sum(r['best_reward'] for r in finite) / n:+.3f} | |")
+    return "\n".join(lines)
+
+
+def teacher_checkpoint(store: RunStore, round_: int) -> Path:
+    return store.path / "teachers" / f"round{round_}"
+
+
+def teacher_config(cfg: SealConfig, store: RunStore, round_: int) -> ModelConfig:
+    """The teacher of round r: the configured model for r=0, else the checkpoint written by round r-1."""
+    if round_ == 0:
+        return cfg.teacher
+    return dataclasses.replace(cfg.teacher, name=str(teacher_checkpoint(store, round_)))
+
+
+def round_stats(records: Sequence[dict[str, Any]], kept: int) -> dict[str, Any]:
+    rewards = list(edit_rewards(records).values())
+    return {"mean_reward": sum(rewards) / len(rewards) if rewards else math.nan,
+            "fraction_positive": sum(r > 0 for r in rewards) / len(rewards) if rewards else math.nan,
+            "self_edits": len(rewards), "kept": kept}
+
+
+def run_rounds(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence[Any]) -> list[dict[str, Any]]:
+    """ReST-EM: per round, reward k self-edits per instance, keep the best, SFT the teacher, continue
+    from the merged checkpoint. Finished rounds and finished teacher updates are read back, not redone."""
+    finished = {r["round"]: r for r in store.iter("rounds")}
+    student: Student | None = None
+    for round_ in range(cfg.outer.rounds):
+        if round_ in finished and teacher_complete(teacher_checkpoint(store, round_ + 1)):
+            continue
+        session = build_session(cfg, domain, teacher_config(cfg, store, round_), student)
+        student = session.student if cfg.mode == "teacher_student" else None
+        records = reward_round(session, store, train, round_)
+        print(f"\nRound {round_}: baseline and reward per instance ({domain.name}, k={cfg.sampling.k}, "
+              f"seeds={cfg.inner.seeds})\n{format_table(summary_rows(domain, train, records))}\n", flush=True)
+        rewards = edit_rewards(records)
+        valid = {(r["instance"], r["index"]) for r in records if r["status"] == "ok"}
+        keep = select(rewards, valid, cfg.outer.filter, cfg.outer.top_fraction)
+        texts = {(r["instance"], r["index"]): r["text"] for r in store.iter("self_edits") if r["round"] == round_}
+        by_id = {domain.instance_id(i): i for i in train}
+        pairs = [(domain.teacher_prompt(by_id[iid]), texts[(iid, idx)]) for iid, idx in keep]
+        stats = round_stats(records, len(pairs))
+        target = teacher_checkpoint(store, round_ + 1)
+        chat, teacher_cfg = session.teacher.chat, session.teacher_cfg
+        del session  # free the round's models before the teacher update
+        if not teacher_complete(target):
+            if pairs:
+                log.info("round %d: teacher update on %d kept self-edits", round_, len(pairs))
+                learn(teacher_cfg, chat, pairs, cfg.outer, target, derive_seed(cfg.seed, "sft", round_))
+            else:
+                log.warning("round %d: the filter %s kept no self-edits; the teacher is carried over unchanged",
+                            round_, cfg.outer.filter)
+                copy_checkpoint(teacher_cfg, target)
+        losses = read_update(target)["losses"]
+        stats.update(sft_steps=len(losses), sft_first_loss=losses[0] if losses else None,
+                     sft_last_loss=losses[-1] if losses else None)
+        if round_ not in finished:
+            store.append("rounds", {"round": round_, **stats})
+            finished[round_] = {"round": round_, **stats}
+        log.info("round %d: mean reward %+.3f, %.0f%% positive, kept %d of %d self-edits", round_,
+                 stats["mean_reward"], 100 * stats["fraction_positive"], stats["kept"], stats["self_edits"])
+    return [finished[r] for r in sorted(finished)]
+
+
+def copy_checkpoint(teacher_cfg: ModelConfig, target: Path) -> None:
+    """Write the unchanged teacher as the next round's checkpoint (so every round has one to load)."""
+    model, tokenizer = load_model(teacher_cfg)
+    staging = target.with_name(f".{target.name}-copy")
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    write_update_marker(staging, examples=0, losses=[])
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+
+
+def format_rounds(rounds: Sequence[dict[str, Any]]) -> str:
+    lines = ["| round | mean reward | positive | kept / self-edits | teacher SFT loss (first → last) |",
+             "|---:|---:|---:|---:|---|"]
+    for r in rounds:
+        loss = (f"{r['sft_first_loss']:.3f} → {r['sft_last_loss']:.3f}" if r.get("sft_first_loss") is not None
+                else "no update")
+        lines.append(f"| {r['round']} | {r['mean_reward']:+.3f} | {100 * r['fraction_positive']:.0f}% | "
+                     f"{r['kept']} / {r['self_edits']} | {loss} |")
     return "\n".join(lines)

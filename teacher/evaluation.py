@@ -1,0 +1,244 @@
+"""Held-out evaluation: the paper's conditions side by side, as a table with mean ± standard error.
+
+Conditions (rows): no update; the instance's own context only (passage only); context + self-edits
+from the base teacher; from each ReST-EM round's teacher; from a file written by any other model.
+Settings (columns): *single* (one fresh adapter per instance, the paper's main table) and *cpt*
+(one adapter trained on every held-out instance's sequences at once, then every question asked).
+The student that absorbs is always the run's base student, so rows differ only in their self-edits.
+Every sample and score goes to the run store; a restarted evaluation skips what it holds.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+from seal.shared.config import SealConfig
+from seal.shared.domain import Domain, Example, SelfEdit, TrainingPlan
+from seal.shared.models import load_model, uses_chat_template
+from seal.shared.store import RunStore
+from seal.student.inner_loop import InnerLoopError, Student
+from seal.teacher.outer import _parse_record, baseline, teacher_checkpoint, teacher_config
+from seal.teacher.rest_em import is_complete
+from seal.teacher.sampling import Teacher, derive_seed
+
+log = logging.getLogger("seal")
+
+
+def condition_teachers(cfg: SealConfig, store: RunStore) -> list[tuple[str, Any]]:
+    """(label, teacher model config) for every teacher condition requested."""
+    out = []
+    if "base_teacher" in cfg.eval.conditions:
+        out.append(("base_teacher", teacher_config(cfg, store, 0)))
+    if "round_teachers" in cfg.eval.conditions:
+        for r in range(1, cfg.outer.rounds + 1):
+            if is_complete(teacher_checkpoint(store, r)):
+                out.append((f"round{r}_teacher", teacher_config(cfg, store, r)))
+    return out
+
+
+def _sample_condition(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence[Any], label: str,
+                      teacher_cfg, have: set[tuple[str, str, int]], shared_model=None) -> None:
+    missing = [i for i in heldout if not all((label, domain.instance_id(i), j) in have for j in range(cfg.eval.k))]
+    if not missing:
+        return
+    if shared_model is not None:
+        model, tok = shared_model
+    else:
+        model, tok = load_model(teacher_cfg)
+    sampling = replace(cfg.sampling, seed=derive_seed(cfg.sampling.seed, "eval", label),
+                       temperature=cfg.eval.temperature if cfg.eval.temperature is not None
+                       else cfg.sampling.temperature)
+    teacher = Teacher(model, tok, sampling, domain, uses_chat_template(teacher_cfg, tok))
+    for inst in missing:
+        samples = teacher.sample([inst], cfg.eval.k)[0]
+        iid = domain.instance_id(inst)
+        for j, text in enumerate(samples.texts):
+            if (label, iid, j) not in have:
+                store.append("eval_self_edits", {"condition": label, "instance": iid, "index": j,
+                                                 **_parse_record(domain, inst, text)})
+                have.add((label, iid, j))
+
+
+def _file_edits(cfg: SealConfig, domain: Domain, heldout: Sequence[Any]) -> dict[tuple[str, int], str]:
+    path = Path(cfg.eval.self_edits_file or "")
+    if not path.is_file():
+        raise FileNotFoundError(f"eval.self_edits_file not found: {path}")
+    by_key: dict[str, list[str]] = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            by_key.setdefault(str(row.get("instance") or row["title"]), []).append(str(row["text"]))
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}:{n}: expected JSON with 'instance' or 'title' and 'text' ({err})") from err
+    out = {}
+    for inst in heldout:
+        texts = by_key.get(domain.instance_id(inst)) or by_key.get(domain.describe(inst)) or []
+        for j, text in enumerate(texts[: cfg.eval.k]):
+            out[(domain.instance_id(inst), j)] = text
+    return out
+
+
+def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence[Any]) -> list[dict[str, Any]]:
+    """Run (or resume) the evaluation and return one row per condition."""
+    conditions = cfg.eval.conditions
+    student_cfg = cfg.student if cfg.mode == "teacher_student" else cfg.teacher
+    model, tok = load_model(student_cfg)
+    chat = uses_chat_template(student_cfg, tok)
+
+    # 1. Self-edits for every teacher condition (one teacher in memory at a time).
+    have = {(r["condition"], r["instance"], r["index"]) for r in store.iter("eval_self_edits")}
+    for label, teacher_cfg in condition_teachers(cfg, store):
+        shared = (model, tok) if label == "base_teacher" and cfg.mode == "self" else None
+        log.info("evaluation: sampling %d self-edit(s) per held-out instance from %s", cfg.eval.k, label)
+        _sample_condition(cfg, domain, store, heldout, label, teacher_cfg, have, shared)
+    if "file" in conditions:
+        for (iid, j), text in _file_edits(cfg, domain, heldout).items():
+            if ("file", iid, j) not in have:
+                inst = next(i for i in heldout if domain.instance_id(i) == iid)
+                store.append("eval_self_edits", {"condition": "file", "instance": iid, "index": j,
+                                                 **_parse_record(domain, inst, text)})
+
+    edits: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for r in store.iter("eval_self_edits"):
+        edits.setdefault(r["condition"], {}).setdefault(r["instance"], []).append(r)
+
+    # 2. The base student absorbs each condition's plans.
+    student = Student(model, tok, cfg.inner, domain, chat)
+    done = {(r["condition"], r["setting"], r["instance"], r["index"], r["seed"]) for r in store.iter("eval_records")}
+    labels = ["no_update"] if "no_update" in conditions else []
+    labels += ["context_only"] if "context_only" in conditions else []
+    labels += [label for label, _ in condition_teachers(cfg, store)]
+    labels += ["file"] if "file" in conditions else []
+    for label in labels:
+        plans = _plans(domain, heldout, label, edits.get(label, {}))
+        log.info("evaluation: %s", label)
+        for inst in heldout:
+            iid = domain.instance_id(inst)
+            base = baseline(store, student, inst)
+            if label == "no_update":
+                if ("no_update", "single", iid, None, None) not in done:
+                    store.append("eval_records", {"condition": label, "setting": "single", "instance": iid,
+                                                  "index": None, "seed": None, "score": base})
+                continue
+            for j, plan in plans.get(iid, []):
+                for seed in cfg.eval.seeds:
+                    if (label, "single", iid, j, seed) in done:
+                        continue
+                    store.append("eval_records", {"condition": label, "setting": "single", "instance": iid,
+                                                  "index": j, "seed": seed, **_score(student, inst, plan, seed)})
+        if cfg.eval.cpt and label != "no_update":
+            _cpt(cfg, domain, store, student, heldout, label, plans, done)
+    return table_rows(store, labels, cfg.eval.cpt)
+
+
+def _plans(domain: Domain, heldout: Sequence[Any], label: str,
+           edits: dict[str, list[dict[str, Any]]]) -> dict[str, list[tuple[int | None, TrainingPlan]]]:
+    out: dict[str, list[tuple[int | None, TrainingPlan]]] = {}
+    for inst in heldout:
+        iid = domain.instance_id(inst)
+        if label == "context_only":
+            out[iid] = [(None, domain.plan(inst, None))]
+            continue
+        for rec in sorted(edits.get(iid, []), key=lambda r: r["index"]):
+            if rec["status"] == "ok":
+                out.setdefault(iid, []).append((rec["index"], domain.plan(inst, SelfEdit(rec["text"], rec["items"]))))
+            else:  # an unusable self-edit still teaches the context alone, as the instance's plan
+                out.setdefault(iid, []).append((rec["index"], domain.plan(inst, None)))
+    return out
+
+
+def _score(student: Student, inst: Any, plan: TrainingPlan, seed: int) -> dict[str, Any]:
+    try:
+        student.absorb(plan, seed)
+    except InnerLoopError as err:
+        return {"score": 0.0, "status": "failed", "reason": str(err)}
+    return {"score": student.score(inst).value, "status": "ok"}
+
+
+def _cpt(cfg: SealConfig, domain: Domain, store: RunStore, student: Student, heldout: Sequence[Any], label: str,
+         plans: dict[str, list[tuple[int | None, TrainingPlan]]], done: set) -> None:
+    """One adapter on every held-out instance's sequences (all of its self-edits), then every question."""
+    examples: list[Example] = []
+    for iid, items in plans.items():
+        for _, plan in items:
+            examples += plan.examples
+    merged = TrainingPlan(examples=list(dict.fromkeys(examples)), epochs=cfg.eval.cpt_epochs)
+    for seed in cfg.eval.seeds:
+        if all((label, "cpt", domain.instance_id(i), None, seed) in done for i in heldout):
+            continue
+        try:
+            student.absorb(merged, seed)
+        except InnerLoopError as err:
+            log.warning("evaluation %s cpt seed %d failed: %s", label, seed, err)
+            continue
+        for inst in heldout:
+            iid = domain.instance_id(inst)
+            if (label, "cpt", iid, None, seed) not in done:
+                store.append("eval_records", {"condition": label, "setting": "cpt", "instance": iid, "index": None,
+                                              "seed": seed, "score": student.score(inst).value, "status": "ok"})
+
+
+def _mean_se(values: Sequence[float]) -> tuple[float, float, int]:
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan, 0
+    mean = sum(values) / n
+    if n == 1:
+        return mean, math.nan, 1
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(var / n), n
+
+
+def table_rows(store: RunStore, labels: Sequence[str], cpt: bool) -> list[dict[str, Any]]:
+    """Per condition and setting: mean ± SE over (instance, seed), each averaged over that instance's self-edits."""
+    cells: dict[tuple[str, str], dict[tuple[str, Any], list[float]]] = {}
+    for r in store.iter("eval_records"):
+        cells.setdefault((r["condition"], r["setting"]), {}).setdefault((r["instance"], r["seed"]), []).append(
+            r["score"])
+    rows = []
+    for label in labels:
+        row: dict[str, Any] = {"condition": label}
+        for setting in ("single", "cpt") if cpt else ("single",):
+            source = ("no_update", "single") if label == "no_update" else (label, setting)
+            values = [sum(v) / len(v) for v in cells.get(source, {}).values()]
+            row[f"{setting}_mean"], row[f"{setting}_se"], row[f"{setting}_n"] = _mean_se(values)
+        rows.append(row)
+    return rows
+
+
+def _cell(mean: float, se: float) -> str:
+    if math.isnan(mean):
+        return "–"
+    return f"{100 * mean:.1f}" + ("" if math.isnan(se) else f" ± {100 * se:.1f}")
+
+
+def format_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    cpt = any("cpt_mean" in r for r in rows)
+    head = "| condition | single-passage acc. % | n |" + (" CPT acc. % | n |" if cpt else "")
+    sep = "|---|---:|---:|" + ("---:|---:|" if cpt else "")
+    lines = [head, sep]
+    for r in rows:
+        line = f"| {r['condition']} | {_cell(r['single_mean'], r['single_se'])} | {r['single_n']} |"
+        if cpt:
+            line += f" {_cell(r['cpt_mean'], r['cpt_se'])} | {r['cpt_n']} |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def format_csv(rows: Sequence[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return buf.getvalue()
+

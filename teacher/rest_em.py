@@ -1,0 +1,148 @@
+"""ReST-EM for the teacher: keep the self-edits that helped, then SFT the teacher on them with TRL.
+
+Selection is explicit (`best_of_k` is the paper's: the single best self-edit per instance, whatever
+its sign). The SFT step is TRL's `SFTTrainer` on a prompt/completion dataset (conversational when
+the teacher uses a chat template, so TRL applies it), with LoRA on all linear layers by default,
+merged into a full checkpoint that the next round loads like any model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from seal.shared.config import ModelConfig, OuterConfig
+from seal.shared.models import load_model
+
+log = logging.getLogger("seal")
+DONE_MARKER = "seal_teacher_update.json"
+
+
+def select(rewards: dict[tuple[str, int], float], valid: set[tuple[str, int]], filter_: str,
+           top_fraction: float = 0.25) -> list[tuple[str, int]]:
+    """The (instance, self-edit index) pairs to train the teacher on. Invalid self-edits are never kept."""
+    scored = sorted(((k, v) for k, v in rewards.items() if k in valid and math.isfinite(v)),
+                    key=lambda kv: (kv[0][0], kv[0][1]))
+    if filter_ == "all_positive":
+        return [k for k, v in scored if v > 0]
+    if filter_ == "top_fraction":
+        ranked = sorted(scored, key=lambda kv: -kv[1])  # stable: ties keep (instance, index) order
+        return sorted(k for k, _ in ranked[: max(1, math.ceil(top_fraction * len(ranked)))]) if ranked else []
+    best: dict[str, tuple[tuple[str, int], float]] = {}
+    for k, v in scored:
+        if k[0] not in best or v > best[k[0]][1]:
+            best[k[0]] = (k, v)
+    if filter_ == "best_of_k":
+        return [k for k, _ in best.values()]
+    if filter_ == "best_of_k_positive":
+        return [k for k, v in best.values() if v > 0]
+    raise ValueError(f"unknown filter {filter_!r}")
+
+
+@dataclass
+class TeacherUpdate:
+    path: Path
+    examples: int
+    losses: list[float]
+
+
+def sft_dataset(pairs: Sequence[tuple[str, str]], chat: bool):
+    """(user prompt, self-edit) pairs as a TRL prompt/completion dataset."""
+    from datasets import Dataset
+
+    if chat:
+        rows = [{"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": c}]}
+                for p, c in pairs]
+    else:
+        rows = [{"prompt": p, "completion": c} for p, c in pairs]
+    return Dataset.from_list(rows)
+
+
+def learn(teacher: ModelConfig, chat: bool, pairs: Sequence[tuple[str, str]], outer: OuterConfig, target: Path,
+          seed: int) -> TeacherUpdate:
+    """SFT the teacher on the kept self-edits and write the merged model to `target` (atomically)."""
+    import datasets
+    from peft import LoraConfig
+    from transformers import set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    if not pairs:
+        raise ValueError("no self-edits were kept: nothing to train the teacher on")
+    # The adapter is initialised inside SFTTrainer before it seeds; seed first so a resumed run
+    # (whose RNG has seen different work) trains the same teacher.
+    set_seed(seed)
+    datasets.disable_progress_bars()
+    model, tokenizer = load_model(teacher)
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}-*"):  # left by a killed update
+        shutil.rmtree(stale, ignore_errors=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        args = SFTConfig(
+            output_dir=str(scratch / "trainer"), num_train_epochs=outer.epochs, learning_rate=outer.lr,
+            per_device_train_batch_size=outer.batch_size, gradient_accumulation_steps=outer.grad_accum,
+            lr_scheduler_type=outer.lr_scheduler, max_length=outer.max_length, completion_only_loss=True,
+            logging_steps=1, save_strategy="no", report_to=[], seed=seed, data_seed=seed,
+            bf16=(not on_cpu) and teacher.dtype == "bfloat16", fp16=False, use_cpu=on_cpu,
+            disable_tqdm=True, dataloader_num_workers=0)
+        targets: Any = outer.target_modules
+        peft_config = None
+        if outer.lora:
+            peft_config = LoraConfig(r=outer.lora_r, lora_alpha=outer.lora_alpha, lora_dropout=outer.lora_dropout,
+                                     target_modules="all-linear" if targets == ["all-linear"] else targets,
+                                     task_type="CAUSAL_LM")
+        trainer = SFTTrainer(model=model, args=args, train_dataset=sft_dataset(pairs, chat),
+                             processing_class=tokenizer, peft_config=peft_config)
+        trainer.train()
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        if losses and not all(math.isfinite(x) for x in losses):
+            raise FloatingPointError(f"teacher SFT loss became non-finite: {losses}")
+        trained = trainer.accelerator.unwrap_model(trainer.model)
+        merged = trained.merge_and_unload() if outer.lora else trained
+        staging = scratch / "model"
+        merged.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        write_update_marker(staging, examples=len(pairs), losses=losses)
+        if target.exists():  # a stale, incomplete copy from a killed run
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        del model
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return TeacherUpdate(path=target, examples=len(pairs), losses=losses)
+
+
+def write_update_marker(model_dir: Path, examples: int, losses: list[float]) -> None:
+    """Written last, inside the staging folder: a checkpoint without it is incomplete."""
+    (model_dir / DONE_MARKER).write_text(json.dumps({"examples": examples, "losses": losses}))
+
+
+def is_complete(path: Path) -> bool:
+    return (path / DONE_MARKER).is_file()
+
+
+def read_update(path: Path) -> dict[str, Any]:
+    return json.loads((path / DONE_MARKER).read_text())
+
+
+def completion_logprob(model, tokenizer, prompt: str, completion: str) -> float:
+    """Sum of log p(completion tokens | prompt) under a causal LM (for checking that SFT moved the teacher)."""
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([p_ids + c_ids], device=model.device)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits.float()
+    logp = torch.log_softmax(logits[0, :-1], dim=-1)
+    positions = torch.arange(len(p_ids) - 1, ids.shape[1] - 1, device=model.device)
+    return float(logp[positions, ids[0, len(p_ids):]].sum())

@@ -1,0 +1,111 @@
+"""The outer loop as a user runs it: ReST-EM rounds, teacher_student mode, kill and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from safetensors.torch import load_file
+
+from tests.conftest import REPO
+
+VOLATILE = {"seconds", "sample_seconds"}
+
+
+def args_for(model_dir, out, *extra):
+    return [sys.executable, str(REPO / "recipes" / "seal.py"),
+            "--config", str(REPO / "recipes/knowledge/smollm2-135m.yaml"), "--teacher.name", str(model_dir),
+            "--output_dir", str(out), "--threads", "1", "--data.train_split", "train[:3]",
+            "--data.eval_split", "heldout[:2]", "--sampling.max_new_tokens", "32", "--inner.epochs", "3",
+            "--inner.seeds", "[0, 1]", "--outer.lr", "1e-3", *extra]
+
+
+def table(out, name):
+    path = out / f"{name}.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
+
+
+def weights(path):
+    return load_file(str(path / "model.safetensors"))
+
+
+def run(cmd, cwd):
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def kill_when(cmd, cwd, condition, what, deadline_s=300):
+    """Start the recipe and SIGKILL it as soon as `condition()` holds (polled); fail if it never does."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    end = time.monotonic() + deadline_s
+    try:
+        while not condition():
+            assert proc.poll() is None, f"the run ended before {what}"
+            assert time.monotonic() < end, f"timed out waiting for {what}"
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.mark.slow
+def test_killed_mid_round_and_mid_update_resumes_to_the_same_results(tiny_model_dir, tmp_path):
+    extra = ["--outer.rounds", "2", "--outer.epochs", "40", "--eval.enabled", "false"]
+    ref = tmp_path / "ref"
+    run(args_for(tiny_model_dir, ref, *extra), tmp_path)
+
+    out = tmp_path / "killed"
+    cmd = args_for(tiny_model_dir, out, *extra)
+    kill_when(cmd, tmp_path, lambda: len(table(out, "records")) >= 3, "the third record of round 0")
+    partial = table(out, "records")
+    assert 3 <= len(partial) < len(table(ref, "records"))
+    teachers = out / "teachers"
+    kill_when(cmd, tmp_path, lambda: teachers.exists() and any(p.name.startswith(".round1") for p in teachers.iterdir()),
+              "the teacher update of round 0")
+    assert not (teachers / "round1" / "seal_teacher_update.json").exists()  # killed mid-update
+    assert table(out, "records")[: len(partial)] == partial  # nothing computed before was lost
+    run(cmd, tmp_path)
+
+    for name in ("self_edits", "records", "baselines", "rounds"):
+        assert table(out, name) == table(ref, name), name
+    for r in (1, 2):
+        a, b = weights(ref / "teachers" / f"round{r}"), weights(out / "teachers" / f"round{r}")
+        assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), f"teacher of round {r}"
+    assert not [p for p in teachers.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+@pytest.mark.slow
+def test_teacher_student_mode_with_two_model_families(tiny_model_dir, tiny_qwen_dir, tmp_path):
+    out = tmp_path / "ts"
+    proc = run(args_for(tiny_model_dir, out, "--mode", "teacher_student", "--student.name", str(tiny_qwen_dir),
+                        "--outer.rounds", "2", "--eval.seeds", "[0]"), tmp_path)
+    baselines = table(out, "baselines")
+    # the student stays fixed while the teacher learns: one baseline per instance, never re-measured
+    assert len({b["student"] for b in baselines}) == 1 and len(baselines) == 3 + 2
+    rounds = table(out, "rounds")
+    assert [r["round"] for r in rounds] == [0, 1]
+    for r in rounds:  # best_of_k: one per instance that had a usable self-edit
+        usable = {e["instance"] for e in table(out, "self_edits") if e["round"] == r["round"] and e["status"] == "ok"}
+        assert r["kept"] == len(usable)
+    assert "round2_teacher" in proc.stdout and "| no_update |" in proc.stdout
+    t0 = weights(tiny_model_dir)
+    t2 = weights(out / "teachers" / "round2")
+    assert any(not (t0[k] == t2[k]).all() for k in t0)
+    header, first = (out / "eval.csv").read_text().splitlines()[:2]
+    assert header.startswith("condition,single_mean,single_se") and first.startswith("no_update,")
+
+
+@pytest.mark.slow
+def test_self_mode_invalidates_the_baseline_when_the_teacher_changes(tiny_model_dir, tmp_path):
+    out = tmp_path / "self"
+    run(args_for(tiny_model_dir, out, "--outer.rounds", "2", "--eval.enabled", "false", "--outer.lr", "5e-3"),
+        tmp_path)
+    baselines = table(out, "baselines")
+    assert len({b["student"] for b in baselines}) == 2  # round 1's student is round 1's teacher
+    assert len(baselines) == 2 * 3

@@ -1,0 +1,66 @@
+import pytest
+import torch
+
+from seal.shared.config import ModelConfig, OuterConfig
+from seal.shared.models import load_model
+from seal.teacher import completion_logprob, learn, select
+from seal.teacher.rest_em import is_complete, read_update
+
+REWARDS = {("a", 0): 0.2, ("a", 1): 0.5, ("a", 2): -0.1,
+           ("b", 0): -0.3, ("b", 1): -0.2,
+           ("c", 0): 0.0, ("c", 1): 0.25}
+VALID = set(REWARDS) - {("c", 1)}  # c/1 was unparsable: never kept, whatever its reward
+
+
+def test_best_of_k_keeps_one_per_instance_even_when_negative():
+    assert sorted(select(REWARDS, VALID, "best_of_k")) == [("a", 1), ("b", 1), ("c", 0)]
+
+
+def test_best_of_k_positive():
+    assert select(REWARDS, VALID, "best_of_k_positive") == [("a", 1)]
+
+
+def test_all_positive():
+    assert select(REWARDS, VALID, "all_positive") == [("a", 0), ("a", 1)]
+
+
+def test_top_fraction_ranks_across_the_round():
+    assert select(REWARDS, VALID, "top_fraction", 0.3) == [("a", 0), ("a", 1)]  # ceil(0.3 * 6) = 2: a1, a0
+    assert select(REWARDS, VALID, "top_fraction", 0.5) == [("a", 0), ("a", 1), ("c", 0)]
+
+
+def test_nothing_valid_keeps_nothing():
+    assert select(REWARDS, set(), "best_of_k") == []
+
+
+PAIRS = [("Let's read the following passage and write question and answer pairs about every fact in it.\n"
+          "Passage:\nVelmora Lighthouse\nThe lamp burns colza oil.",
+          "Question: What does the lamp burn?\nAnswer: colza oil"),
+         ("Let's read the following passage and write question and answer pairs.\nPassage:\nTarsk Festival\n"
+          "Lanterns are shaped like herons.", "Question: What shape are the lanterns?\nAnswer: herons")]
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_sft_moves_the_teacher_towards_the_kept_self_edits(tiny_model_dir, tmp_path, lora):
+    cfg = ModelConfig(name=str(tiny_model_dir))
+    before, tok = load_model(cfg)
+    chat = True
+    prompts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+               for p, _ in PAIRS]
+    lp_before = [completion_logprob(before, tok, p, c) for p, (_, c) in zip(prompts, PAIRS)]
+    outer = OuterConfig(lr=3e-3, epochs=5, lora=lora, lora_r=8, lora_alpha=16)
+    update = learn(cfg, chat, PAIRS, outer, tmp_path / "round1", seed=0)
+    assert is_complete(update.path) and read_update(update.path)["examples"] == 2
+    assert update.losses and update.losses[-1] < update.losses[0]
+    after, _ = load_model(ModelConfig(name=str(update.path)))
+    assert not any("lora_" in n for n, _ in after.named_parameters())  # merged into a plain checkpoint
+    changed = [n for (n, a), (_, b) in zip(before.named_parameters(), after.named_parameters())
+               if not torch.equal(a, b)]
+    assert changed
+    lp_after = [completion_logprob(after, tok, p, c) for p, (_, c) in zip(prompts, PAIRS)]
+    assert all(a > b for a, b in zip(lp_after, lp_before)), (lp_before, lp_after)
+
+
+def test_sft_needs_examples(tiny_model_dir, tmp_path):
+    with pytest.raises(ValueError, match="no self-edits were kept"):
+        learn(ModelConfig(name=str(tiny_model_dir)), True, [], OuterConfig(), tmp_path / "r", seed=0)
