@@ -16,6 +16,7 @@ from typing import Any
 
 from seal.shared.domain import DataError, Domain, Example, Generate, Score, SelfEdit, SelfEditError, TrainingPlan
 from seal.shared.graders import GRADERS, get_grader
+from seal.shared.judge import Judge, JudgeConfig
 
 _PASSAGE = "{title}\n{context}"
 
@@ -46,7 +47,7 @@ QA_PROMPT = "Let's answer a question directly and concisely.\nQuestion: Topic: {
 _LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022]+|\(?\d{1,3}[.)]|[a-z][.)](?=\s))\s*")
 _QA_SPLIT = re.compile(r"(?im)^\s*(?:\d+[.)]\s*)?(?:question\s*\d*|q\d*)\s*[:.)]\s*")
 _ANSWER = re.compile(r"(?is)^(.*?)\n?\s*(?:answer|a)\s*\d*\s*[:.)]\s*(.*)$")
-_SPLIT = re.compile(r"^(?P<name>[\w-]+)(?:\[(?P<start>-?\d*):(?P<stop>-?\d*)\])?$")
+_SPLIT = re.compile(r"^(?P<name>[\w-]+)(?:\[(?P<start>-?\d*):(?P<stop>-?\d*)(?::(?P<step>\d*))?\])?$")
 
 
 @dataclass
@@ -68,7 +69,8 @@ class KnowledgeOptions:
     format: str = "implications"
     """implications | implications-long | implications-very-long | rewrite | self-qa"""
     grader: str = "contains"
-    """contains | exact_match | f1"""
+    """contains | exact_match | f1 | judge (an LLM judge, configured under `judge`)"""
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
     include_passage: bool = True
     """Append the raw passage as one more training sequence (the paper does)."""
     max_items: int = 32
@@ -78,7 +80,8 @@ class KnowledgeOptions:
     def __post_init__(self):
         if self.format not in FORMATS:
             raise ValueError(f"unknown self-edit format {self.format!r}; choose one of {', '.join(FORMATS)}")
-        get_grader(self.grader)
+        if self.grader != "judge":
+            get_grader(self.grader)
 
 
 def _passages_from_records(records: list[dict[str, Any]], origin: str) -> list[Passage]:
@@ -128,9 +131,11 @@ def _squad_v1(data: dict[str, Any]) -> list[dict[str, Any]]:
 def parse_split(split: str) -> tuple[str, slice]:
     m = _SPLIT.match(split.strip())
     if not m:
-        raise DataError(f"split {split!r}: expected NAME or NAME[start:stop], e.g. train[:50]")
+        raise DataError(f"split {split!r}: expected NAME or NAME[start:stop(:step)], e.g. train[:50]")
     to_int = lambda s: int(s) if s not in (None, "") else None  # noqa: E731
-    return m["name"], slice(to_int(m["start"]), to_int(m["stop"]))
+    if m["step"] == "0":
+        raise DataError(f"split {split!r}: step must be positive")
+    return m["name"], slice(to_int(m["start"]), to_int(m["stop"]), to_int(m["step"]))
 
 
 class KnowledgeDomain(Domain):
@@ -139,10 +144,11 @@ class KnowledgeDomain(Domain):
 
     def __init__(self, options: KnowledgeOptions | None = None):
         super().__init__(options)
+        self.judge = Judge(self.options.judge) if self.options.grader == "judge" else None
 
     # ------------------------------------------------------------------ data
     def load(self, source: str, split: str) -> list[Passage]:
-        """Passages from `builtin`, a JSON/JSONL file, or a `datasets` name; split `NAME[start:stop]`.
+        """Passages from `builtin`, a JSON/JSONL file, or a `datasets` name; split `NAME[start:stop:step]`.
 
         A JSON file may hold a list (the single split `all`), a mapping of split name to list, or the
         official SQuAD v1.1 layout (`all`).
@@ -269,6 +275,8 @@ class KnowledgeDomain(Domain):
             prediction = raw.strip().split("\n")[0].strip()
             # Every offline grade is kept so a run can be re-read under another grader.
             grades = {name: grade(prediction, q.answer) for name, grade in GRADERS.items()}
+            if self.judge is not None:
+                grades["judge"] = self.judge.grade(q.question, prediction, q.answer)
             details.append({"question": q.question, "gold": q.answer, "prediction": prediction,
                             "score": grades[self.options.grader], "grades": grades})
         return Score(value=sum(d["score"] for d in details) / len(details), details=details)

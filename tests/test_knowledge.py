@@ -24,6 +24,7 @@ def test_builtin_splits_and_slices(domain):
     assert all(3 <= len(p.questions) <= 5 for p in train + held)
     assert not {p.id for p in train} & {p.id for p in held}
     assert [p.id for p in domain.load("builtin", "train[1:3]")] == [p.id for p in train[1:3]]
+    assert [p.id for p in domain.load("builtin", "train[::5]")] == [p.id for p in train[::5]]
     with pytest.raises(DataError, match="no split 'dev'"):
         domain.load("builtin", "dev")
     with pytest.raises(DataError, match="selects no passages"):

@@ -109,3 +109,34 @@ def test_self_mode_invalidates_the_baseline_when_the_teacher_changes(tiny_model_
     baselines = table(out, "baselines")
     assert len({b["student"] for b in baselines}) == 2  # round 1's student is round 1's teacher
     assert len(baselines) == 2 * 3
+
+
+def test_evaluation_table_from_a_file_of_self_edits(tiny_model_dir, tmp_path):
+    from seal.shared.knowledge import KnowledgeDomain
+
+    heldout = KnowledgeDomain().load("builtin", "heldout[:2]")
+    edits = tmp_path / "edits.jsonl"
+    edits.write_text("\n".join(json.dumps({"title": p.title, "text": f"{q.question} {q.answer}."})
+                               for p in heldout for q in p.questions[:1]) + "\n")
+    out = tmp_path / "ev"
+    cmd = [a if a != str(REPO / "recipes" / "seal.py") else str(REPO / "recipes" / "evaluate.py")
+           for a in args_for(tiny_model_dir, out, "--outer.rounds", "0", "--eval.conditions",
+                             "[no_update, context_only, file]", "--eval.self_edits_file", str(edits),
+                             "--eval.seeds", "[0, 1]")]
+    proc = run(cmd, tmp_path)
+    assert "| condition | single-passage acc. % | n | CPT acc. % | n |" in proc.stdout
+    records = table(out, "eval_records")
+    files = [r for r in table(out, "eval_self_edits") if r["condition"] == "file"]
+    assert {r["instance"] for r in files} == {p.id for p in heldout}
+    single = [r for r in records if r["condition"] == "file" and r["setting"] == "single"]
+    assert len(single) == 2 * 2  # instances x seeds
+    cpt = [r for r in records if r["condition"] == "file" and r["setting"] == "cpt"]
+    assert len(cpt) == 2 * 2
+    header, *rows = (out / "eval.csv").read_text().splitlines()
+    cols = header.split(",")
+    file_row = dict(zip(cols, next(r for r in rows if r.startswith("file,")).split(",")))
+    mean = sum(r["score"] for r in single) / len(single)
+    assert float(file_row["single_mean"]) == pytest.approx(mean) and file_row["single_n"] == "4"
+    assert [r.split(",")[0] for r in rows] == ["no_update", "context_only", "file"]
+    proc = run(cmd, tmp_path)  # resumes: nothing recomputed
+    assert table(out, "eval_records") == records
