@@ -80,6 +80,8 @@ class InnerConfig:
     """One inner loop per seed; the reward is the mean over seeds."""
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    parallel_adapters: int | None = None
+    """Self-edits trained together in one pass (K); None: chosen from free memory (at most 16)."""
 
 
 FILTERS = ("best_of_k", "best_of_k_positive", "all_positive", "top_fraction")

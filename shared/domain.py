@@ -2,7 +2,8 @@
 
 A `Domain` loads instances, writes the teacher's prompt, parses a self-edit (raising `SelfEditError`
 with a reason on bad text), turns a parsed self-edit into a `TrainingPlan`, and scores a student on an
-instance through a `generate` callable. Teacher, student and the outer loop only ever talk to this
+instance in two steps (`queries`, then `grade` of the answers) so that a student can answer the
+queries of many adapted copies in one batched generation. Teacher, student and the outer loop only ever talk to this
 interface, so a new domain registers here (or is named as `package.module:Class`) and needs no
 edits elsewhere.
 """
@@ -63,6 +64,15 @@ class Score:
     details: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass
+class Queries:
+    """What the student must answer to be scored on an instance (user messages, greedy decoding)."""
+
+    prompts: list[str]
+    max_new_tokens: int
+    stop: str | None = "\n"
+
+
 class Generate(Protocol):
     def __call__(self, prompts: Sequence[str], max_new_tokens: int, stop: str | None = "\n") -> list[str]: ...
 
@@ -101,7 +111,16 @@ class Domain(ABC):
         """The training plan for a parsed self-edit; `None` means the instance's own context only."""
 
     @abstractmethod
-    def evaluate(self, instance: Any, generate: Generate) -> Score: ...
+    def queries(self, instance: Any) -> Queries:
+        """The prompts a student answers for this instance (no context shown)."""
+
+    @abstractmethod
+    def grade(self, instance: Any, answers: Sequence[str]) -> Score:
+        """Score the student's answers to `queries(instance)`, in order."""
+
+    def evaluate(self, instance: Any, generate: Generate) -> Score:
+        q = self.queries(instance)
+        return self.grade(instance, generate(q.prompts, max_new_tokens=q.max_new_tokens, stop=q.stop))
 
     def describe(self, instance: Any) -> str:
         return self.instance_id(instance)

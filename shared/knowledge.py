@@ -12,9 +12,9 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from seal.shared.domain import DataError, Domain, Example, Generate, Score, SelfEdit, SelfEditError, TrainingPlan
+from seal.shared.domain import DataError, Domain, Example, Queries, Score, SelfEdit, SelfEditError, TrainingPlan
 from seal.shared.graders import GRADERS, get_grader
 from seal.shared.judge import Judge, JudgeConfig
 
@@ -265,13 +265,15 @@ class KnowledgeDomain(Domain):
     def qa_prompt(self, instance: Passage, question: Question) -> str:
         return QA_PROMPT.format(title=instance.title, question=question.question)
 
-    def evaluate(self, instance: Passage, generate: Generate) -> Score:
+    def queries(self, instance: Passage) -> Queries:
         if not instance.questions:
             raise DataError(f"passage {instance.id} ({instance.title}) has no questions to score")
-        prompts = [self.qa_prompt(instance, q) for q in instance.questions]
-        answers = generate(prompts, max_new_tokens=self.options.answer_max_new_tokens, stop="\n")
+        return Queries(prompts=[self.qa_prompt(instance, q) for q in instance.questions],
+                       max_new_tokens=self.options.answer_max_new_tokens, stop="\n")
+
+    def grade(self, instance: Passage, answers: Sequence[str]) -> Score:
         details = []
-        for q, raw in zip(instance.questions, answers):
+        for q, raw in zip(instance.questions, answers, strict=True):
             prediction = raw.strip().split("\n")[0].strip()
             # Every offline grade is kept so a run can be re-read under another grader.
             grades = {name: grade(prediction, q.answer) for name, grade in GRADERS.items()}

@@ -1,5 +1,6 @@
 """The model that absorbs self-edits: a LoRA inner loop, scoring, and a cached no-update baseline."""
 
-from seal.student.inner_loop import AbsorbStats, InnerLoopError, SeedOutcome, Student
+from seal.student.inner_loop import AbsorbStats, InnerLoopError, Job, JobResult, SeedOutcome, Student
+from seal.student.multi_lora import LoRABank
 
-__all__ = ["AbsorbStats", "InnerLoopError", "SeedOutcome", "Student"]
+__all__ = ["AbsorbStats", "InnerLoopError", "Job", "JobResult", "LoRABank", "SeedOutcome", "Student"]

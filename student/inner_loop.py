@@ -1,27 +1,29 @@
-"""The student: loads once, absorbs a self-edit through a fresh LoRA, and is scored without the context.
+"""The student: loads once, absorbs self-edits through fresh LoRA adapters, is scored without the context.
 
-One peft LoRA adapter is injected into the base model when the student is built; every `absorb`
-re-initialises it from the seed and trains it with a plain AdamW loop (dynamic padding, loss on
-real tokens only, tokenisation cached per plan). Scoring generates greedily in one batch per instance.
-The no-update baseline of an instance is measured with the adapter disabled, once per base weights.
+The base model carries a `LoRABank` of K adapter slots. `absorb_many` trains K self-edits at once
+(one forward/backward over all their rows per step, each row routed to its own adapter, a vectorised
+AdamW); `score_many` answers every adapted student's queries in one batched greedy generation.
+`absorb`/`score` are the one-adapter case. Each self-edit keeps the paper's semantics — its own
+fresh seeded init, its own shuffled batches of `inner.batch_size` sequences, `inner.epochs` passes —
+so K at once gives the same adapters as K one at a time (up to float summation order).
+The no-update baseline of an instance is measured with the adapters off, once per base weights.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
-from peft import LoraConfig, get_peft_model
-from peft.tuners.lora import LoraLayer
+import torch.nn.functional as F
 
 from seal.shared.config import InnerConfig
 from seal.shared.domain import Domain, Score, TrainingPlan
 from seal.shared.models import fingerprint, format_prompt
+from seal.student.multi_lora import LoRABank, SlotAdamW
 
-ADAPTER = "default"
+Encoded = list[tuple[list[int], list[int]]]
 
 
 class InnerLoopError(RuntimeError):
@@ -35,6 +37,7 @@ class AbsorbStats:
     first_loss: float
     last_loss: float
     seconds: float
+    """Wall time of the (possibly shared) training pass, divided by the adapters trained in it."""
 
 
 @dataclass
@@ -47,8 +50,44 @@ class SeedOutcome:
     details: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass
+class Job:
+    """One inner loop: absorb `plan` from a fresh adapter seeded with `seed`, then score on `instance`."""
+
+    instance: Any
+    plan: TrainingPlan
+    seed: int
+
+
+@dataclass
+class JobResult:
+    job: Job
+    score: Score | None
+    stats: AbsorbStats | None
+    score_seconds: float
+    error: str | None = None
+
+
+def auto_slots(model, inner: InnerConfig, cap: int = 16) -> int:
+    """Adapters trained per pass when `inner.parallel_adapters` is unset: as many as a quarter of free
+    memory holds, estimating activations plus logits per token of a batch at `inner.max_length`."""
+    cfg = model.config
+    hidden, layers = getattr(cfg, "hidden_size", 1024), getattr(cfg, "num_hidden_layers", 24)
+    vocab = getattr(cfg, "vocab_size", 32000)
+    per_token = 4 * (24 * hidden * layers + 3 * vocab)  # fp32 activations kept for backward + logits
+    per_adapter = per_token * inner.batch_size * min(inner.max_length, 256)
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        import psutil
+
+        free = psutil.virtual_memory().available
+    return max(1, min(cap, int(free * 0.25 // per_adapter)))
+
+
 class Student:
-    """A base model with one re-usable LoRA slot. `absorb` trains it; `score`/`baseline` evaluate."""
+    """A base model with K re-usable LoRA slots. `absorb*` trains them; `score*`/`baseline` evaluate."""
 
     def __init__(self, model, tokenizer, inner: InnerConfig, domain: Domain, chat: bool):
         self.tokenizer = tokenizer
@@ -56,20 +95,22 @@ class Student:
         self.domain = domain
         self.chat = chat
         self.base_fingerprint = fingerprint(model)
-        targets: Any = inner.target_modules
-        if targets == ["all-linear"]:
-            targets = "all-linear"
-        lora = LoraConfig(r=inner.lora_r, lora_alpha=inner.lora_alpha, lora_dropout=inner.lora_dropout,
-                          target_modules=targets, bias="none", task_type="CAUSAL_LM")
-        self.model = get_peft_model(model, lora, adapter_name=ADAPTER)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.slots = inner.parallel_adapters or auto_slots(model, inner)
+        self.bank = LoRABank(model, self.slots, inner.lora_r, inner.lora_alpha, inner.lora_dropout,
+                             inner.target_modules)
+        self.model = model
         self.model.eval()
-        self.lora_layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
-        self.lora_params = [p for n, p in self.model.named_parameters() if "lora_" in n]
-        self.device = next(self.model.parameters()).device
+        self.device = next(model.parameters()).device
         self.baselines: dict[tuple[str, str], Score] = {}
 
+    def adapters_off(self):
+        """Context in which the model is the plain base model (baselines, teacher sampling in self mode)."""
+        return self.bank.routed(None)
+
     # ------------------------------------------------------------------ training
-    def _encode(self, plan: TrainingPlan) -> list[tuple[list[int], list[int]]]:
+    def encode(self, plan: TrainingPlan) -> Encoded:
         tok, out = self.tokenizer, []
         for ex in plan.examples:
             chat = ex.chat and self.chat
@@ -84,56 +125,84 @@ class Student:
             raise InnerLoopError("the training plan has no tokens to learn from")
         return out
 
-    def _collate(self, batch: Sequence[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
-        width = max(len(ids) for ids, _ in batch)
+    def _schedule(self, data: Encoded, plan: TrainingPlan, seed: int) -> list[list[int]]:
+        """The paper's order for one self-edit: per epoch a seeded shuffle, cut into batches."""
+        rng = torch.Generator().manual_seed(seed)
+        epochs = plan.epochs if plan.epochs is not None else self.inner.epochs
+        bs, batches = self.inner.batch_size, []
+        for _ in range(epochs):
+            order = torch.randperm(len(data), generator=rng).tolist()
+            batches += [order[i: i + bs] for i in range(0, len(order), bs)]
+        return batches
+
+    def _rows(self, groups: Sequence[Sequence[tuple[list[int], list[int]]]]) -> dict[str, torch.Tensor]:
+        """Right-padded tensors with `batch_size` rows per group (filler rows carry no loss)."""
+        b = self.inner.batch_size
+        width = max(len(ids) for g in groups for ids, _ in g)
+        n = len(groups) * b
         pad = self.tokenizer.pad_token_id
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        labels = torch.full((len(batch), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, (seq, lab) in enumerate(batch):
-            ids[row, : len(seq)] = torch.tensor(seq)
-            labels[row, : len(lab)] = torch.tensor(lab)
-            mask[row, : len(seq)] = 1
+        ids = torch.full((n, width), pad, dtype=torch.long)
+        labels = torch.full((n, width), -100, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        mask[:, 0] = 1  # filler rows attend to one pad token so attention stays finite
+        for g, group in enumerate(groups):
+            for j, (seq, lab) in enumerate(group):
+                row = g * b + j
+                ids[row, : len(seq)] = torch.tensor(seq)
+                labels[row, : len(lab)] = torch.tensor(lab)
+                mask[row, : len(seq)] = 1
         return {"input_ids": ids.to(self.device), "labels": labels.to(self.device),
                 "attention_mask": mask.to(self.device)}
 
-    def reset_adapter(self, seed: int) -> None:
-        torch.manual_seed(seed)
-        for layer in self.lora_layers:
-            layer.reset_lora_parameters(ADAPTER, True)
-
     def absorb(self, plan: TrainingPlan, seed: int) -> AbsorbStats:
-        """Train the LoRA slot from a fresh, seeded init on the plan; the adapter stays active for scoring."""
+        """Train slot 0 from a fresh, seeded init on one plan; it stays active for `score`."""
+        return self.absorb_many([plan], [seed])[0]
+
+    def absorb_many(self, plans: Sequence[TrainingPlan], seeds: Sequence[int]) -> list[AbsorbStats]:
+        """Train slot i on plans[i] from seeds[i], all in one pass per step. Raises InnerLoopError naming
+        the failing slot (the caller retries the others one at a time)."""
+        k = len(plans)
+        if not 0 < k <= self.slots:
+            raise ValueError(f"absorb_many takes 1..{self.slots} plans, got {k}")
         start = time.perf_counter()
-        data = self._encode(plan)
-        self.reset_adapter(seed)
-        lr = plan.lr if plan.lr is not None else self.inner.lr
-        epochs = plan.epochs if plan.epochs is not None else self.inner.epochs
-        optimizer = torch.optim.AdamW(self.lora_params, lr=lr, weight_decay=self.inner.weight_decay)
-        order_rng = torch.Generator().manual_seed(seed)
-        bs = self.inner.batch_size
-        steps, tokens, losses = 0, 0, []
+        data = [self.encode(p) for p in plans]
+        schedules = [self._schedule(d, p, s) for d, p, s in zip(data, plans, seeds)]
+        for slot, seed in enumerate(seeds):
+            self.bank.reset(slot, seed)
+        lr = torch.zeros(self.slots, 1, device=self.device)
+        for slot, p in enumerate(plans):
+            lr[slot] = p.lr if p.lr is not None else self.inner.lr
+        optimizer = SlotAdamW(self.bank)
+        losses: list[list[float]] = [[] for _ in range(k)]
+        tokens = [0] * k
         self.model.train()
         try:
-            for _ in range(epochs):
-                order = torch.randperm(len(data), generator=order_rng).tolist()
-                for i in range(0, len(order), bs):
-                    batch = self._collate([data[j] for j in order[i: i + bs]])
-                    loss = self.model(**batch).loss
-                    if not torch.isfinite(loss):
-                        raise InnerLoopError(f"non-finite training loss ({loss.item()}) at step {steps + 1}")
-                    loss.backward()
-                    if self.inner.max_grad_norm:
-                        torch.nn.utils.clip_grad_norm_(self.lora_params, self.inner.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    steps += 1
-                    tokens += int(batch["attention_mask"].sum())
-                    losses.append(loss.item())
+            for step in range(max(len(s) for s in schedules)):
+                active = [i for i in range(k) if step < len(schedules[i])]
+                batch = self._rows([[data[i][j] for j in schedules[i][step]] for i in active])
+                with self.bank.routed(active):
+                    logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                per_token = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), batch["labels"][:, 1:],
+                                            ignore_index=-100, reduction="none")
+                counted = (batch["labels"][:, 1:] != -100).float()
+                b = self.inner.batch_size
+                slot_loss = (per_token.view(len(active), b, -1).sum((1, 2))
+                             / counted.view(len(active), b, -1).sum((1, 2)).clamp(min=1))
+                if not torch.isfinite(slot_loss).all():
+                    bad = active[int((~torch.isfinite(slot_loss)).nonzero()[0])]
+                    raise InnerLoopError(f"non-finite training loss at step {step + 1} (adapter {bad})")
+                slot_loss.sum().backward()
+                mask = torch.zeros(self.slots, 1, device=self.device)
+                mask[active] = 1
+                optimizer.step(lr, self.inner.weight_decay, self.inner.max_grad_norm, mask)
+                for i, loss in zip(active, slot_loss.tolist()):
+                    losses[i].append(loss)
+                    tokens[i] += sum(len(data[i][j][0]) for j in schedules[i][step])
         finally:
             self.model.eval()
-        return AbsorbStats(steps=steps, tokens=tokens, first_loss=losses[0], last_loss=losses[-1],
-                           seconds=time.perf_counter() - start)
+        seconds = (time.perf_counter() - start) / k
+        return [AbsorbStats(steps=len(schedules[i]), tokens=tokens[i], first_loss=losses[i][0],
+                            last_loss=losses[i][-1], seconds=seconds) for i in range(k)]
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
@@ -149,29 +218,75 @@ class Student:
         return tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
     def score(self, instance: Any) -> Score:
-        """Score with the adapter as it stands (after `absorb`)."""
-        return self.domain.evaluate(instance, self.generate)
+        """Score with slot 0 as it stands (after `absorb`)."""
+        return self.score_many([instance])[0]
+
+    def score_many(self, instances: Sequence[Any], slots: Sequence[int] | None = None) -> list[Score]:
+        """instances[i] is answered by adapter slots[i] (default: slot i); all in one batched generation."""
+        slots = list(range(len(instances))) if slots is None else list(slots)
+        queries = [self.domain.queries(inst) for inst in instances]
+        width = max(len(q.prompts) for q in queries)
+        stops = {q.stop for q in queries}
+        if len(stops) > 1:
+            raise ValueError("instances scored together must share a stop string")
+        prompts = []
+        for q in queries:  # equal rows per slot: repeat the last query as filler, answers discarded
+            prompts += q.prompts + [q.prompts[-1]] * (width - len(q.prompts))
+        with self.bank.routed(slots):
+            answers = self.generate(prompts, max(q.max_new_tokens for q in queries), stops.pop())
+        return [self.domain.grade(inst, answers[i * width: i * width + len(q.prompts)])
+                for i, (inst, q) in enumerate(zip(instances, queries))]
 
     def baseline(self, instance: Any) -> Score:
         """Score of the unmodified base model; measured once per (base weights, instance)."""
         key = (self.base_fingerprint, self.domain.instance_id(instance))
         if key not in self.baselines:
-            with self.model.disable_adapter():
+            with self.adapters_off():
                 self.baselines[key] = self.domain.evaluate(instance, self.generate)
         return self.baselines[key]
+
+    def save_adapter(self, slot: int, path) -> None:
+        """Write one trained slot as a peft LoRA adapter (loadable with `PeftModel.from_pretrained`)."""
+        from pathlib import Path
+
+        from peft import LoraConfig
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        targets = sorted({name.split(".")[-1] for name, _ in self.bank.layers})
+        LoraConfig(r=self.inner.lora_r, lora_alpha=self.inner.lora_alpha, lora_dropout=self.inner.lora_dropout,
+                   target_modules=targets, bias="none", task_type="CAUSAL_LM",
+                   base_model_name_or_path=getattr(self.model.config, "_name_or_path", None)).save_pretrained(path)
+        save_file(self.bank.peft_state_dict(slot), str(path / "adapter_model.safetensors"))
+
+    # ------------------------------------------------------------------ the fast path
+    def run(self, jobs: Sequence[Job]) -> list[JobResult]:
+        """Absorb and score every job, `slots` at a time; a job whose loss diverges fails alone."""
+        results: list[JobResult] = []
+        for i in range(0, len(jobs), self.slots):
+            results += self._run_chunk(list(jobs[i: i + self.slots]))
+        return results
+
+    def _run_chunk(self, chunk: list[Job]) -> list[JobResult]:
+        try:
+            stats = self.absorb_many([j.plan for j in chunk], [j.seed for j in chunk])
+        except InnerLoopError as err:
+            if len(chunk) == 1:
+                return [JobResult(chunk[0], None, None, 0.0, error=str(err))]
+            return [r for job in chunk for r in self._run_chunk([job])]
+        start = time.perf_counter()
+        scores = self.score_many([j.instance for j in chunk])
+        per = (time.perf_counter() - start) / len(chunk)
+        return [JobResult(j, s, st, per) for j, s, st in zip(chunk, scores, stats)]
 
     def evaluate_plan(self, instance: Any, plan: TrainingPlan, seeds: Sequence[int]) -> list[SeedOutcome]:
         """Absorb the plan once per seed and score each update against the cached baseline."""
         base = self.baseline(instance).value
-        outcomes = []
-        for seed in seeds:
-            stats = self.absorb(plan, seed)
-            start = time.perf_counter()
-            result = self.score(instance)
-            outcomes.append(SeedOutcome(seed=seed, score=result.value, reward=result.value - base, absorb=stats,
-                                        score_seconds=time.perf_counter() - start, details=result.details))
-        return outcomes
-
-
-def mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values) if values else math.nan
+        out = []
+        for r in self.run([Job(instance, plan, s) for s in seeds]):
+            if r.error:
+                raise InnerLoopError(r.error)
+            out.append(SeedOutcome(seed=r.job.seed, score=r.score.value, reward=r.score.value - base,
+                                   absorb=r.stats, score_seconds=r.score_seconds, details=r.score.details))
+        return out

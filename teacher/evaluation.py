@@ -23,7 +23,7 @@ from seal.shared.config import SealConfig
 from seal.shared.domain import Domain, Example, SelfEdit, TrainingPlan
 from seal.shared.models import load_model, uses_chat_template
 from seal.shared.store import RunStore
-from seal.student.inner_loop import InnerLoopError, Student
+from seal.student.inner_loop import InnerLoopError, Job, Student
 from seal.teacher.outer import _parse_record, baseline, teacher_checkpoint, teacher_config
 from seal.teacher.rest_em import is_complete
 from seal.teacher.sampling import Teacher, derive_seed
@@ -121,20 +121,25 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
     for label in labels:
         plans = _plans(domain, heldout, label, edits.get(label, {}))
         log.info("evaluation: %s", label)
+        jobs: list[tuple[Job, dict[str, Any]]] = []
         for inst in heldout:
             iid = domain.instance_id(inst)
             base = baseline(store, student, inst)
             if label == "no_update":
                 if ("no_update", "single", iid, None, None) not in done:
                     store.append("eval_records", {"condition": label, "setting": "single", "instance": iid,
-                                                  "index": None, "seed": None, "score": base})
+                                                  "index": None, "seed": None, "score": base, "status": "ok"})
                 continue
-            for j, plan in plans.get(iid, []):
-                for seed in cfg.eval.seeds:
-                    if (label, "single", iid, j, seed) in done:
-                        continue
-                    store.append("eval_records", {"condition": label, "setting": "single", "instance": iid,
-                                                  "index": j, "seed": seed, **_score(student, inst, plan, seed)})
+            jobs += [(Job(inst, plan, seed), {"condition": label, "setting": "single", "instance": iid,
+                                              "index": j, "seed": seed})
+                     for j, plan in plans.get(iid, []) for seed in cfg.eval.seeds
+                     if (label, "single", iid, j, seed) not in done]
+        for start in range(0, len(jobs), student.slots):
+            chunk = jobs[start: start + student.slots]
+            for result, (_, meta) in zip(student.run([job for job, _ in chunk]), chunk):
+                outcome = ({"score": 0.0, "status": "failed", "reason": result.error} if result.error
+                           else {"score": result.score.value, "status": "ok"})
+                store.append("eval_records", {**meta, **outcome})
         if cfg.eval.cpt and label != "no_update":
             _cpt(cfg, domain, store, student, heldout, label, plans, done)
     return table_rows(store, labels, cfg.eval.cpt)
@@ -156,14 +161,6 @@ def _plans(domain: Domain, heldout: Sequence[Any], label: str,
     return out
 
 
-def _score(student: Student, inst: Any, plan: TrainingPlan, seed: int) -> dict[str, Any]:
-    try:
-        student.absorb(plan, seed)
-    except InnerLoopError as err:
-        return {"score": 0.0, "status": "failed", "reason": str(err)}
-    return {"score": student.score(inst).value, "status": "ok"}
-
-
 def _cpt(cfg: SealConfig, domain: Domain, store: RunStore, student: Student, heldout: Sequence[Any], label: str,
          plans: dict[str, list[tuple[int | None, TrainingPlan]]], done: set) -> None:
     """One adapter on every held-out instance's sequences (all of its self-edits), then every question."""
@@ -172,19 +169,22 @@ def _cpt(cfg: SealConfig, domain: Domain, store: RunStore, student: Student, hel
         for _, plan in items:
             examples += plan.examples
     merged = TrainingPlan(examples=list(dict.fromkeys(examples)), epochs=cfg.eval.cpt_epochs)
-    for seed in cfg.eval.seeds:
-        if all((label, "cpt", domain.instance_id(i), None, seed) in done for i in heldout):
-            continue
+    seeds = [s for s in cfg.eval.seeds
+             if not all((label, "cpt", domain.instance_id(i), None, s) in done for i in heldout)]
+    for start in range(0, len(seeds), student.slots):
+        chunk = seeds[start: start + student.slots]
         try:
-            student.absorb(merged, seed)
+            student.absorb_many([merged] * len(chunk), chunk)
         except InnerLoopError as err:
-            log.warning("evaluation %s cpt seed %d failed: %s", label, seed, err)
+            log.warning("evaluation %s cpt seeds %s failed: %s", label, chunk, err)
             continue
-        for inst in heldout:
-            iid = domain.instance_id(inst)
-            if (label, "cpt", iid, None, seed) not in done:
-                store.append("eval_records", {"condition": label, "setting": "cpt", "instance": iid, "index": None,
-                                              "seed": seed, "score": student.score(inst).value, "status": "ok"})
+        for slot, seed in enumerate(chunk):
+            scores = student.score_many(heldout, [slot] * len(heldout))
+            for inst, score in zip(heldout, scores):
+                iid = domain.instance_id(inst)
+                if (label, "cpt", iid, None, seed) not in done:
+                    store.append("eval_records", {"condition": label, "setting": "cpt", "instance": iid,
+                                                  "index": None, "seed": seed, "score": score.value, "status": "ok"})
 
 
 def _mean_se(values: Sequence[float]) -> tuple[float, float, int]:

@@ -18,7 +18,7 @@ from seal.shared.config import ModelConfig, SealConfig
 from seal.shared.domain import Domain, Score, SelfEdit, SelfEditError
 from seal.shared.models import load_model, uses_chat_template
 from seal.shared.store import RunStore
-from seal.student.inner_loop import InnerLoopError, Student
+from seal.student.inner_loop import Job, JobResult, Student
 from seal.teacher.rest_em import learn, read_update, select, write_update_marker
 from seal.teacher.rest_em import is_complete as teacher_complete
 from seal.teacher.sampling import Teacher, derive_seed
@@ -69,11 +69,15 @@ def baseline(store: RunStore, student: Student, instance: Any) -> float:
 
 
 def reward_round(session: Session, store: RunStore, instances: Sequence[Any], round_: int) -> list[dict[str, Any]]:
-    """Sample, parse and reward k self-edits per instance; returns this round's records (old and new)."""
+    """Sample, parse and reward k self-edits per instance; returns this round's records (old and new).
+
+    First every instance gets its baseline and its k self-edits; then all pending (self-edit, seed)
+    inner loops run `student.slots` at a time, each chunk's records appended as soon as it is scored."""
     cfg, domain, student = session.cfg, session.domain, session.student
     _load_baselines(store, student)
     edits = {(r["instance"], r["index"]): r for r in store.iter("self_edits") if r["round"] == round_}
     done = {(r["instance"], r["index"], r["seed"]) for r in store.iter("records") if r["round"] == round_}
+    jobs: list[tuple[Job, dict[str, Any]]] = []
     for n, instance in enumerate(instances, 1):
         iid = domain.instance_id(instance)
         base = baseline(store, student, instance)
@@ -86,17 +90,23 @@ def reward_round(session: Session, store: RunStore, instances: Sequence[Any], ro
                 rec.update(round=round_, instance=iid, index=i, sample_seconds=samples.seconds / len(samples.texts))
                 store.append("self_edits", rec)
                 edits[(iid, i)] = rec
+            log.info("round %d: sampled %d/%d (%s)", round_, n, len(instances), domain.describe(instance))
         for i in range(cfg.sampling.k):
             edit = edits[(iid, i)]
-            seeds = [None] if edit["status"] != "ok" else cfg.inner.seeds
-            for seed in seeds:
-                if (iid, i, seed) in done:
-                    continue
-                rec = _reward_record(session, instance, edit, seed, base)
-                rec.update(round=round_, instance=iid, index=i, seed=seed, baseline=base)
-                store.append("records", rec)
-                done.add((iid, i, seed))
-        log.info("round %d: %d/%d instances rewarded (%s)", round_, n, len(instances), domain.describe(instance))
+            meta = {"round": round_, "instance": iid, "index": i, "baseline": base}
+            if edit["status"] != "ok":
+                if (iid, i, None) not in done:
+                    store.append("records", {"status": "invalid", "reason": edit["reason"], "score": None,
+                                             "reward": 0.0, **meta, "seed": None})
+                continue
+            plan = domain.plan(instance, SelfEdit(text=edit["text"], items=edit["items"]))
+            jobs += [(Job(instance, plan, seed), {**meta, "seed": seed}) for seed in cfg.inner.seeds
+                     if (iid, i, seed) not in done]
+    for start in range(0, len(jobs), student.slots):
+        chunk = jobs[start: start + student.slots]
+        for result, (_, meta) in zip(student.run([job for job, _ in chunk]), chunk):
+            store.append("records", {**_reward_record(result, meta["baseline"]), **meta})
+        log.info("round %d: %d/%d inner loops done", round_, min(start + student.slots, len(jobs)), len(jobs))
     return [r for r in store.iter("records") if r["round"] == round_]
 
 
@@ -108,20 +118,14 @@ def _parse_record(domain: Domain, instance: Any, text: str) -> dict[str, Any]:
     return {"text": text, "status": "ok", "reason": None, "items": edit.items}
 
 
-def _reward_record(session: Session, instance: Any, edit: dict[str, Any], seed: int | None,
-                   base: float) -> dict[str, Any]:
-    if edit["status"] != "ok":
-        return {"status": "invalid", "reason": edit["reason"], "score": None, "reward": 0.0}
-    plan = session.domain.plan(instance, SelfEdit(text=edit["text"], items=edit["items"]))
-    try:
-        (outcome,) = session.student.evaluate_plan(instance, plan, [seed])
-    except InnerLoopError as err:
-        return {"status": "failed", "reason": str(err), "score": None, "reward": 0.0}
-    a = outcome.absorb
-    return {"status": "ok", "reason": None, "score": outcome.score, "reward": outcome.reward,
+def _reward_record(result: JobResult, base: float) -> dict[str, Any]:
+    if result.error:
+        return {"status": "failed", "reason": result.error, "score": None, "reward": 0.0}
+    a = result.stats
+    return {"status": "ok", "reason": None, "score": result.score.value, "reward": result.score.value - base,
             "train": {"steps": a.steps, "tokens": a.tokens, "first_loss": a.first_loss, "last_loss": a.last_loss},
-            "seconds": {"absorb": a.seconds, "score": outcome.score_seconds},
-            "answers": [d["prediction"] for d in outcome.details]}
+            "seconds": {"absorb": a.seconds, "score": result.score_seconds},
+            "answers": [d["prediction"] for d in result.score.details]}
 
 
 def edit_rewards(records: Sequence[dict[str, Any]]) -> dict[tuple[str, int], float]:
@@ -190,8 +194,10 @@ def run_rounds(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence
         session = build_session(cfg, domain, teacher_config(cfg, store, round_), student)
         student = session.student if cfg.mode == "teacher_student" else None
         records = reward_round(session, store, train, round_)
+        summary = format_table(summary_rows(domain, train, records))
+        store.write_text(f"summary_round{round_}.md", summary + "\n")
         print(f"\nRound {round_}: baseline and reward per instance ({domain.name}, k={cfg.sampling.k}, "
-              f"seeds={cfg.inner.seeds})\n{format_table(summary_rows(domain, train, records))}\n", flush=True)
+              f"seeds={cfg.inner.seeds})\n{summary}\n", flush=True)
         rewards = edit_rewards(records)
         valid = {(r["instance"], r["index"]) for r in records if r["status"] == "ok"}
         keep = select(rewards, valid, cfg.outer.filter, cfg.outer.top_fraction)

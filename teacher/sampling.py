@@ -6,7 +6,6 @@ Each instance is sampled in one `generate` call with `num_return_sequences=k`, s
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import time
 from dataclasses import dataclass
@@ -60,13 +59,10 @@ class Teacher:
         tok = self.tokenizer
         enc = tok(prompt, return_tensors="pt", add_special_tokens=not self.chat).to(self.model.device)
         torch.manual_seed(derive_seed(self.cfg.seed, round_, self.domain.instance_id(instance)))
-        # In self mode the teacher is the student's base model, wrapped by peft: sample without the adapter.
-        disable = getattr(self.model, "disable_adapter", None)
-        ctx = disable() if callable(disable) and hasattr(self.model, "peft_config") else contextlib.nullcontext()
-        with ctx:
-            out = self.model.generate(**enc, do_sample=True, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
-                                      top_k=None, max_new_tokens=self.cfg.max_new_tokens, num_return_sequences=k,
-                                      pad_token_id=tok.pad_token_id)
+        # In self mode this is the student's model; its LoRA slots are only active inside Student calls.
+        out = self.model.generate(**enc, do_sample=True, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
+                                  top_k=None, max_new_tokens=self.cfg.max_new_tokens, num_return_sequences=k,
+                                  pad_token_id=tok.pad_token_id)
         texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         return Samples(prompt=prompt, texts=[t.strip() for t in texts], seconds=time.perf_counter() - start)
 

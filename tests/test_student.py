@@ -5,67 +5,140 @@ from seal.shared.config import InnerConfig, ModelConfig, SamplingConfig
 from seal.shared.domain import Example, TrainingPlan
 from seal.shared.knowledge import KnowledgeDomain
 from seal.shared.models import load_model
-from seal.student import InnerLoopError, Student
+from seal.student import InnerLoopError, Job, Student
 from seal.teacher import Teacher
 
 
 def make_student(model_dir, **inner):
     model, tok = load_model(ModelConfig(name=str(model_dir)))
-    cfg = InnerConfig(**{"lora_r": 4, "lora_alpha": 8, "epochs": 3, "lr": 1e-2, "batch_size": 2, **inner})
+    cfg = InnerConfig(**{"lora_r": 4, "lora_alpha": 8, "epochs": 3, "lr": 1e-2, "batch_size": 2,
+                         "parallel_adapters": 4, **inner})
     return Student(model, tok, cfg, KnowledgeDomain(), chat=True)
 
 
-def plan(texts=("Velmora Lighthouse\nThe lamp can be seen from 31 kilometres away.",
-                "Velmora Lighthouse\nIts keeper is Oda Brannick.", "Velmora Lighthouse\nBuilt in 1874.")):
+TEXTS = ("Velmora Lighthouse\nThe lamp can be seen from 31 kilometres away.",
+         "Velmora Lighthouse\nIts keeper is Oda Brannick.", "Velmora Lighthouse\nBuilt in 1874.")
+
+
+def plan(texts=TEXTS):
     return TrainingPlan(examples=[Example("", t) for t in texts])
-
-
-def lora_snapshot(student):
-    return torch.cat([p.detach().flatten().clone() for p in student.lora_params])
 
 
 def test_absorb_lowers_the_loss_and_only_trains_lora(tiny_model_dir):
     student = make_student(tiny_model_dir, epochs=8)
-    base = {n: p.detach().clone() for n, p in student.model.named_parameters() if "lora_" not in n}
+    base = {n: p.detach().clone() for n, p in student.model.named_parameters() if "bank" not in n}
     stats = student.absorb(plan(), seed=0)
     assert stats.steps == 8 * 2  # 3 sequences, batch 2 -> 2 steps per epoch
     assert stats.last_loss < stats.first_loss
     for n, p in student.model.named_parameters():
-        if "lora_" not in n:
+        if n in base:
             assert torch.equal(p, base[n]), n
+    assert student.bank.weights[0].abs().sum() > 0 and student.bank.weights[1:].abs().sum() == 0
 
 
 def test_seeded_reset_makes_absorb_reproducible(tiny_model_dir):
     student = make_student(tiny_model_dir)
     a = student.absorb(plan(), seed=1)
-    wa = lora_snapshot(student)
+    wa = student.bank.weights[0].detach().clone()
     b = student.absorb(plan(), seed=1)
-    assert torch.allclose(wa, lora_snapshot(student)) and a.last_loss == pytest.approx(b.last_loss)
+    assert torch.equal(wa, student.bank.weights[0]) and a.last_loss == b.last_loss
     student.absorb(plan(), seed=2)
-    assert not torch.allclose(wa, lora_snapshot(student))
+    assert not torch.allclose(wa, student.bank.weights[0])
 
 
-def test_padding_is_masked_out_of_the_loss(tiny_model_dir):
+def test_first_loss_is_the_token_weighted_base_loss_of_the_first_batch(tiny_model_dir):
+    """B starts at zero, so step 1 sees the base model; padding and filler rows must not count."""
     student = make_student(tiny_model_dir)
-    data = student._encode(plan())
-    assert len(data[0][0]) != len(data[1][0])
-    student.reset_adapter(0)
+    p = plan()
+    data = student.encode(p)
+    first = student._schedule(data, p, seed=3)[0]
+    assert len({len(data[j][0]) for j in first}) == 2  # different lengths: padding happens
+    total, count = 0.0, 0
     with torch.no_grad():
-        alone = [student.model(**student._collate([d])).loss for d in data[:2]]
-        n = [sum(1 for x in d[1][1:] if x != -100) for d in data[:2]]
-        together = student.model(**student._collate(data[:2])).loss
-    expected = (alone[0] * n[0] + alone[1] * n[1]) / (n[0] + n[1])
-    assert together.item() == pytest.approx(expected.item(), rel=1e-5)
+        for j in first:
+            ids = torch.tensor([data[j][0]])
+            out = student.model(input_ids=ids, labels=ids)
+            n = ids.shape[1] - 1
+            total, count = total + out.loss.item() * n, count + n
+    assert student.absorb(p, seed=3).first_loss == pytest.approx(total / count, rel=1e-5)
 
 
 def test_prompt_tokens_are_masked_when_the_plan_says_so(tiny_model_dir):
     student = make_student(tiny_model_dir)
     p = TrainingPlan(examples=[Example("What is two plus two?", "four", chat=True)], loss_on_prompt=False)
-    ((ids, labels),) = student._encode(p)
+    ((ids, labels),) = student.encode(p)
     answer = student.tokenizer("four", add_special_tokens=False)["input_ids"] + [student.tokenizer.eos_token_id]
     assert [x for x in labels if x != -100] == answer
     assert ids[-len(answer):] == answer
     assert "<|im_start|>user" in student.tokenizer.decode(ids)  # the chat template was applied
+
+
+def test_many_adapters_at_once_equal_one_at_a_time(tiny_model_dir):
+    """The fast path's contract: K self-edits trained together give the adapters, losses and answers
+    of K sequential runs (tolerance: float summation order, 1e-4 relative on weights)."""
+    plans = [plan(), plan(TEXTS[:2]), plan(TEXTS[1:] + ("Velmora Lighthouse\nGreen and white stripes.",)),
+             TrainingPlan(examples=[Example("", TEXTS[0])], epochs=5, lr=3e-2)]
+    seeds = [0, 1, 2, 3]
+    insts = KnowledgeDomain().load("builtin", "train[:4]")
+    student = make_student(tiny_model_dir, lr=3e-2)
+    together = student.absorb_many(plans, seeds)
+    w_together = student.bank.weights.detach().clone()
+    answers_together = [s.details for s in student.score_many(insts)]
+    for i, (p, s) in enumerate(zip(plans, seeds)):
+        alone = student.absorb(p, s)
+        assert alone.steps == together[i].steps and alone.tokens == together[i].tokens
+        assert alone.last_loss == pytest.approx(together[i].last_loss, rel=1e-4)
+        torch.testing.assert_close(student.bank.weights[0], w_together[i], rtol=1e-4, atol=1e-6)
+        assert [d["prediction"] for d in student.score(insts[i]).details] == \
+            [d["prediction"] for d in answers_together[i]]
+    assert [t.steps for t in together] == [3 * 2, 3 * 1, 3 * 2, 5]
+
+
+def test_one_slot_trains_like_peft_lora_with_torch_adamw(tiny_model_dir):
+    """Our LoRA forward, loss and optimizer against peft's LoRA layers and torch.optim.AdamW."""
+    from peft import LoraConfig, get_peft_model
+
+    student = make_student(tiny_model_dir, epochs=2, batch_size=1, lr=1e-2, max_grad_norm=1.0)
+    p = plan()
+    student.bank.reset(0, 5)
+    init = student.bank.peft_state_dict(0)
+    student.absorb(p, seed=5)
+    ours = student.bank.peft_state_dict(0)
+
+    ref_model, tok = load_model(ModelConfig(name=str(tiny_model_dir)))
+    ref = get_peft_model(ref_model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0))
+    ref.load_state_dict({k.replace(".weight", ".default.weight"): v for k, v in init.items()}, strict=False)
+    params = [q for n, q in ref.named_parameters() if "lora_" in n]
+    opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)
+    data = student.encode(p)
+    ref.train()
+    for batch in student._schedule(data, p, seed=5):
+        (j,) = batch
+        ids = torch.tensor([data[j][0]])
+        ref(input_ids=ids, labels=ids).loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad()
+    ref_state = {n.replace(".default", ""): q for n, q in ref.named_parameters() if "lora_" in n}
+    assert ref_state.keys() == ours.keys()
+    for k in ours:
+        torch.testing.assert_close(ours[k], ref_state[k].detach(), rtol=1e-3, atol=1e-5)
+
+
+def test_a_saved_slot_loads_as_a_peft_adapter(tiny_model_dir, tmp_path):
+    from peft import PeftModel
+
+    student = make_student(tiny_model_dir, lr=5e-2)
+    student.absorb(plan(), seed=0)
+    student.save_adapter(0, tmp_path / "adapter")
+    ids = torch.tensor([student.encode(plan())[0][0]])
+    with torch.no_grad(), student.bank.routed([0]):
+        ours = student.model(input_ids=ids).logits
+    base, _ = load_model(ModelConfig(name=str(tiny_model_dir)))
+    loaded = PeftModel.from_pretrained(base, tmp_path / "adapter")
+    with torch.no_grad():
+        theirs = loaded(input_ids=ids).logits
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
 def test_baseline_is_cached_and_ignores_the_adapter(tiny_model_dir):
@@ -83,8 +156,9 @@ def test_baseline_is_cached_and_ignores_the_adapter(tiny_model_dir):
     student.absorb(plan(), seed=0)
     again = student.baseline(inst)
     assert again is first and len(calls) == 1
-    adapted = student.domain.evaluate(inst, original)
-    with student.model.disable_adapter():
+    student.generate = original
+    adapted = student.score(inst)
+    with student.adapters_off():
         plain = student.domain.evaluate(inst, original)
     assert [d["prediction"] for d in plain.details] == [d["prediction"] for d in first.details]
     assert [d["prediction"] for d in adapted.details] != [d["prediction"] for d in first.details]
@@ -101,10 +175,15 @@ def test_evaluate_plan_rewards_are_gains_over_the_baseline(tiny_model_dir):
         assert len(o.details) == len(inst.questions)
 
 
-def test_non_finite_loss_is_an_inner_loop_error(tiny_model_dir):
-    student = make_student(tiny_model_dir, lr=float("inf"), max_grad_norm=0.0)
+def test_a_diverging_job_fails_alone(tiny_model_dir):
+    student = make_student(tiny_model_dir, max_grad_norm=0.0)
+    inst = KnowledgeDomain().load("builtin", "train[:1]")[0]
+    bad = TrainingPlan(examples=plan().examples, lr=float("inf"))
+    results = student.run([Job(inst, plan(), 0), Job(inst, bad, 1), Job(inst, plan(), 2)])
+    assert [r.error is None for r in results] == [True, False, True]
+    assert "non-finite training loss" in results[1].error
     with pytest.raises(InnerLoopError, match="non-finite training loss"):
-        student.absorb(plan(), seed=0)
+        student.absorb(bad, seed=0)
 
 
 def test_empty_plan_is_an_inner_loop_error(tiny_model_dir):

@@ -1,0 +1,170 @@
+"""K LoRA adapters that train and generate in one pass, each batch row routed to its own adapter.
+
+peft trains one adapter per forward pass (its mixed-adapter batches are inference-only), so the
+inner loop would pay one full base-model pass per self-edit. Here every targeted `nn.Linear` gains
+stacked adapter weights; a forward pass over `K_active × b` rows runs the frozen base once and adds
+`B_k A_k x` with two batched matmuls per layer. All slots' A and B live in one flat `[slots, P]`
+parameter, so a vectorised AdamW, per-slot gradient clipping and per-slot learning rates are a
+handful of tensor ops per step. A slot initialises exactly like peft's default LoRA (A kaiming-uniform,
+B zero) and exports to peft's adapter format, so a trained self-edit can be saved and loaded with peft.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+
+@dataclass
+class _Slice:
+    a: tuple[int, int]
+    b: tuple[int, int]
+
+
+class MultiLoRALinear(nn.Module):
+    """Wraps a frozen linear layer; `bank.route` selects which slots the current rows use."""
+
+    def __init__(self, base: nn.Linear, bank: "LoRABank", where: _Slice):
+        super().__init__()
+        self.base = base
+        self.where = where
+        object.__setattr__(self, "bank", bank)  # not a submodule: the bank owns the parameters
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        bank = self.bank
+        if bank.route is None:
+            return y
+        r = bank.r
+        a = bank.active(*self.where.a)
+        ka = a.shape[0]
+        a = a.view(ka, r, self.base.in_features)
+        b = bank.active(*self.where.b).view(ka, self.base.out_features, r)
+        xa = x.reshape(ka, -1, x.shape[-1]).to(a.dtype)
+        if bank.dropout and self.training:
+            xa = nn.functional.dropout(xa, bank.dropout)
+        delta = torch.bmm(torch.bmm(xa, a.transpose(1, 2)), b.transpose(1, 2)) * bank.scaling
+        return y + delta.reshape(y.shape).to(y.dtype)
+
+
+def _targets(model: nn.Module, target_modules: Sequence[str]) -> list[str]:
+    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or module is out_emb:
+            continue
+        if list(target_modules) == ["all-linear"] or name.split(".")[-1] in target_modules:
+            names.append(name)
+    if not names:
+        raise ValueError(f"target_modules {list(target_modules)} match no linear layer of the model")
+    return names
+
+
+class LoRABank(nn.Module):
+    """`slots` LoRA adapters of rank r over the targeted linear layers of `model` (modified in place)."""
+
+    def __init__(self, model: nn.Module, slots: int, r: int, alpha: float, dropout: float,
+                 target_modules: Sequence[str], dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.slots, self.r, self.scaling, self.dropout = slots, r, alpha / r, dropout
+        self.route: torch.Tensor | None = None
+        self._all: bool = False
+        self.layers: list[tuple[str, MultiLoRALinear]] = []
+        offset = 0
+        device = next(model.parameters()).device
+        for name in _targets(model, target_modules):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            base: nn.Linear = getattr(parent, child)
+            a = (offset, offset + r * base.in_features)
+            b = (a[1], a[1] + base.out_features * r)
+            offset = b[1]
+            layer = MultiLoRALinear(base, self, _Slice(a, b))
+            setattr(parent, child, layer)
+            self.layers.append((name, layer))
+        self.weights = nn.Parameter(torch.zeros(slots, offset, device=device, dtype=dtype))
+
+    @property
+    def size(self) -> int:
+        """Trainable parameters per adapter."""
+        return self.weights.shape[1]
+
+    def active(self, start: int, stop: int) -> torch.Tensor:
+        """Columns [start, stop) of the routed slots' weights, one row per row group (slots may repeat)."""
+        cols = self.weights[:, start:stop]
+        return cols if self._all else cols.index_select(0, self.route)
+
+    @contextlib.contextmanager
+    def routed(self, slots: Sequence[int] | None) -> Iterator[None]:
+        """Rows of the next passes are grouped by slot: rows [i*b:(i+1)*b] use `slots[i]`. None: base model."""
+        previous = (self.route, self._all)
+        if slots is None:
+            self.route, self._all = None, False
+        else:
+            self.route = torch.as_tensor(list(slots), device=self.weights.device)
+            self._all = list(slots) == list(range(self.slots))
+        try:
+            yield
+        finally:
+            self.route, self._all = previous
+
+    @torch.no_grad()
+    def reset(self, slot: int, seed: int) -> None:
+        """Initialise one slot as peft does (A: kaiming-uniform(a=√5) per layer in module order, B: 0)."""
+        gen_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        row = self.weights[slot]
+        for _, layer in self.layers:
+            a0, a1 = layer.where.a
+            a = torch.empty(self.r, layer.base.in_features)
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+            row[a0:a1] = a.flatten().to(row)
+            row[layer.where.b[0]:layer.where.b[1]] = 0
+        torch.random.set_rng_state(gen_state)
+
+    def peft_state_dict(self, slot: int) -> dict[str, torch.Tensor]:
+        """One slot in peft's LoRA adapter layout (`base_model.model.<layer>.lora_A.weight`, ...)."""
+        row = self.weights[slot].detach()
+        out = {}
+        for name, layer in self.layers:
+            out[f"base_model.model.{name}.lora_A.weight"] = row[slice(*layer.where.a)].view(
+                self.r, layer.base.in_features).clone()
+            out[f"base_model.model.{name}.lora_B.weight"] = row[slice(*layer.where.b)].view(
+                layer.base.out_features, self.r).clone()
+        return out
+
+
+class SlotAdamW:
+    """AdamW over the bank's `[slots, P]` weights with a per-slot learning rate, step count, gradient-norm
+    clip and an active mask (a slot with no rows this step is not moved). Matches torch.optim.AdamW."""
+
+    def __init__(self, bank: LoRABank, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.bank = bank
+        self.b1, self.b2 = betas
+        self.eps = eps
+        w = bank.weights
+        self.m = torch.zeros_like(w)
+        self.v = torch.zeros_like(w)
+        self.steps = torch.zeros(bank.slots, 1, device=w.device, dtype=w.dtype)
+
+    @torch.no_grad()
+    def step(self, lr: torch.Tensor, weight_decay: float, max_grad_norm: float, active: torch.Tensor) -> None:
+        """`lr` and `active` are `[slots, 1]`; inactive rows keep their weights and moments."""
+        w, g = self.bank.weights, self.bank.weights.grad
+        if max_grad_norm:
+            norms = g.norm(dim=1, keepdim=True)
+            g = g * (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        self.steps += active
+        t = self.steps.clamp(min=1)
+        self.m.mul_(torch.where(active > 0, self.b1, 1.0)).add_(g * (1 - self.b1) * active)
+        self.v.mul_(torch.where(active > 0, self.b2, 1.0)).add_(g * g * (1 - self.b2) * active)
+        step_size = lr / (1 - self.b1 ** t)
+        denom = (self.v.sqrt() / torch.sqrt(1 - self.b2 ** t)).add_(self.eps)
+        w.mul_(1 - lr * weight_decay * active)
+        w.add_(-(step_size * active) * self.m / denom)
+        self.bank.weights.grad = None
