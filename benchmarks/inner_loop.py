@@ -1,31 +1,34 @@
-"""Seconds per self-edit evaluation (absorb + score) and peak memory of the student inner loop.
+"""Self-edit evaluations (absorb + score) per minute: the reference procedure vs ours, same model, same run.
 
-    python benchmarks/inner_loop.py                       # embedded model, demo inner-loop settings
-    python benchmarks/inner_loop.py --model tiny --n 4    # a tiny model built from config
+    python benchmarks/inner_loop.py                          # embedded SmolLM2-135M, demo inner-loop settings
+    python benchmarks/inner_loop.py --model tiny --n 8       # a tiny model built from config
+    python benchmarks/inner_loop.py --device cuda            # on a GPU
 
+Three ways to evaluate the same N self-edits, each in its own subprocess (so peak memory is its own):
+  a  the reference procedure of the paper's code: a fresh peft model and HF `Trainer` per self-edit,
+     batch size 1, every sequence padded to a fixed length (`--ref-length`; the paper uses 2048), the
+     no-update baseline re-measured on every call, one self-edit at a time;
+  b  our inner loop restricted to one adapter at a time (dynamic padding, cached baseline, the recipe's
+     batch size, no Trainer);
+  c  ours at full speed: K adapters trained and scored in one pass (K from `--k`, else the recipe's
+     `inner.parallel_adapters`, else chosen from free memory).
 Each self-edit is a fixed restatement of a built-in passage (its sentences as items), so the figures
-measure the inner loop alone, not the teacher. Every thread count is timed in the same process, on the
-same self-edits, after one warm-up evaluation; compare the ratios, not the absolute seconds.
+measure the inner loop alone. Achieved FLOP/s counts 4·params·(real tokens) per training step
+(forward + activation gradients; the base is frozen) against a measured fp32 matmul peak.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import resource
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-import torch
-
-from seal.shared.config import InnerConfig, ModelConfig, parse_config
-from seal.shared.domain import SelfEdit
-from seal.shared.knowledge import KnowledgeDomain
-from seal.shared.models import load_model
-from seal.student import Student
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,61 +37,199 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def tiny_model_dir() -> Path:
-    sys.path.insert(0, str(REPO))
-    from tests.conftest import make_model_dir
+def matmul_peak_gflops(device: str, threads: int) -> float:
+    import torch
 
-    return make_model_dir(Path(tempfile.mkdtemp(prefix="seal-bench-")))
+    torch.set_num_threads(threads)
+    n = 2048
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    for _ in range(2):
+        a @ b
+    reps = 10 if device == "cpu" else 100
+    if device != "cpu":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    if device != "cpu":
+        torch.cuda.synchronize()
+    return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def workload(args):
+    """The model, student config, domain and N (passage, plan) pairs plus one warm-up pair."""
+    import torch
+
+    from seal.shared.config import ModelConfig, parse_config
+    from seal.shared.domain import SelfEdit
+    from seal.shared.knowledge import KnowledgeDomain
+    from seal.shared.models import load_model
+
+    torch.set_num_threads(args.threads)
+    cfg = parse_config(["--config", args.recipe])
+    name = args.model
+    if name == "tiny":
+        sys.path.insert(0, str(REPO))
+        from tests.conftest import make_model_dir
+
+        name = str(make_model_dir(Path(tempfile.mkdtemp(prefix="seal-bench-"))))
+    model, tok = load_model(ModelConfig(name=name, device=args.device,
+                                        dtype="bfloat16" if args.device != "cpu" else "float32"))
+    domain = KnowledgeDomain(KnowledgeDomain.Options(**{k: v for k, v in cfg.domain.items() if k != "name"}))
+    pairs = []
+    for p in domain.load("builtin", "train")[: args.n + 1]:
+        items = [s for s in re.split(r"(?<=\.)\s+", p.context) if s]
+        pairs.append((p, domain.plan(p, SelfEdit(text=p.context, items=items))))
+    return cfg, model, tok, domain, pairs
+
+
+def params_for_flops(model) -> int:
+    emb = model.get_input_embeddings().weight.numel()
+    return sum(p.numel() for p in model.parameters()) - emb + model.get_output_embeddings().weight.numel()
+
+
+def run_reference(args) -> dict:
+    """(a) One self-edit at a time, as the paper's code does it."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import Trainer, TrainingArguments
+
+    from seal.shared.models import format_prompt
+
+    cfg, model, tok, domain, pairs = workload(args)
+    inner, length = cfg.inner, args.ref_length
+    targets = "all-linear" if inner.target_modules == ["all-linear"] else inner.target_modules
+
+    def answer(m, passage):
+        q = domain.queries(passage)
+        texts = [format_prompt(tok, x, True) for x in q.prompts]
+        tok.padding_side = "left"
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(m.device)
+        with torch.no_grad():
+            out = m.generate(**enc, max_new_tokens=q.max_new_tokens, do_sample=False, top_p=None, top_k=None,
+                             temperature=None, pad_token_id=tok.pad_token_id, stop_strings=q.stop, tokenizer=tok)
+        return domain.grade(passage, tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+
+    def one(passage, plan, out_dir):
+        answer(model, passage)  # the baseline, re-measured on every call
+        texts = [ex.completion + tok.eos_token for ex in plan.examples]
+        tok.padding_side = "right"
+        enc = tok(texts, padding="max_length", truncation=True, max_length=length)
+        labels = [[t if m else -100 for t, m in zip(ids, mask)] for ids, mask in zip(enc["input_ids"],
+                                                                                      enc["attention_mask"])]
+        ds = Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                                "labels": labels})
+        peft_model = get_peft_model(model, LoraConfig(r=inner.lora_r, lora_alpha=inner.lora_alpha,
+                                                      lora_dropout=inner.lora_dropout, target_modules=targets,
+                                                      task_type="CAUSAL_LM"))
+        targs = TrainingArguments(output_dir=out_dir, per_device_train_batch_size=1, num_train_epochs=inner.epochs,
+                                  learning_rate=inner.lr, save_strategy="no", report_to=[], logging_strategy="no",
+                                  disable_tqdm=True, use_cpu=args.device == "cpu", bf16=args.device != "cpu",
+                                  seed=0, dataloader_num_workers=0)
+        Trainer(model=peft_model, args=targs, train_dataset=ds).train()
+        peft_model.eval()
+        answer(peft_model, passage)
+        peft_model.unload()  # back to the plain base for the next self-edit
+        return sum(sum(m) for m in enc["attention_mask"]) * inner.epochs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        one(*pairs[0], tmp)  # warm-up
+        start = time.perf_counter()
+        real_tokens = sum(one(p, plan, tmp) for p, plan in pairs[1:])
+        wall = time.perf_counter() - start
+    return {"seconds": wall, "evals": len(pairs) - 1, "real_tokens": real_tokens,
+            "flop_params": params_for_flops(model), "peak_rss_mib": peak_rss_mib(), **_gpu_peak()}
+
+
+def run_ours(args, slots: int) -> dict:
+    """(b) slots=1, (c) slots=K: our Student.run over the same jobs, baselines cached first."""
+    from dataclasses import replace
+
+    from seal.student import Job, Student
+
+    cfg, model, tok, domain, pairs = workload(args)
+    inner = replace(cfg.inner, parallel_adapters=slots)
+    student = Student(model, tok, inner, domain, chat=tok.chat_template is not None)
+    for p, _ in pairs:
+        student.baseline(p)  # cached once per student in a run; not part of a self-edit evaluation
+    student.run([Job(p, plan, 0) for p, plan in pairs[:1]])  # warm-up
+    jobs = [Job(p, plan, 0) for p, plan in pairs[1:]]
+    start = time.perf_counter()
+    results = student.run(jobs)
+    wall = time.perf_counter() - start
+    assert all(r.error is None for r in results), [r.error for r in results]
+    absorb = sum(r.stats.seconds for r in results)
+    return {"seconds": wall, "evals": len(jobs), "real_tokens": sum(r.stats.tokens for r in results),
+            "absorb_seconds": absorb, "score_seconds": sum(r.score_seconds for r in results), "slots": slots,
+            "flop_params": params_for_flops(model), "peak_rss_mib": peak_rss_mib(), **_gpu_peak()}
+
+
+def _gpu_peak() -> dict:
+    import torch
+
+    if torch.cuda.is_available():
+        return {"peak_gpu_mib": torch.cuda.max_memory_allocated() / 2 ** 20}
+    return {}
+
+
+def child(args) -> None:
+    if args.method == "a":
+        out = run_reference(args)
+    elif args.method == "b":
+        out = run_ours(args, 1)
+    else:
+        from seal.shared.config import parse_config
+
+        k = args.k or parse_config(["--config", args.recipe]).inner.parallel_adapters or args.n
+        out = run_ours(args, min(k, args.n))
+    print("RESULT " + json.dumps(out))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="embedded", help="embedded | tiny | a path or hub name")
-    ap.add_argument("--recipe", default=str(REPO / "recipes/knowledge/smollm2-135m.yaml"),
-                    help="inner-loop settings are read from this recipe")
-    ap.add_argument("--n", type=int, default=4, help="self-edits evaluated per thread setting")
-    ap.add_argument("--threads", default="1,2", help="comma-separated torch thread counts to compare")
+    ap.add_argument("--recipe", default=str(REPO / "recipes/knowledge/smollm2-135m.yaml"))
+    ap.add_argument("--n", type=int, default=8, help="self-edits timed for (b) and (c), after one warm-up")
+    ap.add_argument("--n-ref", type=int, default=2, help="self-edits timed for (a), the slow reference")
+    ap.add_argument("--k", type=int, default=None, help="adapters per pass for (c)")
+    ap.add_argument("--ref-length", type=int, default=256, help="fixed padded length for (a)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--methods", default="a,b,c")
+    ap.add_argument("--method", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.method:
+        return child(args)
 
-    cfg = parse_config(["--config", args.recipe])
-    inner: InnerConfig = cfg.inner
-    name = str(tiny_model_dir()) if args.model == "tiny" else args.model
-    model, tok = load_model(ModelConfig(name=name))
-    domain = KnowledgeDomain(KnowledgeDomain.Options(**{k: v for k, v in cfg.domain.items() if k != "name"}))
-    student = Student(model, tok, inner, domain, chat=tok.chat_template is not None)
-    passages = domain.load("builtin", "train")[: args.n + 1]
-    plans = []
-    for p in passages:
-        items = [s for s in re.split(r"(?<=\.)\s+", p.context) if s]
-        plans.append((p, domain.plan(p, SelfEdit(text=p.context, items=items))))
-    for p, _ in plans:
-        student.baseline(p)  # cached once per student, as in a run; not part of a self-edit evaluation
+    import torch
 
-    print(f"model={args.model} params={sum(x.numel() for x in model.parameters()) / 1e6:.1f}M "
-          f"lora_r={inner.lora_r} targets={inner.target_modules} epochs={inner.epochs} "
-          f"batch={inner.batch_size} lr={inner.lr} cpus={os.cpu_count()} torch={torch.__version__}")
+    peak = matmul_peak_gflops(args.device, args.threads)
+    print(f"model={args.model} device={args.device} threads={args.threads} cpus={os.cpu_count()} "
+          f"torch={torch.__version__} recipe={Path(args.recipe).name} fp32 matmul peak {peak:.1f} GFLOP/s")
     results = {}
-    for threads in [int(t) for t in args.threads.split(",")]:
-        torch.set_num_threads(threads)
-        p0, plan0 = plans[0]
-        student.evaluate_plan(p0, plan0, [0])  # warm-up
-        absorb = score = tokens = 0.0
-        start = time.perf_counter()
-        for p, plan in plans[1:]:
-            (o,) = student.evaluate_plan(p, plan, [0])
-            absorb += o.absorb.seconds
-            score += o.score_seconds
-            tokens += o.absorb.tokens
-        wall = time.perf_counter() - start
-        n = len(plans) - 1
-        results[threads] = wall / n
-        print(f"threads={threads}: {wall / n:.2f} s per self-edit evaluation "
-              f"(absorb {absorb / n:.2f} s, score {score / n:.2f} s), {tokens / absorb:.0f} train tokens/s, "
-              f"{60 * n / wall:.1f} evaluations/min")
-    base = min(results)
-    for threads, sec in results.items():
-        print(f"speed vs threads={base}: threads={threads} x{results[base] / sec:.2f}")
-    print(f"peak RSS {peak_rss_mib():.0f} MiB")
+    for method in args.methods.split(","):
+        n = args.n_ref if method == "a" else args.n
+        cmd = [sys.executable, __file__, "--method", method, "--model", args.model, "--recipe", args.recipe,
+               "--n", str(n), "--ref-length", str(args.ref_length), "--threads", str(args.threads),
+               "--device", args.device] + (["--k", str(args.k)] if args.k else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+        if proc.returncode or not line:
+            sys.exit(f"method {method} failed:\n{proc.stderr[-3000:]}")
+        r = results[method] = json.loads(line[0][7:])
+        per = r["seconds"] / r["evals"]
+        flops = 4 * r["flop_params"] * r["real_tokens"] / r["seconds"] / 1e9
+        extra = f", K={r['slots']}" if "slots" in r else f", padded to {args.ref_length}"
+        mem = f"peak RSS {r['peak_rss_mib']:.0f} MiB" + (f", peak GPU {r['peak_gpu_mib']:.0f} MiB"
+                                                        if "peak_gpu_mib" in r else "")
+        print(f"({method}) {per:7.2f} s per self-edit evaluation, {60 / per:6.2f} evaluations/min{extra}; "
+              f"useful {flops:.1f} GFLOP/s ({100 * flops / peak:.0f}% of peak); {mem}")
+    if "c" in results:
+        per_c = results["c"]["seconds"] / results["c"]["evals"]
+        for m in ("a", "b"):
+            if m in results:
+                print(f"speed-up (c) over ({m}): x{results[m]['seconds'] / results[m]['evals'] / per_c:.1f}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ import torch  # noqa: E402
 from seal.shared import (ConfigError, DataError, ModelLoadError, RunDirError, RunStore,  # noqa: E402
                          make_domain, parse_config)
 from seal.shared.config import to_dict  # noqa: E402
-from seal.teacher import evaluate, format_csv, format_markdown, format_rounds, run_rounds  # noqa: E402
+from seal.shared.tracking import Tracker  # noqa: E402
+from seal.teacher import evaluate, format_csv, format_markdown, format_rounds, run_grpo, run_rounds  # noqa: E402
 
 log = logging.getLogger("seal")
 
@@ -37,14 +38,17 @@ def main(argv: list[str]) -> int:
     except (ConfigError, DataError, RunDirError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    logging.getLogger().setLevel(cfg.log_level.upper())
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    tracker = Tracker(cfg.report_to == "wandb", store.path, to_dict(cfg), cfg.wandb)
     log.info("run directory %s: %d %s training instances, %d round(s), k=%d, seeds=%s", store.path, len(train),
              domain.name, cfg.outer.rounds, cfg.sampling.k, cfg.inner.seeds)
     start = time.perf_counter()
     try:
         if cfg.outer.rounds:
-            rounds = run_rounds(cfg, domain, store, train)
+            outer_loop = run_grpo if cfg.outer.algorithm == "grpo" else run_rounds
+            rounds = outer_loop(cfg, domain, store, train, tracker)
             print("ReST-EM rounds:\n" + format_rounds(rounds) + "\n", flush=True)
         if cfg.eval.enabled:
             heldout = domain.load(cfg.data.source, cfg.data.eval_split)
@@ -52,11 +56,14 @@ def main(argv: list[str]) -> int:
             table = format_markdown(rows)
             store.write_text("eval.md", table + "\n")
             store.write_text("eval.csv", format_csv(rows))
+            tracker.log_eval(rows)
             print(f"Held-out evaluation ({len(heldout)} instances, grader {cfg.domain.get('grader', 'default')}):"
                   f"\n{table}\n", flush=True)
     except (ModelLoadError, DataError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:
+        tracker.finish()
     log.info("done in %.1fs; records in %s", time.perf_counter() - start, store.path)
     return 0
 

@@ -89,8 +89,11 @@ FILTERS = ("best_of_k", "best_of_k_positive", "all_positive", "top_fraction")
 
 @dataclass
 class OuterConfig:
-    """The outer loop: ReST-EM rounds (paper: 2 rounds; teacher SFT with LoRA r=64/alpha=128, lr 3e-4, 2 epochs)."""
+    """The outer loop: ReST-EM rounds (paper: 2 rounds; teacher SFT with LoRA r=64/alpha=128, lr 3e-4, 2 epochs)
+    or GRPO rounds (TRL's GRPOTrainer; `grpo_*` keys)."""
 
+    algorithm: str = "rest_em"
+    """rest_em | grpo"""
     rounds: int = 1
     filter: str = "best_of_k"
     """best_of_k (the paper) | best_of_k_positive | all_positive | top_fraction"""
@@ -107,8 +110,17 @@ class OuterConfig:
     grad_accum: int = 1
     max_length: int = 2048
     lr_scheduler: str = "constant"
+    grpo_steps: int = 4
+    """GRPO optimizer steps per round (each step: k self-edits per prompt, every one through the inner loop)."""
+    grpo_prompts_per_step: int = 1
+    grpo_beta: float = 0.04
+    """KL coefficient against the round's starting teacher."""
+    trl_args: dict[str, Any] = field(default_factory=dict)
+    """Passed to GRPOConfig as is (e.g. use_vllm, vllm_mode, loss_type, scale_rewards); TRL validates them."""
 
     def __post_init__(self):
+        if self.algorithm not in ("rest_em", "grpo"):
+            raise ConfigError(f"outer.algorithm: expected 'rest_em' or 'grpo', got {self.algorithm!r}")
         if self.filter not in FILTERS:
             raise ConfigError(f"outer.filter: {self.filter!r} is not one of {', '.join(FILTERS)}")
         if not 0 < self.top_fraction <= 1:
@@ -142,11 +154,27 @@ EVAL_CONDITIONS = ("no_update", "context_only", "base_teacher", "round_teachers"
 
 
 @dataclass
+class WandbConfig:
+    """wandb run settings (used when report_to: wandb)."""
+
+    project: str = "seal"
+    entity: str | None = None
+    group: str | None = None
+    name: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
 class SealConfig:
     """Everything one SEAL run needs. Sections map to YAML mappings and `--section.key` overrides."""
 
     output_dir: str = "runs/seal"
+    """Environment variables are expanded (a sweep can use runs/sweep/$WANDB_RUN_ID)."""
     seed: int = 0
+    report_to: str = "none"
+    """none | wandb"""
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    log_level: str = "info"
     threads: int | None = None
     """torch CPU threads; None keeps torch's default."""
     mode: str = "self"
@@ -163,6 +191,11 @@ class SealConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
+        self.output_dir = os.path.expandvars(self.output_dir)
+        if self.report_to not in ("none", "wandb"):
+            raise ConfigError(f"report_to: expected 'none' or 'wandb', got {self.report_to!r}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"log_level: expected debug, info, warning or error, got {self.log_level!r}")
         bad = [c for c in self.eval.conditions if c not in EVAL_CONDITIONS]
         if bad:
             raise ConfigError(f"eval.conditions: unknown {', '.join(bad)}; choose from {', '.join(EVAL_CONDITIONS)}")

@@ -2,7 +2,8 @@
 
 Every record is one line written with a single `write` on an O_APPEND descriptor and fsynced, so a
 killed process leaves at most one torn last line, which readers skip. A run directory remembers the
-config that made it and refuses a different one (changing only `output_dir` or `threads` is fine).
+config that made it and refuses a different one (changing only where results go or how they are
+reported — `output_dir`, `threads`, `report_to`, `wandb`, `log_level` — is fine).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import yaml
 from seal.shared.config import redacted
 
 # Keys that do not change results: a run may be resumed with other values for them.
-NON_RESULT_KEYS = ("output_dir", "threads")
+NON_RESULT_KEYS = ("output_dir", "threads", "report_to", "wandb", "log_level")
 
 
 class RunDirError(RuntimeError):

@@ -136,23 +136,29 @@ class Student:
         return batches
 
     def _rows(self, groups: Sequence[Sequence[tuple[list[int], list[int]]]]) -> dict[str, torch.Tensor]:
-        """Right-padded tensors with `batch_size` rows per group (filler rows carry no loss)."""
-        b = self.inner.batch_size
-        width = max(len(ids) for g in groups for ids, _ in g)
-        n = len(groups) * b
-        pad = self.tokenizer.pad_token_id
-        ids = torch.full((n, width), pad, dtype=torch.long)
+        """One packed row per group (an adapter's batch): its sequences back to back, positions restarting
+        at each, attention block-diagonal and causal, so every sequence is computed exactly as if alone
+        while no compute goes to padding inside an adapter's batch. Rows are right-padded to the longest."""
+        width = max(sum(len(ids) for ids, _ in g) for g in groups)
+        n = len(groups)
+        ids = torch.full((n, width), self.tokenizer.pad_token_id, dtype=torch.long)
         labels = torch.full((n, width), -100, dtype=torch.long)
-        mask = torch.zeros((n, width), dtype=torch.long)
-        mask[:, 0] = 1  # filler rows attend to one pad token so attention stays finite
-        for g, group in enumerate(groups):
-            for j, (seq, lab) in enumerate(group):
-                row = g * b + j
-                ids[row, : len(seq)] = torch.tensor(seq)
-                labels[row, : len(lab)] = torch.tensor(lab)
-                mask[row, : len(seq)] = 1
+        positions = torch.zeros((n, width), dtype=torch.long)
+        segment = torch.full((n, width), -1, dtype=torch.long)
+        for row, group in enumerate(groups):
+            at = 0
+            for k, (seq, lab) in enumerate(group):
+                end = at + len(seq)
+                ids[row, at:end] = torch.tensor(seq)
+                labels[row, at + 1:end] = torch.tensor(lab[1:])  # a sequence's first token is never predicted
+                positions[row, at:end] = torch.arange(len(seq))
+                segment[row, at:end] = k
+                at = end
+        same = segment[:, :, None] == segment[:, None, :]
+        causal = torch.ones(width, width, dtype=torch.bool).tril()
+        mask = (same & causal) | torch.eye(width, dtype=torch.bool)  # padding attends to itself: stays finite
         return {"input_ids": ids.to(self.device), "labels": labels.to(self.device),
-                "attention_mask": mask.to(self.device)}
+                "position_ids": positions.to(self.device), "attention_mask": mask[:, None].to(self.device)}
 
     def absorb(self, plan: TrainingPlan, seed: int) -> AbsorbStats:
         """Train slot 0 from a fresh, seeded init on one plan; it stays active for `score`."""
@@ -181,13 +187,12 @@ class Student:
                 active = [i for i in range(k) if step < len(schedules[i])]
                 batch = self._rows([[data[i][j] for j in schedules[i][step]] for i in active])
                 with self.bank.routed(active):
-                    logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                    logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                        position_ids=batch["position_ids"]).logits
                 per_token = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), batch["labels"][:, 1:],
                                             ignore_index=-100, reduction="none")
                 counted = (batch["labels"][:, 1:] != -100).float()
-                b = self.inner.batch_size
-                slot_loss = (per_token.view(len(active), b, -1).sum((1, 2))
-                             / counted.view(len(active), b, -1).sum((1, 2)).clamp(min=1))
+                slot_loss = per_token.sum(1) / counted.sum(1).clamp(min=1)
                 if not torch.isfinite(slot_loss).all():
                     bad = active[int((~torch.isfinite(slot_loss)).nonzero()[0])]
                     raise InnerLoopError(f"non-finite training loss at step {step + 1} (adapter {bad})")

@@ -29,10 +29,11 @@ class _Slice:
 class MultiLoRALinear(nn.Module):
     """Wraps a frozen linear layer; `bank.route` selects which slots the current rows use."""
 
-    def __init__(self, base: nn.Linear, bank: "LoRABank", where: _Slice):
+    def __init__(self, base: nn.Linear, bank: "LoRABank", where: _Slice, index: int):
         super().__init__()
         self.base = base
         self.where = where
+        self.index = index
         object.__setattr__(self, "bank", bank)  # not a submodule: the bank owns the parameters
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -41,10 +42,10 @@ class MultiLoRALinear(nn.Module):
         if bank.route is None:
             return y
         r = bank.r
-        a = bank.active(*self.where.a)
+        a, b = bank.views[self.index]
         ka = a.shape[0]
         a = a.view(ka, r, self.base.in_features)
-        b = bank.active(*self.where.b).view(ka, self.base.out_features, r)
+        b = b.view(ka, self.base.out_features, r)
         xa = x.reshape(ka, -1, x.shape[-1]).to(a.dtype)
         if bank.dropout and self.training:
             xa = nn.functional.dropout(xa, bank.dropout)
@@ -73,7 +74,7 @@ class LoRABank(nn.Module):
         super().__init__()
         self.slots, self.r, self.scaling, self.dropout = slots, r, alpha / r, dropout
         self.route: torch.Tensor | None = None
-        self._all: bool = False
+        self.views: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.layers: list[tuple[str, MultiLoRALinear]] = []
         offset = 0
         device = next(model.parameters()).device
@@ -84,34 +85,36 @@ class LoRABank(nn.Module):
             a = (offset, offset + r * base.in_features)
             b = (a[1], a[1] + base.out_features * r)
             offset = b[1]
-            layer = MultiLoRALinear(base, self, _Slice(a, b))
+            layer = MultiLoRALinear(base, self, _Slice(a, b), len(self.layers))
             setattr(parent, child, layer)
             self.layers.append((name, layer))
         self.weights = nn.Parameter(torch.zeros(slots, offset, device=device, dtype=dtype))
+        self._sizes = [n for _, layer in self.layers for n in (layer.where.a[1] - layer.where.a[0],
+                                                                layer.where.b[1] - layer.where.b[0])]
 
     @property
     def size(self) -> int:
         """Trainable parameters per adapter."""
         return self.weights.shape[1]
 
-    def active(self, start: int, stop: int) -> torch.Tensor:
-        """Columns [start, stop) of the routed slots' weights, one row per row group (slots may repeat)."""
-        cols = self.weights[:, start:stop]
-        return cols if self._all else cols.index_select(0, self.route)
-
     @contextlib.contextmanager
     def routed(self, slots: Sequence[int] | None) -> Iterator[None]:
-        """Rows of the next passes are grouped by slot: rows [i*b:(i+1)*b] use `slots[i]`. None: base model."""
-        previous = (self.route, self._all)
+        """Rows of the passes inside are grouped by slot: rows [i*b:(i+1)*b] use `slots[i]` (slots may
+        repeat). None: the plain base model. Each layer's A and B are cut from the routed weights by one
+        `split` here, so the backward pass gathers every layer's gradient with a single concatenation
+        (slicing per layer would materialise a full-size gradient per layer)."""
+        previous = (self.route, self.views)
         if slots is None:
-            self.route, self._all = None, False
+            self.route, self.views = None, []
         else:
             self.route = torch.as_tensor(list(slots), device=self.weights.device)
-            self._all = list(slots) == list(range(self.slots))
+            flat = self.weights if list(slots) == list(range(self.slots)) else self.weights.index_select(0, self.route)
+            parts = torch.split(flat, self._sizes, dim=1)
+            self.views = list(zip(parts[0::2], parts[1::2]))
         try:
             yield
         finally:
-            self.route, self._all = previous
+            self.route, self.views = previous
 
     @torch.no_grad()
     def reset(self, slot: int, seed: int) -> None:

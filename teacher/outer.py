@@ -18,6 +18,7 @@ from seal.shared.config import ModelConfig, SealConfig
 from seal.shared.domain import Domain, Score, SelfEdit, SelfEditError
 from seal.shared.models import load_model, uses_chat_template
 from seal.shared.store import RunStore
+from seal.shared.tracking import Tracker, progress
 from seal.student.inner_loop import Job, JobResult, Student
 from seal.teacher.rest_em import learn, read_update, select, write_update_marker
 from seal.teacher.rest_em import is_complete as teacher_complete
@@ -68,7 +69,8 @@ def baseline(store: RunStore, student: Student, instance: Any) -> float:
     return student.baselines[key].value
 
 
-def reward_round(session: Session, store: RunStore, instances: Sequence[Any], round_: int) -> list[dict[str, Any]]:
+def reward_round(session: Session, store: RunStore, instances: Sequence[Any], round_: int,
+                 tracker: Tracker | None = None) -> list[dict[str, Any]]:
     """Sample, parse and reward k self-edits per instance; returns this round's records (old and new).
 
     First every instance gets its baseline and its k self-edits; then all pending (self-edit, seed)
@@ -102,11 +104,13 @@ def reward_round(session: Session, store: RunStore, instances: Sequence[Any], ro
             plan = domain.plan(instance, SelfEdit(text=edit["text"], items=edit["items"]))
             jobs += [(Job(instance, plan, seed), {**meta, "seed": seed}) for seed in cfg.inner.seeds
                      if (iid, i, seed) not in done]
-    for start in range(0, len(jobs), student.slots):
-        chunk = jobs[start: start + student.slots]
-        for result, (_, meta) in zip(student.run([job for job, _ in chunk]), chunk):
-            store.append("records", {**_reward_record(result, meta["baseline"]), **meta})
-        log.info("round %d: %d/%d inner loops done", round_, min(start + student.slots, len(jobs)), len(jobs))
+    with progress(len(jobs), f"round {round_} inner loops") as bar:
+        for start in range(0, len(jobs), student.slots):
+            chunk = jobs[start: start + student.slots]
+            for result, (_, meta) in zip(student.run([job for job, _ in chunk]), chunk):
+                store.append("records", {**_reward_record(result, meta["baseline"]), **meta})
+            bar.update(len(chunk))
+            log.debug("round %d: %d/%d inner loops done", round_, min(start + student.slots, len(jobs)), len(jobs))
     return [r for r in store.iter("records") if r["round"] == round_]
 
 
@@ -183,7 +187,8 @@ def round_stats(records: Sequence[dict[str, Any]], kept: int) -> dict[str, Any]:
             "self_edits": len(rewards), "kept": kept}
 
 
-def run_rounds(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence[Any]) -> list[dict[str, Any]]:
+def run_rounds(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence[Any],
+               tracker: Tracker | None = None) -> list[dict[str, Any]]:
     """ReST-EM: per round, reward k self-edits per instance, keep the best, SFT the teacher, continue
     from the merged checkpoint. Finished rounds and finished teacher updates are read back, not redone."""
     finished = {r["round"]: r for r in store.iter("rounds")}
@@ -193,7 +198,7 @@ def run_rounds(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence
             continue
         session = build_session(cfg, domain, teacher_config(cfg, store, round_), student)
         student = session.student if cfg.mode == "teacher_student" else None
-        records = reward_round(session, store, train, round_)
+        records = reward_round(session, store, train, round_, tracker)
         summary = format_table(summary_rows(domain, train, records))
         store.write_text(f"summary_round{round_}.md", summary + "\n")
         print(f"\nRound {round_}: baseline and reward per instance ({domain.name}, k={cfg.sampling.k}, "
@@ -211,7 +216,8 @@ def run_rounds(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence
         if not teacher_complete(target):
             if pairs:
                 log.info("round %d: teacher update on %d kept self-edits", round_, len(pairs))
-                learn(teacher_cfg, chat, pairs, cfg.outer, target, derive_seed(cfg.seed, "sft", round_))
+                learn(teacher_cfg, chat, pairs, cfg.outer, target, derive_seed(cfg.seed, "sft", round_),
+                      report_to=["wandb"] if tracker is not None and tracker.enabled else [])
             else:
                 log.warning("round %d: the filter %s kept no self-edits; the teacher is carried over unchanged",
                             round_, cfg.outer.filter)
@@ -222,6 +228,8 @@ def run_rounds(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence
         if round_ not in finished:
             store.append("rounds", {"round": round_, **stats})
             finished[round_] = {"round": round_, **stats}
+            if tracker is not None:
+                tracker.log_round(round_, stats, records, [e for e in store.iter("self_edits") if e["round"] == round_])
         log.info("round %d: mean reward %+.3f, %.0f%% positive, kept %d of %d self-edits", round_,
                  stats["mean_reward"], 100 * stats["fraction_positive"], stats["kept"], stats["self_edits"])
     return [finished[r] for r in sorted(finished)]

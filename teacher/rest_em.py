@@ -8,6 +8,7 @@ merged into a full checkpoint that the next round loads like any model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -15,7 +16,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -66,11 +67,50 @@ def sft_dataset(pairs: Sequence[tuple[str, str]], chat: bool):
     return Dataset.from_list(rows)
 
 
+def teacher_peft_config(outer: OuterConfig):
+    """LoRA for the teacher update (None: full finetuning)."""
+    from peft import LoraConfig
+
+    if not outer.lora:
+        return None
+    targets: Any = outer.target_modules
+    return LoraConfig(r=outer.lora_r, lora_alpha=outer.lora_alpha, lora_dropout=outer.lora_dropout,
+                      target_modules="all-linear" if targets == ["all-linear"] else targets, task_type="CAUSAL_LM")
+
+
+@contextlib.contextmanager
+def staging_area(target: Path) -> Iterator[Path]:
+    """A scratch folder beside `target` (stale ones from killed updates are removed first)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def publish(trainer, tokenizer, lora: bool, scratch: Path, target: Path, examples: int,
+            losses: list[float]) -> None:
+    """Merge the trained teacher (LoRA or full), write it with its completion marker, rename into place."""
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    merged = trained.merge_and_unload() if lora else trained
+    staging = scratch / "model"
+    merged.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    write_update_marker(staging, examples=examples, losses=losses)
+    if target.exists():  # an incomplete copy from a killed run
+        shutil.rmtree(target)
+    staging.rename(target)
+
+
 def learn(teacher: ModelConfig, chat: bool, pairs: Sequence[tuple[str, str]], outer: OuterConfig, target: Path,
-          seed: int) -> TeacherUpdate:
+          seed: int, report_to: Sequence[str] = ()) -> TeacherUpdate:
     """SFT the teacher on the kept self-edits and write the merged model to `target` (atomically)."""
     import datasets
-    from peft import LoraConfig
     from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
@@ -82,44 +122,21 @@ def learn(teacher: ModelConfig, chat: bool, pairs: Sequence[tuple[str, str]], ou
     datasets.disable_progress_bars()
     model, tokenizer = load_model(teacher)
     on_cpu = next(model.parameters()).device.type == "cpu"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".{target.name}-*"):  # left by a killed update
-        shutil.rmtree(stale, ignore_errors=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with staging_area(target) as scratch:
         args = SFTConfig(
             output_dir=str(scratch / "trainer"), num_train_epochs=outer.epochs, learning_rate=outer.lr,
             per_device_train_batch_size=outer.batch_size, gradient_accumulation_steps=outer.grad_accum,
             lr_scheduler_type=outer.lr_scheduler, max_length=outer.max_length, completion_only_loss=True,
-            logging_steps=1, save_strategy="no", report_to=[], seed=seed, data_seed=seed,
+            logging_steps=1, save_strategy="no", report_to=list(report_to), seed=seed, data_seed=seed,
             bf16=(not on_cpu) and teacher.dtype == "bfloat16", fp16=False, use_cpu=on_cpu,
             disable_tqdm=True, dataloader_num_workers=0)
-        targets: Any = outer.target_modules
-        peft_config = None
-        if outer.lora:
-            peft_config = LoraConfig(r=outer.lora_r, lora_alpha=outer.lora_alpha, lora_dropout=outer.lora_dropout,
-                                     target_modules="all-linear" if targets == ["all-linear"] else targets,
-                                     task_type="CAUSAL_LM")
         trainer = SFTTrainer(model=model, args=args, train_dataset=sft_dataset(pairs, chat),
-                             processing_class=tokenizer, peft_config=peft_config)
+                             processing_class=tokenizer, peft_config=teacher_peft_config(outer))
         trainer.train()
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         if losses and not all(math.isfinite(x) for x in losses):
             raise FloatingPointError(f"teacher SFT loss became non-finite: {losses}")
-        trained = trainer.accelerator.unwrap_model(trainer.model)
-        merged = trained.merge_and_unload() if outer.lora else trained
-        staging = scratch / "model"
-        merged.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        write_update_marker(staging, examples=len(pairs), losses=losses)
-        if target.exists():  # a stale, incomplete copy from a killed run
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        del model
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        publish(trainer, tokenizer, outer.lora, scratch, target, len(pairs), losses)
     return TeacherUpdate(path=target, examples=len(pairs), losses=losses)
 
 

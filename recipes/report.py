@@ -1,0 +1,137 @@
+"""Plots and a markdown report for a SEAL run directory.
+
+    python recipes/report.py runs/knowledge-smollm2-135m
+
+Writes into RUN_DIR/report/: reward_by_round.png (reward distribution per round), eval_conditions.png
+(held-out accuracy per condition with standard-error bars), reward_vs_length.png (reward against
+self-edit length), and report.md that links them beside the round and evaluation tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def read(run: Path, table: str) -> list[dict]:
+    path = run / f"{table}.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def edit_rewards(records: list[dict]) -> dict[tuple[int, str, int], float]:
+    sums: dict[tuple[int, str, int], list[float]] = {}
+    for r in records:
+        sums.setdefault((r["round"], r["instance"], r["index"]), []).append(r["reward"] or 0.0)
+    return {k: sum(v) / len(v) for k, v in sums.items()}
+
+
+def plot_rewards(rewards: dict, out: Path) -> Path | None:
+    rounds = sorted({k[0] for k in rewards})
+    if not rounds:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    data = [[v for k, v in rewards.items() if k[0] == r] for r in rounds]
+    ax.boxplot(data, showmeans=True)
+    ax.set_xticks(range(1, len(rounds) + 1), [str(r) for r in rounds])
+    for i, values in enumerate(data, 1):
+        ax.scatter([i] * len(values), values, s=12, alpha=0.5, color="tab:blue")
+    ax.axhline(0, color="grey", lw=0.8, ls="--")
+    ax.set(xlabel="ReST-EM round", ylabel="reward (accuracy gain)", title="Reward per self-edit")
+    path = out / "reward_by_round.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_eval(rows: list[dict], out: Path) -> Path | None:
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    names = [r["condition"] for r in rows]
+    settings = [s for s in ("single", "cpt") if f"{s}_mean" in rows[0]]
+    width = 0.8 / len(settings)
+    for j, setting in enumerate(settings):
+        means = [100 * float(r[f"{setting}_mean"] or "nan") for r in rows]
+        errs = [0 if math.isnan(float(r[f"{setting}_se"] or "nan")) else 100 * float(r[f"{setting}_se"])
+                for r in rows]
+        xs = [i + (j - (len(settings) - 1) / 2) * width for i in range(len(rows))]
+        ax.bar(xs, means, width, yerr=errs, capsize=3, label="single-passage" if setting == "single" else "CPT")
+    ax.set_xticks(range(len(rows)), names, rotation=20, ha="right")
+    ax.set(ylabel="no-context accuracy %", title="Held-out evaluation")
+    ax.legend()
+    path = out / "eval_conditions.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_length(rewards: dict, edits: list[dict], out: Path) -> Path | None:
+    points = [(len(e["text"].split()), rewards[(e["round"], e["instance"], e["index"])], e["round"])
+              for e in edits if (e["round"], e["instance"], e["index"]) in rewards]
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for r in sorted({p[2] for p in points}):
+        xs, ys = zip(*[(p[0], p[1]) for p in points if p[2] == r])
+        ax.scatter(xs, ys, s=16, alpha=0.7, label=f"round {r}")
+    ax.axhline(0, color="grey", lw=0.8, ls="--")
+    ax.set(xlabel="self-edit length (words)", ylabel="reward", title="Reward against self-edit length")
+    ax.legend()
+    path = out / "reward_vs_length.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def eval_rows(run: Path) -> list[dict]:
+    path = run / "eval.csv"
+    if not path.exists():
+        return []
+    header, *lines = path.read_text().splitlines()
+    return [dict(zip(header.split(","), line.split(","))) for line in lines]
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir", type=Path)
+    args = ap.parse_args(argv)
+    run = args.run_dir
+    if not (run / "config.yaml").is_file():
+        print(f"error: {run} is not a SEAL run directory (no config.yaml)", file=sys.stderr)
+        return 2
+    out = run / "report"
+    out.mkdir(exist_ok=True)
+    records, edits = read(run, "records"), read(run, "self_edits")
+    rewards = edit_rewards(records)
+    plots = [p for p in (plot_rewards(rewards, out), plot_eval(eval_rows(run), out),
+                         plot_length(rewards, edits, out)) if p]
+    lines = [f"# SEAL run report: {run.name}", ""]
+    for r in read(run, "rounds"):
+        lines.append(f"- round {r['round']}: mean reward {r['mean_reward']:+.3f}, "
+                     f"{100 * r['fraction_positive']:.0f}% positive, kept {r['kept']} of {r['self_edits']}")
+    if (run / "eval.md").exists():
+        lines += ["", "## Held-out evaluation", "", (run / "eval.md").read_text().strip()]
+    lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out / 'report.md'} and {len(plots)} plot(s): {', '.join(p.name for p in plots)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

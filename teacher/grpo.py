@@ -1,0 +1,183 @@
+"""GRPO for the teacher: TRL's `GRPOTrainer`, with the student's downstream gain as the reward.
+
+Each GRPO step samples `sampling.k` self-edits (a group) per training instance; `StudentReward` runs
+the student inner loop for the whole batch at once (`Student.run`, K adapters per pass) and returns
+exactly one gain per completion. A round is `outer.grpo_steps` steps; its LoRA is then merged into the
+next round's teacher checkpoint, like a ReST-EM round.
+
+What `self` mode means here: the student is a copy of the teacher *as it was at the start of the
+round*. It stays fixed during the round — the teacher changes at every step, and a student that
+changed inside a step would make the group's rewards incomparable — and it is refreshed from the
+merged teacher between rounds. That costs a second copy of the weights in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from typing import Any, Sequence
+
+from seal.shared.config import SealConfig
+from seal.shared.domain import Domain, SelfEdit, SelfEditError
+from seal.shared.models import load_model, uses_chat_template
+from seal.shared.store import RunStore
+from seal.shared.tracking import Tracker
+from seal.student.inner_loop import Job, Student
+from seal.teacher.outer import baseline, teacher_checkpoint, teacher_config
+from seal.teacher.rest_em import is_complete, publish, read_update, staging_area, teacher_peft_config
+from seal.teacher.sampling import derive_seed
+
+log = logging.getLogger("seal")
+
+
+def completion_text(completion: Any) -> str:
+    """A TRL completion as text: plain strings, or the assistant turn of a conversational completion."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
+        return str(completion[-1].get("content", ""))
+    raise TypeError(f"unexpected completion type {type(completion).__name__}")
+
+
+class StudentReward:
+    """A TRL reward function: each completion is a self-edit for the instance in its `instance_id` column."""
+
+    __name__ = "seal_reward"  # TRL names the logged metric `rewards/<__name__>/mean`
+
+    def __init__(self, domain: Domain, student: Student, instances: Sequence[Any], seeds: Sequence[int],
+                 store: RunStore | None = None, round_: int = 0):
+        self.domain, self.student, self.seeds, self.store, self.round = domain, student, list(seeds), store, round_
+        self.by_id = {domain.instance_id(i): i for i in instances}
+        self.calls = 0
+        self.attempt = uuid.uuid4().hex[:8]  # tells this run's records from those of a killed earlier one
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], instance_id: Sequence[str],
+                 **_: Any) -> list[float]:
+        texts = [completion_text(c) for c in completions]
+        if len(instance_id) != len(texts):
+            raise ValueError(f"got {len(texts)} completions but {len(instance_id)} instance ids")
+        jobs: list[Job] = []
+        owners: list[int] = []
+        rewards = [0.0] * len(texts)
+        reasons: list[str | None] = [None] * len(texts)
+        for i, (text, iid) in enumerate(zip(texts, instance_id)):
+            instance = self.by_id[iid]
+            try:
+                plan = self.domain.plan(instance, self.domain.parse(instance, text))
+            except SelfEditError as err:
+                reasons[i] = err.reason
+                continue
+            jobs += [Job(instance, plan, seed) for seed in self.seeds]
+            owners += [i] * len(self.seeds)
+        gains: dict[int, list[float]] = {}
+        for owner, result in zip(owners, self.student.run(jobs)):
+            base = baseline(self.store, self.student, result.job.instance) if self.store else \
+                self.student.baseline(result.job.instance).value
+            gains.setdefault(owner, []).append(0.0 if result.error else result.score.value - base)
+            if result.error:
+                reasons[owner] = result.error
+        for owner, values in gains.items():
+            rewards[owner] = sum(values) / len(values)
+        if len(rewards) != len(completions):  # TRL would otherwise misalign rewards and completions
+            raise RuntimeError(f"reward function produced {len(rewards)} rewards for {len(completions)} completions")
+        if self.store is not None:
+            for text, iid, reward, reason in zip(texts, instance_id, rewards, reasons):
+                self.store.append("grpo_rewards", {"round": self.round, "attempt": self.attempt, "call": self.calls,
+                                                   "instance": iid,
+                                                   "text": text, "reward": reward, "reason": reason})
+        self.calls += 1
+        return rewards
+
+
+def grpo_dataset(domain: Domain, instances: Sequence[Any], chat: bool):
+    from datasets import Dataset
+
+    rows = []
+    for inst in instances:
+        prompt = domain.teacher_prompt(inst)
+        rows.append({"prompt": [{"role": "user", "content": prompt}] if chat else prompt,
+                     "instance_id": domain.instance_id(inst)})
+    return Dataset.from_list(rows)
+
+
+def grpo_args(cfg: SealConfig, output_dir: str, on_cpu: bool, seed: int, report_to: Sequence[str]):
+    from trl import GRPOConfig
+
+    outer, k = cfg.outer, cfg.sampling.k
+    kwargs = dict(output_dir=output_dir, learning_rate=outer.lr, beta=outer.grpo_beta, num_generations=k,
+                  per_device_train_batch_size=k * outer.grpo_prompts_per_step, max_steps=outer.grpo_steps,
+                  max_completion_length=cfg.sampling.max_new_tokens, temperature=cfg.sampling.temperature,
+                  top_p=cfg.sampling.top_p, logging_steps=1, save_strategy="no", report_to=list(report_to),
+                  seed=seed, use_cpu=on_cpu, bf16=(not on_cpu) and cfg.teacher.dtype == "bfloat16",
+                  use_vllm=False, disable_tqdm=True, dataloader_num_workers=0)
+    kwargs.update(outer.trl_args)  # e.g. use_vllm, vllm_mode, scale_rewards, loss_type: TRL checks them
+    try:
+        return GRPOConfig(**kwargs)
+    except TypeError as err:
+        raise ValueError(f"outer.trl_args: {err}") from err
+
+
+def run_grpo(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence[Any],
+             tracker: Tracker | None = None) -> list[dict[str, Any]]:
+    """GRPO rounds; each writes the merged teacher for the next. Finished rounds are read back."""
+    import datasets
+    from transformers import set_seed
+    from trl import GRPOTrainer
+
+    datasets.disable_progress_bars()
+    finished = {r["round"]: r for r in store.iter("rounds")}
+    fixed_student: Student | None = None
+    for round_ in range(cfg.outer.rounds):
+        target = teacher_checkpoint(store, round_ + 1)
+        if round_ in finished and is_complete(target):
+            continue
+        teacher_cfg = teacher_config(cfg, store, round_)
+        if cfg.mode == "self":  # a frozen copy of this round's teacher
+            s_model, s_tok = load_model(teacher_cfg)
+            student = Student(s_model, s_tok, cfg.inner, domain, uses_chat_template(teacher_cfg, s_tok))
+        else:
+            if fixed_student is None:
+                s_model, s_tok = load_model(cfg.student)
+                fixed_student = Student(s_model, s_tok, cfg.inner, domain, uses_chat_template(cfg.student, s_tok))
+            student = fixed_student
+        reward = StudentReward(domain, student, train, cfg.inner.seeds, store, round_)
+        if not is_complete(target):
+            # a killed GRPO round restarts from its first step (TRL state is not checkpointed mid-round)
+            seed = derive_seed(cfg.seed, "grpo", round_)
+            set_seed(seed)
+            model, tok = load_model(teacher_cfg)
+            chat = uses_chat_template(teacher_cfg, tok)
+            on_cpu = next(model.parameters()).device.type == "cpu"
+            with staging_area(target) as scratch:
+                args = grpo_args(cfg, str(scratch / "trainer"), on_cpu, seed,
+                                 ["wandb"] if tracker is not None and tracker.enabled else [])
+                trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args,
+                                      train_dataset=grpo_dataset(domain, train, chat), processing_class=tok,
+                                      peft_config=teacher_peft_config(cfg.outer))
+                trainer.train()
+                losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+                publish(trainer, tok, cfg.outer.lora, scratch, target, examples=reward.calls, losses=losses)
+                logged = [h[f"rewards/{StudentReward.__name__}/mean"] for h in trainer.state.log_history
+                          if f"rewards/{StudentReward.__name__}/mean" in h]
+            del model, trainer
+        else:
+            logged = []
+        rows = [r for r in store.iter("grpo_rewards") if r["round"] == round_]
+        attempt = reward.attempt if reward.calls else (rows[-1]["attempt"] if rows else None)
+        values = [r["reward"] for r in rows if r["attempt"] == attempt]  # a killed attempt's rows don't count
+        stats = {"algorithm": "grpo", "mean_reward": sum(values) / len(values) if values else math.nan,
+                 "fraction_positive": sum(v > 0 for v in values) / len(values) if values else math.nan,
+                 "self_edits": len(values), "kept": len(values),
+                 "steps": len({r["call"] for r in rows if r["attempt"] == attempt}),
+                 "logged_rewards": logged}
+        losses = read_update(target)["losses"]
+        stats.update(sft_steps=len(losses), sft_first_loss=losses[0] if losses else None,
+                     sft_last_loss=losses[-1] if losses else None)
+        if round_ not in finished:
+            store.append("rounds", {"round": round_, **stats})
+            finished[round_] = {"round": round_, **stats}
+        log.info("GRPO round %d: %d steps, mean reward %+.3f, %.0f%% positive", round_, stats["steps"],
+                 stats["mean_reward"], 100 * stats["fraction_positive"])
+    return [finished[r] for r in sorted(finished)]
+

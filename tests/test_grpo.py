@@ -1,0 +1,74 @@
+"""GRPO through TRL's GRPOTrainer with the student's gain as the reward (tiny models, CPU)."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from seal.shared.config import InnerConfig, ModelConfig, parse_config
+from seal.shared.knowledge import KnowledgeDomain
+from seal.shared.models import load_model
+from seal.shared.store import RunStore
+from seal.shared.config import to_dict
+from seal.student import Student
+from seal.teacher import StudentReward, run_grpo
+from tests.conftest import REPO
+
+
+def test_reward_is_one_gain_per_completion_and_invalid_text_scores_zero(tiny_model_dir):
+    model, tok = load_model(ModelConfig(name=str(tiny_model_dir)))
+    domain = KnowledgeDomain()
+    student = Student(model, tok, InnerConfig(lora_r=4, lora_alpha=8, epochs=2, lr=3e-2, seeds=[0],
+                                              parallel_adapters=4), domain, chat=True)
+    insts = domain.load("builtin", "train[:2]")
+    reward = StudentReward(domain, student, insts, seeds=[0, 1])
+    ids = [insts[0].id, insts[0].id, insts[1].id]
+    completions = [[{"role": "assistant", "content": "Hesper Quill built the lighthouse in 1874."}],
+                   [{"role": "assistant", "content": "x"}],  # unusable: reward 0
+                   [{"role": "assistant", "content": "Lanterns shaped like herons are carried."}]]
+    out = reward(prompts=["p"] * 3, completions=completions, instance_id=ids)
+    assert len(out) == 3 and out[1] == 0.0
+    p = domain.plan(insts[0], domain.parse(insts[0], completions[0][0]["content"]))
+    expected = sum(o.reward for o in student.evaluate_plan(insts[0], p, [0, 1])) / 2
+    assert out[0] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="instance ids"):
+        reward(prompts=["p"], completions=["a", "b"], instance_id=[insts[0].id])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["teacher_student", "self"])
+def test_grpo_steps_reach_the_trainer_and_move_the_teacher(tiny_model_dir, tiny_qwen_dir, tmp_path, mode):
+    args = ["--config", str(REPO / "recipes/knowledge/smollm2-135m-grpo.yaml"), "--teacher.name", str(tiny_model_dir),
+            "--output_dir", str(tmp_path / "run"), "--threads", "1", "--data.train_split", "train[:2]",
+            "--sampling.max_new_tokens", "24", "--inner.epochs", "2", "--inner.lr", "3e-2", "--outer.grpo_steps", "3",
+            "--outer.lr", "1e-3", "--mode", mode]
+    if mode == "teacher_student":
+        args += ["--student.name", str(tiny_qwen_dir)]
+    cfg = parse_config(args)
+    domain = KnowledgeDomain(KnowledgeDomain.Options(**{k: v for k, v in cfg.domain.items() if k != "name"}))
+    store = RunStore(cfg.output_dir, to_dict(cfg))
+    train = domain.load("builtin", cfg.data.train_split)
+    (stats,) = run_grpo(cfg, domain, store, train)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "grpo_rewards.jsonl").read_text().splitlines()]
+    per_call = {}
+    for r in rows:
+        per_call.setdefault(r["call"], []).append(r["reward"])
+    assert len(per_call) == stats["steps"] == 3
+    assert all(len(v) == cfg.sampling.k * cfg.outer.grpo_prompts_per_step for v in per_call.values())
+    # what TRL logged as the reward is what our inner loop computed
+    ours = [sum(v) / len(v) for _, v in sorted(per_call.items())]
+    assert stats["logged_rewards"] == pytest.approx(ours, abs=1e-6)
+    before = load_file(str(tiny_model_dir / "model.safetensors"))
+    after = load_file(str(tmp_path / "run" / "teachers" / "round1" / "model.safetensors"))
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    # the student never changed during the round: one baseline per instance
+    baselines = [json.loads(line) for line in (tmp_path / "run" / "baselines.jsonl").read_text().splitlines()]
+    assert len(baselines) == 2 and len({b["student"] for b in baselines}) == 1
+
+
+def test_grpo_options_are_checked():
+    from seal.shared.config import ConfigError
+
+    with pytest.raises(ConfigError, match="outer.algorithm"):
+        parse_config(["--outer.algorithm", "ppo"])

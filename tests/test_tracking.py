@@ -1,0 +1,137 @@
+"""wandb logging (offline, read back from the run files), sweep files, and the report command."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from seal.shared.config import parse_config
+from tests.conftest import REPO
+
+SWEEPS = sorted((REPO / "recipes" / "sweeps").glob("*.yaml"))
+
+
+def run_tiny(model_dir, out, *extra, env=None):
+    cmd = [sys.executable, str(REPO / "recipes" / "seal.py"), "--config",
+           str(REPO / "recipes/knowledge/smollm2-135m.yaml"), "--teacher.name", str(model_dir),
+           "--output_dir", str(out), "--threads", "1", "--data.train_split", "train[:2]",
+           "--data.eval_split", "heldout[:2]", "--sampling.max_new_tokens", "24", "--inner.epochs", "2",
+           "--eval.cpt", "false", *extra]
+    proc = subprocess.run(cmd, cwd=out.parent, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def wandb_run(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("wb") / "run"
+    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "SEAL_TEST_SECRET": "never-logged"}
+    env.pop("WANDB_API_KEY", None)
+    run_tiny(tiny_model_dir, out, "--report_to", "wandb", "--wandb.project", "seal-test", env=env)
+    (run_dir,) = list((out / "wandb").glob("offline-run-*"))
+    return out, run_dir
+
+
+def test_offline_run_has_the_round_keys_and_the_self_edit_table(wandb_run):
+    out, run_dir = wandb_run
+    summary = json.loads((run_dir / "files" / "wandb-summary.json").read_text())
+    for key in ("round/mean_reward", "round/fraction_positive", "round/kept", "round/self_edits",
+                "round/sft_steps", "timing/absorb_seconds", "eval/no_update/single_mean"):
+        assert key in summary, key
+    assert summary["round/self_edits"] == 2 * 2
+    tables = list((run_dir / "files" / "media" / "table").rglob("*.table.json"))
+    edits = [json.loads(t.read_text()) for t in tables if "self_edits" in t.name]
+    assert edits and edits[0]["columns"] == ["round", "instance", "index", "status", "text", "reward"]
+    assert len(edits[0]["data"]) == 4
+    texts = {row[4] for row in edits[0]["data"]}
+    assert texts == {json.loads(line)["text"] for line in (out / "self_edits.jsonl").read_text().splitlines()}
+    assert any("eval" in t.name for t in tables)
+    # TRL's trainer logged the teacher SFT loss into the same run
+    assert any(k.startswith("train/") for k in summary), sorted(summary)
+    config = (run_dir / "files" / "config.yaml").read_text()
+    assert "never-logged" not in config and "seal-test" in config
+
+
+def test_report_renders_pngs_from_a_real_run(wandb_run):
+    out, _ = wandb_run
+    proc = subprocess.run([sys.executable, str(REPO / "recipes" / "report.py"), str(out)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("reward_by_round.png", "eval_conditions.png", "reward_vs_length.png"):
+        data = (out / "report" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
+    report = (out / "report" / "report.md").read_text()
+    assert "![reward_by_round](reward_by_round.png)" in report and "| no_update |" in report
+
+
+def test_report_refuses_a_directory_that_is_not_a_run(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "recipes" / "report.py"), str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "not a SEAL run directory" in proc.stderr
+
+
+def sample_value(spec):
+    if "values" in spec:
+        return spec["values"][-1]
+    if "value" in spec:
+        return spec["value"]
+    return spec["min"]
+
+
+def agent_argv(sweep, run_id="abc123"):
+    """The command line `wandb agent` builds: ${args} becomes --name=value for each sampled parameter."""
+    args = [f"--{name}={sample_value(spec)}" for name, spec in sweep["parameters"].items()]
+    argv = []
+    for part in sweep["command"]:
+        if part == "${env}":
+            continue
+        if part == "${program}":
+            argv.append(sweep["program"])
+        elif part == "${args}":
+            argv += args
+        else:
+            argv.append(part)
+    return argv, args
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.name for p in SWEEPS])
+def test_sweep_files_are_valid_and_parse_through_our_parser(path, monkeypatch):
+    sweep = yaml.safe_load(path.read_text())
+    assert sweep["program"] == "recipes/seal.py" and (REPO / sweep["program"]).is_file()
+    assert sweep["method"] in ("grid", "random", "bayes")
+    assert sweep["metric"]["goal"] in ("maximize", "minimize")
+    assert sweep["metric"]["name"].startswith(("round/", "eval/"))
+    for name, spec in sweep["parameters"].items():
+        assert "values" in spec or {"min", "max"} <= set(spec) or "value" in spec, name
+    assert "${args}" in sweep["command"] and "${program}" in sweep["command"]
+    argv, args = agent_argv(sweep)
+    assert argv[:2] == ["accelerate", "launch"]
+    monkeypatch.setenv("WANDB_RUN_ID", "abc123")
+    monkeypatch.chdir(REPO)
+    cfg = parse_config(argv[argv.index(sweep["program"]) + 1:])
+    assert cfg.report_to == "wandb" and cfg.output_dir == "runs/sweeps/abc123"
+    for arg in args:
+        dotted, value = arg[2:].split("=", 1)
+        section, key = dotted.split(".")
+        got = getattr(getattr(cfg, section), key) if section != "domain" else cfg.domain[key]
+        assert str(got) == value or got == pytest.approx(float(value)), dotted
+
+
+def test_a_sweep_run_command_line_runs_the_recipe(tiny_model_dir, tmp_path):
+    """The inner-loop sweep's sampled arguments, run for real (tiny model, no accelerate, offline)."""
+    sweep = yaml.safe_load((REPO / "recipes/sweeps/inner_loop.yaml").read_text())
+    _, args = agent_argv(sweep)
+    out = tmp_path / "sweep"
+    run_tiny(tiny_model_dir, out, *args, "--outer.rounds", "1", "--eval.enabled", "false",
+             env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    saved = yaml.safe_load((out / "config.yaml").read_text())["config"]
+    for arg in args:
+        dotted, value = arg[2:].split("=", 1)
+        section, key = dotted.split(".")
+        assert saved[section][key] == pytest.approx(float(value)), dotted
+    assert (out / "records.jsonl").exists()
