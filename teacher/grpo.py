@@ -158,8 +158,8 @@ def run_grpo(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence[A
                 trainer.train()
                 losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
                 publish(trainer, tok, cfg.outer.lora, scratch, target, examples=reward.calls, losses=losses)
-                logged = [h[f"rewards/{StudentReward.__name__}/mean"] for h in trainer.state.log_history
-                          if f"rewards/{StudentReward.__name__}/mean" in h]
+                key = f"rewards/{reward.__name__}/mean"
+                logged = [h[key] for h in trainer.state.log_history if key in h]
             del model, trainer
         else:
             logged = []

@@ -6,14 +6,30 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from seal.shared.config import InnerConfig, ModelConfig, parse_config
+from seal.shared.config import InnerConfig, ModelConfig, parse_config, to_dict
+from seal.shared.domain import make_domain
 from seal.shared.knowledge import KnowledgeDomain
 from seal.shared.models import load_model
 from seal.shared.store import RunStore
-from seal.shared.config import to_dict
 from seal.student import Student
 from seal.teacher import StudentReward, run_grpo
+from seal.shared.domain import Score, SelfEdit, SelfEditError
 from tests.conftest import REPO
+
+
+class ChecksumDomain(KnowledgeDomain):
+    """A test domain (registered by its import path, needing no edits elsewhere) whose score is a
+    deterministic hash of the adapted student's answers: tiny random models never answer a question
+    right, and a group of equal rewards gives GRPO no advantage to follow."""
+
+    def parse(self, instance, text):
+        if not text.strip():
+            raise SelfEditError("empty self-edit")
+        return SelfEdit(text=text, items=[text.strip()])
+
+    def grade(self, instance, answers):
+        value = sum(ord(c) for a in answers for c in a) % 97 / 97
+        return Score(value=value, details=[{"prediction": a, "score": value} for a in answers])
 
 
 def test_reward_is_one_gain_per_completion_and_invalid_text_scores_zero(tiny_model_dir):
@@ -42,11 +58,12 @@ def test_grpo_steps_reach_the_trainer_and_move_the_teacher(tiny_model_dir, tiny_
     args = ["--config", str(REPO / "recipes/knowledge/smollm2-135m-grpo.yaml"), "--teacher.name", str(tiny_model_dir),
             "--output_dir", str(tmp_path / "run"), "--threads", "1", "--data.train_split", "train[:2]",
             "--sampling.max_new_tokens", "24", "--inner.epochs", "2", "--inner.lr", "3e-2", "--outer.grpo_steps", "3",
-            "--outer.lr", "1e-3", "--mode", mode]
+            "--outer.lr", "1e-3", "--mode", mode, "--domain.name", "tests.test_grpo:ChecksumDomain"]
     if mode == "teacher_student":
         args += ["--student.name", str(tiny_qwen_dir)]
     cfg = parse_config(args)
-    domain = KnowledgeDomain(KnowledgeDomain.Options(**{k: v for k, v in cfg.domain.items() if k != "name"}))
+    domain = make_domain(cfg.domain)
+    assert isinstance(domain, ChecksumDomain)
     store = RunStore(cfg.output_dir, to_dict(cfg))
     train = domain.load("builtin", cfg.data.train_split)
     (stats,) = run_grpo(cfg, domain, store, train)
@@ -55,6 +72,7 @@ def test_grpo_steps_reach_the_trainer_and_move_the_teacher(tiny_model_dir, tiny_
     for r in rows:
         per_call.setdefault(r["call"], []).append(r["reward"])
     assert len(per_call) == stats["steps"] == 3
+    assert len({r["reward"] for r in rows}) > 1  # the group rewards differ: GRPO has advantages to follow
     assert all(len(v) == cfg.sampling.k * cfg.outer.grpo_prompts_per_step for v in per_call.values())
     # what TRL logged as the reward is what our inner loop computed
     ours = [sum(v) / len(v) for _, v in sorted(per_call.items())]

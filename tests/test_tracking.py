@@ -11,6 +11,7 @@ import yaml
 
 from seal.shared.config import parse_config
 from tests.conftest import REPO
+from tests.wandb_log import history_and_config
 
 SWEEPS = sorted((REPO / "recipes" / "sweeps").glob("*.yaml"))
 
@@ -39,22 +40,28 @@ def wandb_run(tiny_model_dir, tmp_path_factory):
 
 def test_offline_run_has_the_round_keys_and_the_self_edit_table(wandb_run):
     out, run_dir = wandb_run
-    summary = json.loads((run_dir / "files" / "wandb-summary.json").read_text())
-    for key in ("round/mean_reward", "round/fraction_positive", "round/kept", "round/self_edits",
-                "round/sft_steps", "timing/absorb_seconds", "eval/no_update/single_mean"):
-        assert key in summary, key
-    assert summary["round/self_edits"] == 2 * 2
-    tables = list((run_dir / "files" / "media" / "table").rglob("*.table.json"))
-    edits = [json.loads(t.read_text()) for t in tables if "self_edits" in t.name]
-    assert edits and edits[0]["columns"] == ["round", "instance", "index", "status", "text", "reward"]
-    assert len(edits[0]["data"]) == 4
-    texts = {row[4] for row in edits[0]["data"]}
-    assert texts == {json.loads(line)["text"] for line in (out / "self_edits.jsonl").read_text().splitlines()}
-    assert any("eval" in t.name for t in tables)
+    (log_file,) = list(run_dir.glob("*.wandb"))
+    rows, config = history_and_config(log_file)
+    (round_row,) = [r for r in rows if "round/mean_reward" in r]
+    for key in ("round", "round/fraction_positive", "round/kept", "round/self_edits", "round/sft_steps",
+                "timing/absorb_seconds", "timing/score_seconds", "reward/distribution/_type"):
+        assert key in round_row, key
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    means = {}
+    for r in records:
+        means.setdefault((r["instance"], r["index"]), []).append(r["reward"])
+    assert round_row["round/self_edits"] == len(means) == 4
+    assert round_row["round/mean_reward"] == pytest.approx(sum(sum(v) / len(v) for v in means.values()) / 4)
     # TRL's trainer logged the teacher SFT loss into the same run
-    assert any(k.startswith("train/") for k in summary), sorted(summary)
-    config = (run_dir / "files" / "config.yaml").read_text()
-    assert "never-logged" not in config and "seal-test" in config
+    assert any("train/loss" in r for r in rows)
+    assert any("eval/table/_type" in r for r in rows)
+    (table_file,) = list((run_dir / "files" / "media" / "table" / "self_edits").glob("round0_*.table.json"))
+    table = json.loads(table_file.read_text())
+    assert table["columns"] == ["round", "instance", "index", "status", "text", "reward"]
+    edits = [json.loads(line) for line in (out / "self_edits.jsonl").read_text().splitlines()]
+    assert {row[4] for row in table["data"]} == {e["text"] for e in edits}
+    assert config["inner"]["lr"] == pytest.approx(3e-3) and config["wandb"]["project"] == "seal-test"
+    assert "never-logged" not in log_file.read_bytes().decode("latin-1")
 
 
 def test_report_renders_pngs_from_a_real_run(wandb_run):
