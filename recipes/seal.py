@@ -22,6 +22,7 @@ import torch  # noqa: E402
 from seal.shared import (ConfigError, DataError, ModelLoadError, RunDirError, RunStore,  # noqa: E402
                          make_domain, parse_config)
 from seal.shared.config import to_dict  # noqa: E402
+from seal.shared.dist import init_dist  # noqa: E402
 from seal.shared.tracking import Tracker  # noqa: E402
 from seal.teacher import evaluate, format_csv, format_markdown, format_rounds, run_grpo, run_rounds  # noqa: E402
 
@@ -33,24 +34,26 @@ def main(argv: list[str]) -> int:
     try:
         cfg = parse_config(argv)
         domain = make_domain(cfg.domain)
-        store = RunStore(cfg.output_dir, to_dict(cfg))
+        dist = init_dist(cpu=cfg.teacher.device == "cpu")
+        store = RunStore(cfg.output_dir, to_dict(cfg), rank=dist.rank)
         train = domain.load(cfg.data.source, cfg.data.train_split)
     except (ConfigError, DataError, RunDirError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    logging.getLogger().setLevel(cfg.log_level.upper())
+    logging.getLogger().setLevel(cfg.log_level.upper() if dist.is_main else "WARNING")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    tracker = Tracker(cfg.report_to == "wandb", store.path, to_dict(cfg), cfg.wandb)
-    log.info("run directory %s: %d %s training instances, %d round(s), k=%d, seeds=%s", store.path, len(train),
-             domain.name, cfg.outer.rounds, cfg.sampling.k, cfg.inner.seeds)
+    tracker = Tracker(cfg.report_to == "wandb", store.path, to_dict(cfg), cfg.wandb, dist.is_main)
+    log.info("run directory %s: %d %s training instances, %d round(s), k=%d, seeds=%s, %d process(es)",
+             store.path, len(train), domain.name, cfg.outer.rounds, cfg.sampling.k, cfg.inner.seeds, dist.world)
     start = time.perf_counter()
     try:
         if cfg.outer.rounds:
             outer_loop = run_grpo if cfg.outer.algorithm == "grpo" else run_rounds
-            rounds = outer_loop(cfg, domain, store, train, tracker)
-            print("ReST-EM rounds:\n" + format_rounds(rounds) + "\n", flush=True)
-        if cfg.eval.enabled:
+            rounds = outer_loop(cfg, domain, store, train, tracker, dist)
+            if dist.is_main:
+                print(f"{cfg.outer.algorithm} rounds:\n" + format_rounds(rounds) + "\n", flush=True)
+        if cfg.eval.enabled and dist.is_main:  # the evaluation runs on the main process
             heldout = domain.load(cfg.data.source, cfg.data.eval_split)
             rows = evaluate(cfg, domain, store, heldout)
             table = format_markdown(rows)
@@ -59,6 +62,7 @@ def main(argv: list[str]) -> int:
             tracker.log_eval(rows)
             print(f"Held-out evaluation ({len(heldout)} instances, grader {cfg.domain.get('grader', 'default')}):"
                   f"\n{table}\n", flush=True)
+        dist.barrier()
     except (ModelLoadError, DataError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -82,10 +82,13 @@ def resolve(name: str) -> str:
 
 
 def resolve_device(device: str) -> str:
+    """`auto` picks CUDA when present; plain `cuda` under a multi-process launch means this rank's GPU."""
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelLoadError(f"device {device!r} requested but no CUDA device is available")
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        return f"cuda:{os.environ['LOCAL_RANK']}"
     return device
 
 

@@ -44,8 +44,14 @@ def config_digest(config: dict[str, Any]) -> str:
 
 
 class RunStore:
-    def __init__(self, path: str | os.PathLike, config: dict[str, Any]):
+    """Rank 0 writes `TABLE.jsonl` and the config marker; rank r > 0 of a multi-process run writes
+    `TABLE.rank{r}.jsonl` (so no two processes append to one file) and only checks the marker.
+    Readers see the union of all ranks' files."""
+
+    def __init__(self, path: str | os.PathLike, config: dict[str, Any], rank: int = 0):
         self.path = Path(path)
+        self.rank = rank
+        self._repaired: set[str] = set()
         self.path.mkdir(parents=True, exist_ok=True)
         digest = config_digest(config)
         marker = self.path / "config.yaml"
@@ -56,7 +62,7 @@ class RunStore:
                 raise RunDirError(
                     f"{self.path} holds a run with a different config ({'; '.join(diff[:6]) or 'digest differs'}). "
                     "Use another output_dir, or delete the directory to start over.")
-        else:
+        elif rank == 0:  # other ranks only check: the main process writes the marker
             self._write_atomic(marker, yaml.safe_dump({"digest": digest, "config": redacted(config)},
                                                       sort_keys=False))
 
@@ -70,9 +76,20 @@ class RunStore:
         self._write_atomic(path, text)
         return path
 
+    def _own(self, table: str) -> Path:
+        return self.path / (f"{table}.jsonl" if self.rank == 0 else f"{table}.rank{self.rank}.jsonl")
+
     def append(self, table: str, record: dict[str, Any]) -> None:
         line = (json.dumps(_clean(record), ensure_ascii=False) + "\n").encode()
-        fd = os.open(self.path / f"{table}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        path = self._own(table)
+        if table not in self._repaired and path.exists() and path.stat().st_size:
+            with path.open("rb+") as fh:  # a writer killed mid-line leaves a torn tail: cut it before appending
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    data = path.read_bytes()
+                    fh.truncate(data.rfind(b"\n") + 1)
+        self._repaired.add(table)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             os.write(fd, line)
             os.fsync(fd)
@@ -83,14 +100,15 @@ class RunStore:
         return list(self.iter(table))
 
     def iter(self, table: str) -> Iterator[dict[str, Any]]:
-        path = self.path / f"{table}.jsonl"
-        if not path.exists():
-            return
-        with path.open("rb") as fh:
-            for raw in fh:
-                if not raw.endswith(b"\n"):
-                    return  # torn final line of a killed writer
-                yield json.loads(raw)
+        paths = [self.path / f"{table}.jsonl"] + sorted(self.path.glob(f"{table}.rank*.jsonl"))
+        for path in paths:
+            if not path.exists():
+                continue
+            with path.open("rb") as fh:
+                for raw in fh:
+                    if not raw.endswith(b"\n"):
+                        break  # torn final line of a killed writer
+                    yield json.loads(raw)
 
 
 def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 from seal.shared.config import SealConfig
 from seal.shared.domain import Domain, SelfEdit, SelfEditError
 from seal.shared.models import load_model, uses_chat_template
+from seal.shared.dist import Dist
 from seal.shared.store import RunStore
 from seal.shared.tracking import Tracker
 from seal.student.inner_loop import Job, Student
@@ -119,9 +120,10 @@ def grpo_args(cfg: SealConfig, output_dir: str, on_cpu: bool, seed: int, report_
 
 
 def run_grpo(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence[Any],
-             tracker: Tracker | None = None) -> list[dict[str, Any]]:
+             tracker: Tracker | None = None, dist: Dist = Dist()) -> list[dict[str, Any]]:
     """GRPO rounds; each writes the merged teacher for the next. Finished rounds are read back."""
     import datasets
+    from accelerate import PartialState
     from transformers import set_seed
     from trl import GRPOTrainer
 
@@ -149,7 +151,7 @@ def run_grpo(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence[A
             model, tok = load_model(teacher_cfg)
             chat = uses_chat_template(teacher_cfg, tok)
             on_cpu = next(model.parameters()).device.type == "cpu"
-            with staging_area(target) as scratch:
+            with staging_area(target, PartialState().is_main_process) as scratch:
                 args = grpo_args(cfg, str(scratch / "trainer"), on_cpu, seed,
                                  ["wandb"] if tracker is not None and tracker.enabled else [])
                 trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args,
@@ -157,7 +159,8 @@ def run_grpo(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence[A
                                       peft_config=teacher_peft_config(cfg.outer))
                 trainer.train()
                 losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-                publish(trainer, tok, cfg.outer.lora, scratch, target, examples=reward.calls, losses=losses)
+                publish(trainer, tok, teacher_cfg, cfg.outer.lora, scratch, target, examples=reward.calls,
+                        losses=losses)
                 key = f"rewards/{reward.__name__}/mean"
                 logged = [h[key] for h in trainer.state.log_history if key in h]
             del model, trainer
@@ -175,7 +178,8 @@ def run_grpo(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence[A
         stats.update(sft_steps=len(losses), sft_first_loss=losses[0] if losses else None,
                      sft_last_loss=losses[-1] if losses else None)
         if round_ not in finished:
-            store.append("rounds", {"round": round_, **stats})
+            if dist.is_main:
+                store.append("rounds", {"round": round_, **stats})
             finished[round_] = {"round": round_, **stats}
         log.info("GRPO round %d: %d steps, mean reward %+.3f, %.0f%% positive", round_, stats["steps"],
                  stats["mean_reward"], 100 * stats["fraction_positive"])

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 from seal.shared.config import ModelConfig, SealConfig
 from seal.shared.domain import Domain, Score, SelfEdit, SelfEditError
 from seal.shared.models import load_model, uses_chat_template
+from seal.shared.dist import Dist
 from seal.shared.store import RunStore
 from seal.shared.tracking import Tracker, progress
 from seal.student.inner_loop import Job, JobResult, Student
@@ -70,48 +71,58 @@ def baseline(store: RunStore, student: Student, instance: Any) -> float:
 
 
 def reward_round(session: Session, store: RunStore, instances: Sequence[Any], round_: int,
-                 tracker: Tracker | None = None) -> list[dict[str, Any]]:
+                 tracker: Tracker | None = None, dist: Dist = Dist()) -> list[dict[str, Any]]:
     """Sample, parse and reward k self-edits per instance; returns this round's records (old and new).
 
-    First every instance gets its baseline and its k self-edits; then all pending (self-edit, seed)
-    inner loops run `student.slots` at a time, each chunk's records appended as soon as it is scored."""
+    Phase 1: each instance gets its baseline and its k self-edits. Phase 2: every pending (self-edit,
+    seed) inner loop runs, `student.slots` at a time, each chunk's records appended as soon as it is
+    scored. Under N processes each rank does every N-th instance, then every N-th inner loop; the
+    barriers make every rank see the whole store before the next phase."""
     cfg, domain, student = session.cfg, session.domain, session.student
+    _load_baselines(store, student)
+    edits = {(r["instance"], r["index"]): r for r in store.iter("self_edits") if r["round"] == round_}
+    for n, instance in enumerate(dist.shard(instances), 1):
+        iid = domain.instance_id(instance)
+        baseline(store, student, instance)
+        if all((iid, i) in edits for i in range(cfg.sampling.k)):
+            continue
+        samples = session.teacher.sample([instance], cfg.sampling.k, round_)[0]
+        for i, text in enumerate(samples.texts):
+            if (iid, i) in edits:  # appended before a kill; the same seed drew the same text
+                continue
+            rec = _parse_record(domain, instance, text)
+            rec.update(round=round_, instance=iid, index=i, sample_seconds=samples.seconds / len(samples.texts))
+            store.append("self_edits", rec)
+        log.info("round %d: sampled %d/%d (%s)", round_, n, len(dist.shard(instances)), domain.describe(instance))
+    dist.barrier()
     _load_baselines(store, student)
     edits = {(r["instance"], r["index"]): r for r in store.iter("self_edits") if r["round"] == round_}
     done = {(r["instance"], r["index"], r["seed"]) for r in store.iter("records") if r["round"] == round_}
     jobs: list[tuple[Job, dict[str, Any]]] = []
-    for n, instance in enumerate(instances, 1):
+    for instance in instances:
         iid = domain.instance_id(instance)
-        base = baseline(store, student, instance)
-        if not all((iid, i) in edits for i in range(cfg.sampling.k)):
-            samples = session.teacher.sample([instance], cfg.sampling.k, round_)[0]
-            for i, text in enumerate(samples.texts):
-                if (iid, i) in edits:  # appended before a kill; the same seed drew the same text
-                    continue
-                rec = _parse_record(domain, instance, text)
-                rec.update(round=round_, instance=iid, index=i, sample_seconds=samples.seconds / len(samples.texts))
-                store.append("self_edits", rec)
-                edits[(iid, i)] = rec
-            log.info("round %d: sampled %d/%d (%s)", round_, n, len(instances), domain.describe(instance))
+        base = student.baselines[(student.base_fingerprint, iid)].value
         for i in range(cfg.sampling.k):
             edit = edits[(iid, i)]
             meta = {"round": round_, "instance": iid, "index": i, "baseline": base}
             if edit["status"] != "ok":
-                if (iid, i, None) not in done:
+                if (iid, i, None) not in done and dist.is_main:
                     store.append("records", {"status": "invalid", "reason": edit["reason"], "score": None,
                                              "reward": 0.0, **meta, "seed": None})
                 continue
             plan = domain.plan(instance, SelfEdit(text=edit["text"], items=edit["items"]))
             jobs += [(Job(instance, plan, seed), {**meta, "seed": seed}) for seed in cfg.inner.seeds
                      if (iid, i, seed) not in done]
-    with progress(len(jobs), f"round {round_} inner loops") as bar:
-        for start in range(0, len(jobs), student.slots):
-            chunk = jobs[start: start + student.slots]
+    mine = dist.shard(jobs)
+    with progress(len(mine), f"round {round_} inner loops", dist.is_main) as bar:
+        for start in range(0, len(mine), student.slots):
+            chunk = mine[start: start + student.slots]
             for result, (_, meta) in zip(student.run([job for job, _ in chunk]), chunk):
                 store.append("records", {**_reward_record(result, meta["baseline"]), **meta})
             bar.update(len(chunk))
-            log.debug("round %d: %d/%d inner loops done", round_, min(start + student.slots, len(jobs)), len(jobs))
-    return [r for r in store.iter("records") if r["round"] == round_]
+    dist.barrier()
+    return sorted((r for r in store.iter("records") if r["round"] == round_),
+                  key=lambda r: (r["instance"], r["index"], -1 if r["seed"] is None else r["seed"]))
 
 
 def _parse_record(domain: Domain, instance: Any, text: str) -> dict[str, Any]:
@@ -188,9 +199,10 @@ def round_stats(records: Sequence[dict[str, Any]], kept: int) -> dict[str, Any]:
 
 
 def run_rounds(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence[Any],
-               tracker: Tracker | None = None) -> list[dict[str, Any]]:
+               tracker: Tracker | None = None, dist: Dist = Dist()) -> list[dict[str, Any]]:
     """ReST-EM: per round, reward k self-edits per instance, keep the best, SFT the teacher, continue
-    from the merged checkpoint. Finished rounds and finished teacher updates are read back, not redone."""
+    from the merged checkpoint. Finished rounds and finished teacher updates are read back, not redone.
+    Under N processes the inner loops are sharded and the teacher SFT runs data-parallel on all ranks."""
     finished = {r["round"]: r for r in store.iter("rounds")}
     student: Student | None = None
     for round_ in range(cfg.outer.rounds):
@@ -198,11 +210,12 @@ def run_rounds(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence
             continue
         session = build_session(cfg, domain, teacher_config(cfg, store, round_), student)
         student = session.student if cfg.mode == "teacher_student" else None
-        records = reward_round(session, store, train, round_, tracker)
-        summary = format_table(summary_rows(domain, train, records))
-        store.write_text(f"summary_round{round_}.md", summary + "\n")
-        print(f"\nRound {round_}: baseline and reward per instance ({domain.name}, k={cfg.sampling.k}, "
-              f"seeds={cfg.inner.seeds})\n{summary}\n", flush=True)
+        records = reward_round(session, store, train, round_, tracker, dist)
+        if dist.is_main:
+            summary = format_table(summary_rows(domain, train, records))
+            store.write_text(f"summary_round{round_}.md", summary + "\n")
+            print(f"\nRound {round_}: baseline and reward per instance ({domain.name}, k={cfg.sampling.k}, "
+                  f"seeds={cfg.inner.seeds})\n{summary}\n", flush=True)
         rewards = edit_rewards(records)
         valid = {(r["instance"], r["index"]) for r in records if r["status"] == "ok"}
         keep = select(rewards, valid, cfg.outer.filter, cfg.outer.top_fraction)
@@ -218,15 +231,17 @@ def run_rounds(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence
                 log.info("round %d: teacher update on %d kept self-edits", round_, len(pairs))
                 learn(teacher_cfg, chat, pairs, cfg.outer, target, derive_seed(cfg.seed, "sft", round_),
                       report_to=["wandb"] if tracker is not None and tracker.enabled else [])
-            else:
+            elif dist.is_main:
                 log.warning("round %d: the filter %s kept no self-edits; the teacher is carried over unchanged",
                             round_, cfg.outer.filter)
                 copy_checkpoint(teacher_cfg, target)
+        dist.barrier()
         losses = read_update(target)["losses"]
         stats.update(sft_steps=len(losses), sft_first_loss=losses[0] if losses else None,
                      sft_last_loss=losses[-1] if losses else None)
         if round_ not in finished:
-            store.append("rounds", {"round": round_, **stats})
+            if dist.is_main:
+                store.append("rounds", {"round": round_, **stats})
             finished[round_] = {"round": round_, **stats}
             if tracker is not None:
                 tracker.log_round(round_, stats, records, [e for e in store.iter("self_edits") if e["round"] == round_])

@@ -9,6 +9,7 @@ merged into a full checkpoint that the next round loads like any model.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -79,12 +80,16 @@ def teacher_peft_config(outer: OuterConfig):
 
 
 @contextlib.contextmanager
-def staging_area(target: Path) -> Iterator[Path]:
-    """A scratch folder beside `target` (stale ones from killed updates are removed first)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".{target.name}-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+def staging_area(target: Path, is_main: bool = True) -> Iterator[Path]:
+    """A scratch folder beside `target` on the main process (stale ones from killed updates are removed
+    first); a private temporary folder on the other ranks, which never publish."""
+    if is_main:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for stale in target.parent.glob(f".{target.name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    else:
+        scratch = Path(tempfile.mkdtemp(prefix="seal-rank-"))
     try:
         yield scratch
     finally:
@@ -93,24 +98,42 @@ def staging_area(target: Path) -> Iterator[Path]:
             torch.cuda.empty_cache()
 
 
-def publish(trainer, tokenizer, lora: bool, scratch: Path, target: Path, examples: int,
+def publish(trainer, tokenizer, teacher: ModelConfig, lora: bool, scratch: Path, target: Path, examples: int,
             losses: list[float]) -> None:
-    """Merge the trained teacher (LoRA or full), write it with its completion marker, rename into place."""
-    trained = trainer.accelerator.unwrap_model(trainer.model)
-    merged = trained.merge_and_unload() if lora else trained
-    staging = scratch / "model"
-    merged.save_pretrained(staging, safe_serialization=True)
-    tokenizer.save_pretrained(staging)
-    write_update_marker(staging, examples=examples, losses=losses)
-    if target.exists():  # an incomplete copy from a killed run
-        shutil.rmtree(target)
-    staging.rename(target)
+    """Save through the trainer — every rank calls it, so ZeRO-3 gathers its partitioned weights — then,
+    on the main process, merge a LoRA adapter into a fresh copy of the base weights (merging the trained
+    model in place is wrong under ZeRO-3, whose local tensors are empty shards), write the completion
+    marker and rename into place."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    saved = scratch / ("adapter" if lora else "model")
+    trainer.save_model(str(saved))
+    if trainer.accelerator.is_main_process:
+        if lora:
+            weights = load_file(str(saved / "adapter_model.safetensors"))
+            if not weights or not all(t.numel() for t in weights.values()):
+                raise RuntimeError(f"the saved teacher adapter in {saved} is empty: the trainer did not gather "
+                                   "its weights (DeepSpeed ZeRO-3 needs the trainer's own save_model)")
+            base, _ = load_model(dataclasses.replace(teacher, device="cpu"))
+            merged = PeftModel.from_pretrained(base, saved).merge_and_unload()
+            staging = scratch / "model"
+            merged.save_pretrained(staging, safe_serialization=True)
+        else:
+            staging = saved
+        tokenizer.save_pretrained(staging)
+        write_update_marker(staging, examples=examples, losses=losses)
+        if target.exists():  # an incomplete copy from a killed run
+            shutil.rmtree(target)
+        staging.rename(target)
+    trainer.accelerator.wait_for_everyone()
 
 
 def learn(teacher: ModelConfig, chat: bool, pairs: Sequence[tuple[str, str]], outer: OuterConfig, target: Path,
           seed: int, report_to: Sequence[str] = ()) -> TeacherUpdate:
     """SFT the teacher on the kept self-edits and write the merged model to `target` (atomically)."""
     import datasets
+    from accelerate import PartialState
     from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
@@ -122,7 +145,7 @@ def learn(teacher: ModelConfig, chat: bool, pairs: Sequence[tuple[str, str]], ou
     datasets.disable_progress_bars()
     model, tokenizer = load_model(teacher)
     on_cpu = next(model.parameters()).device.type == "cpu"
-    with staging_area(target) as scratch:
+    with staging_area(target, PartialState().is_main_process) as scratch:
         args = SFTConfig(
             output_dir=str(scratch / "trainer"), num_train_epochs=outer.epochs, learning_rate=outer.lr,
             per_device_train_batch_size=outer.batch_size, gradient_accumulation_steps=outer.grad_accum,
@@ -136,7 +159,7 @@ def learn(teacher: ModelConfig, chat: bool, pairs: Sequence[tuple[str, str]], ou
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         if losses and not all(math.isfinite(x) for x in losses):
             raise FloatingPointError(f"teacher SFT loss became non-finite: {losses}")
-        publish(trainer, tokenizer, outer.lora, scratch, target, len(pairs), losses)
+        publish(trainer, tokenizer, teacher, outer.lora, scratch, target, len(pairs), losses)
     return TeacherUpdate(path=target, examples=len(pairs), losses=losses)
 
 

@@ -1,0 +1,42 @@
+"""Which process this is under `accelerate launch`, and barriers between the phases of a round.
+
+One process (plain `python`, or `accelerate launch` with one process) is rank 0 of 1 and every
+barrier is a no-op. Under `--num_processes N` accelerate's `PartialState` sets up the process group
+(gloo on CPU, NCCL on GPUs) and each rank takes every N-th piece of a round's work.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    state: Any = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            self.state.wait_for_everyone()
+
+    def shard(self, items: Sequence[T]) -> list[T]:
+        """This rank's share: items rank, rank + world, ... (the same split on every rank)."""
+        return list(items[self.rank::self.world])
+
+
+def init_dist(cpu: bool) -> Dist:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Dist()
+    from accelerate import PartialState
+
+    state = PartialState(cpu=cpu)
+    return Dist(rank=state.process_index, world=state.num_processes, state=state)
