@@ -60,8 +60,8 @@ def main(argv: list[str]) -> int:
             store.write_text("eval.md", table + "\n")
             store.write_text("eval.csv", format_csv(rows))
             tracker.log_eval(rows)
-            print(f"Held-out evaluation ({len(heldout)} instances, grader {cfg.domain.get('grader', 'default')}):"
-                  f"\n{table}\n", flush=True)
+            grader = f", grader {cfg.domain['grader']}" if "grader" in cfg.domain else ""
+            print(f"Held-out evaluation ({len(heldout)} instances{grader}):\n{table}\n", flush=True)
         dist.barrier()
     except (ModelLoadError, DataError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -141,7 +141,8 @@ class EvalConfig:
     """Sampling temperature for evaluation self-edits; None: sampling.temperature."""
     conditions: list[str] = field(default_factory=lambda: ["no_update", "context_only", "base_teacher",
                                                             "round_teachers"])
-    """no_update | context_only | base_teacher | round_teachers | file"""
+    """no_update | context_only | base_teacher | round_teachers | file | oracle (best of the domain's
+    option grid per instance, where the domain has one)"""
     self_edits_file: str | None = None
     """JSONL of {instance or title, text}: self-edits written by any other model (condition `file`)."""
     cpt: bool = True
@@ -150,7 +151,7 @@ class EvalConfig:
     """Epochs for the CPT adapter; None: inner.epochs."""
 
 
-EVAL_CONDITIONS = ("no_update", "context_only", "base_teacher", "round_teachers", "file")
+EVAL_CONDITIONS = ("no_update", "context_only", "base_teacher", "round_teachers", "file", "oracle")
 
 
 @dataclass

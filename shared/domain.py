@@ -125,9 +125,14 @@ class Domain(ABC):
     def describe(self, instance: Any) -> str:
         return self.instance_id(instance)
 
+    def oracle_self_edits(self, instance: Any) -> list[str]:
+        """Self-edits an oracle searches over (the evaluation's `oracle` row takes the best); none by default."""
+        return []
+
 
 _REGISTRY: dict[str, str] = {
     "knowledge": "seal.shared.knowledge:KnowledgeDomain",
+    "arc": "seal.shared.arc:ArcDomain",
 }
 
 

@@ -100,6 +100,13 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
         shared = (model, tok) if label == "base_teacher" and cfg.mode == "self" else None
         log.info("evaluation: sampling %d self-edit(s) per held-out instance from %s", cfg.eval.k, label)
         _sample_condition(cfg, domain, store, heldout, label, teacher_cfg, have, shared)
+    if "oracle" in conditions:
+        for inst in heldout:
+            iid = domain.instance_id(inst)
+            for j, text in enumerate(domain.oracle_self_edits(inst)):
+                if ("oracle", iid, j) not in have:
+                    store.append("eval_self_edits", {"condition": "oracle", "instance": iid, "index": j,
+                                                     **_parse_record(domain, inst, text)})
     if "file" in conditions:
         for (iid, j), text in _file_edits(cfg, domain, heldout).items():
             if ("file", iid, j) not in have:
@@ -118,6 +125,7 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
     labels += ["context_only"] if "context_only" in conditions else []
     labels += [label for label, _ in condition_teachers(cfg, store)]
     labels += ["file"] if "file" in conditions else []
+    labels += ["oracle"] if "oracle" in conditions else []
     for label in labels:
         plans = _plans(domain, heldout, label, edits.get(label, {}))
         log.info("evaluation: %s", label)
@@ -130,34 +138,39 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
                     store.append("eval_records", {"condition": label, "setting": "single", "instance": iid,
                                                   "index": None, "seed": None, "score": base, "status": "ok"})
                 continue
-            jobs += [(Job(inst, plan, seed), {"condition": label, "setting": "single", "instance": iid,
-                                              "index": j, "seed": seed})
-                     for j, plan in plans.get(iid, []) for seed in cfg.eval.seeds
-                     if (label, "single", iid, j, seed) not in done]
+            for j, plan in plans.get(iid, []):
+                for seed in cfg.eval.seeds:
+                    meta = {"condition": label, "setting": "single", "instance": iid, "index": j, "seed": seed}
+                    if (label, "single", iid, j, seed) in done:
+                        continue
+                    if plan is None:
+                        store.append("eval_records", {**meta, "score": base, "status": "invalid"})
+                    else:
+                        jobs.append((Job(inst, plan, seed), meta))
         for start in range(0, len(jobs), student.slots):
             chunk = jobs[start: start + student.slots]
             for result, (_, meta) in zip(student.run([job for job, _ in chunk]), chunk):
                 outcome = ({"score": 0.0, "status": "failed", "reason": result.error} if result.error
                            else {"score": result.score.value, "status": "ok"})
                 store.append("eval_records", {**meta, **outcome})
-        if cfg.eval.cpt and label != "no_update":
+        if cfg.eval.cpt and label not in ("no_update", "oracle"):
             _cpt(cfg, domain, store, student, heldout, label, plans, done)
     return table_rows(store, labels, cfg.eval.cpt)
 
 
 def _plans(domain: Domain, heldout: Sequence[Any], label: str,
-           edits: dict[str, list[dict[str, Any]]]) -> dict[str, list[tuple[int | None, TrainingPlan]]]:
-    out: dict[str, list[tuple[int | None, TrainingPlan]]] = {}
+           edits: dict[str, list[dict[str, Any]]]) -> dict[str, list[tuple[int | None, TrainingPlan | None]]]:
+    """Per instance, (self-edit index, plan) — plan None for an unusable self-edit, which leaves the
+    student as it was (scored as the no-update baseline, as its reward is 0 in a round)."""
+    out: dict[str, list[tuple[int | None, TrainingPlan | None]]] = {}
     for inst in heldout:
         iid = domain.instance_id(inst)
         if label == "context_only":
             out[iid] = [(None, domain.plan(inst, None))]
             continue
         for rec in sorted(edits.get(iid, []), key=lambda r: r["index"]):
-            if rec["status"] == "ok":
-                out.setdefault(iid, []).append((rec["index"], domain.plan(inst, SelfEdit(rec["text"], rec["items"]))))
-            else:  # an unusable self-edit still teaches the context alone, as the instance's plan
-                out.setdefault(iid, []).append((rec["index"], domain.plan(inst, None)))
+            plan = domain.plan(inst, SelfEdit(rec["text"], rec["items"])) if rec["status"] == "ok" else None
+            out.setdefault(iid, []).append((rec["index"], plan))
     return out
 
 
@@ -167,7 +180,7 @@ def _cpt(cfg: SealConfig, domain: Domain, store: RunStore, student: Student, hel
     examples: list[Example] = []
     for iid, items in plans.items():
         for _, plan in items:
-            examples += plan.examples
+            examples += plan.examples if plan is not None else []
     merged = TrainingPlan(examples=list(dict.fromkeys(examples)), epochs=cfg.eval.cpt_epochs)
     seeds = [s for s in cfg.eval.seeds
              if not all((label, "cpt", domain.instance_id(i), None, s) in done for i in heldout)]
@@ -199,7 +212,8 @@ def _mean_se(values: Sequence[float]) -> tuple[float, float, int]:
 
 
 def table_rows(store: RunStore, labels: Sequence[str], cpt: bool) -> list[dict[str, Any]]:
-    """Per condition and setting: mean ± SE over (instance, seed), each averaged over that instance's self-edits."""
+    """Per condition and setting: mean ± SE over (instance, seed), each averaged over that instance's
+    self-edits (the oracle takes the best of them instead)."""
     cells: dict[tuple[str, str], dict[tuple[str, Any], list[float]]] = {}
     for r in store.iter("eval_records"):
         cells.setdefault((r["condition"], r["setting"]), {}).setdefault((r["instance"], r["seed"]), []).append(
@@ -209,7 +223,8 @@ def table_rows(store: RunStore, labels: Sequence[str], cpt: bool) -> list[dict[s
         row: dict[str, Any] = {"condition": label}
         for setting in ("single", "cpt") if cpt else ("single",):
             source = ("no_update", "single") if label == "no_update" else (label, setting)
-            values = [sum(v) / len(v) for v in cells.get(source, {}).values()]
+            pick = max if label == "oracle" else (lambda v: sum(v) / len(v))
+            values = [pick(v) for v in cells.get(source, {}).values()]
             row[f"{setting}_mean"], row[f"{setting}_se"], row[f"{setting}_n"] = _mean_se(values)
         rows.append(row)
     return rows
@@ -223,7 +238,7 @@ def _cell(mean: float, se: float) -> str:
 
 def format_markdown(rows: Sequence[dict[str, Any]]) -> str:
     cpt = any("cpt_mean" in r for r in rows)
-    head = "| condition | single-passage acc. % | n |" + (" CPT acc. % | n |" if cpt else "")
+    head = "| condition | single-instance acc. % | n |" + (" CPT acc. % | n |" if cpt else "")
     sep = "|---|---:|---:|" + ("---:|---:|" if cpt else "")
     lines = [head, sep]
     for r in rows:

