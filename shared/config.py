@@ -56,11 +56,18 @@ class SamplingConfig:
     """How the teacher samples self-edits (paper: k=5, temperature 1.0, top-p 0.95)."""
 
     backend: str = "hf"
+    """hf (transformers generate) | vllm (offline engine, GPU)"""
+    vllm: dict[str, Any] = field(default_factory=dict)
+    """Engine arguments for vllm.LLM (gpu_memory_utilization, tensor_parallel_size, ...)."""
     k: int = 5
     temperature: float = 1.0
     top_p: float = 0.95
     max_new_tokens: int = 512
     seed: int = 0
+
+    def __post_init__(self):
+        if self.backend not in ("hf", "vllm"):
+            raise ConfigError(f"sampling.backend: expected 'hf' or 'vllm', got {self.backend!r}")
 
 
 @dataclass
@@ -82,6 +89,14 @@ class InnerConfig:
     max_grad_norm: float = 1.0
     parallel_adapters: int | None = None
     """Self-edits trained together in one pass (K); None: chosen from free memory (at most 16)."""
+    score_backend: str = "hf"
+    """hf (batched transformers generate) | vllm (multi-LoRA vLLM engine, GPU)"""
+    vllm: dict[str, Any] = field(default_factory=dict)
+    """Engine arguments for the scoring vllm.LLM."""
+
+    def __post_init__(self):
+        if self.score_backend not in ("hf", "vllm"):
+            raise ConfigError(f"inner.score_backend: expected 'hf' or 'vllm', got {self.score_backend!r}")
 
 
 FILTERS = ("best_of_k", "best_of_k_positive", "all_positive", "top_fraction")

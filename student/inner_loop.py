@@ -104,6 +104,8 @@ class Student:
         self.model.eval()
         self.device = next(model.parameters()).device
         self.baselines: dict[tuple[str, str], Score] = {}
+        self.scorer = None
+        """Set to a `VLLMScorer` to score adapted students on vLLM instead of transformers."""
 
     def adapters_off(self):
         """Context in which the model is the plain base model (baselines, teacher sampling in self mode)."""
@@ -281,7 +283,9 @@ class Student:
                 return [JobResult(chunk[0], None, None, 0.0, error=str(err))]
             return [r for job in chunk for r in self._run_chunk([job])]
         start = time.perf_counter()
-        scores = self.score_many([j.instance for j in chunk])
+        instances = [j.instance for j in chunk]
+        scores = (self.scorer.score(instances, self.save_adapter, range(len(chunk))) if self.scorer
+                  else self.score_many(instances))
         per = (time.perf_counter() - start) / len(chunk)
         return [JobResult(j, s, st, per) for j, s, st in zip(chunk, scores, stats)]
 

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from seal.shared.config import ModelConfig, SealConfig
 from seal.shared.domain import Domain, Score, SelfEdit, SelfEditError
-from seal.shared.models import load_model, uses_chat_template
+from seal.shared.models import load_model, load_tokenizer, resolve, uses_chat_template
 from seal.shared.dist import Dist
 from seal.shared.store import RunStore
 from seal.shared.tracking import Tracker, progress
@@ -24,6 +24,7 @@ from seal.student.inner_loop import Job, JobResult, Student
 from seal.teacher.rest_em import learn, read_update, select, write_update_marker
 from seal.teacher.rest_em import is_complete as teacher_complete
 from seal.teacher.sampling import Teacher, derive_seed
+from seal.teacher.vllm_sampling import VLLMTeacher
 
 log = logging.getLogger("seal")
 
@@ -42,18 +43,36 @@ def build_session(cfg: SealConfig, domain: Domain, teacher_cfg: ModelConfig | No
     """Load the models. In self mode the teacher samples from the student's base weights; in
     teacher_student mode an existing (fixed) student can be passed in and is kept."""
     teacher_cfg = teacher_cfg or cfg.teacher
-    teacher_model, teacher_tok = load_model(teacher_cfg)
+    vllm_teacher = cfg.sampling.backend == "vllm"
+    if cfg.mode == "self" or not vllm_teacher:
+        teacher_model, teacher_tok = load_model(teacher_cfg)
+    else:  # the vLLM engine holds the teacher: no transformers copy needed
+        teacher_model, teacher_tok = None, load_tokenizer(teacher_cfg)
     teacher_chat = uses_chat_template(teacher_cfg, teacher_tok)
     if cfg.mode == "self":
-        student = Student(teacher_model, teacher_tok, cfg.inner, domain, teacher_chat)
-        teacher = Teacher(student.model, teacher_tok, cfg.sampling, domain, teacher_chat)
+        student = make_student(teacher_model, teacher_tok, cfg, domain, teacher_cfg)
+    elif student is None:
+        student_model, student_tok = load_model(cfg.student)
+        student = make_student(student_model, student_tok, cfg, domain, cfg.student)
+    if vllm_teacher:
+        teacher: Any = VLLMTeacher(resolve(teacher_cfg.name), teacher_tok, cfg.sampling, domain, teacher_chat)
     else:
-        if student is None:
-            student_model, student_tok = load_model(cfg.student)
-            student = Student(student_model, student_tok, cfg.inner, domain,
-                              uses_chat_template(cfg.student, student_tok))
-        teacher = Teacher(teacher_model, teacher_tok, cfg.sampling, domain, teacher_chat)
+        # in self mode the student's model is the teacher's: its LoRA slots are off outside Student calls
+        teacher = Teacher(student.model if cfg.mode == "self" else teacher_model, teacher_tok, cfg.sampling,
+                          domain, teacher_chat)
     return Session(cfg=cfg, domain=domain, teacher=teacher, student=student, teacher_cfg=teacher_cfg)
+
+
+def make_student(model, tokenizer, cfg: SealConfig, domain: Domain, model_cfg: ModelConfig) -> Student:
+    """A Student on `model`, scoring through vLLM when `inner.score_backend: vllm`."""
+    chat = uses_chat_template(model_cfg, tokenizer)
+    student = Student(model, tokenizer, cfg.inner, domain, chat)
+    if cfg.inner.score_backend == "vllm":
+        from seal.student.vllm_scoring import VLLMScorer
+
+        student.scorer = VLLMScorer(resolve(model_cfg.name), tokenizer, domain, chat, cfg.inner.lora_r,
+                                    student.slots, cfg.inner.vllm)
+    return student
 
 
 def _load_baselines(store: RunStore, student: Student) -> None:

@@ -17,9 +17,6 @@ from seal.shared.config import SamplingConfig
 from seal.shared.domain import Domain
 from seal.shared.models import format_prompt
 
-BACKENDS = ("hf",)
-
-
 def derive_seed(*parts: Any) -> int:
     """A stable 31-bit seed from any printable parts (Python's hash() is salted per process)."""
     return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:4], "big") & 0x7FFFFFFF
@@ -33,11 +30,9 @@ class Samples:
 
 
 class Teacher:
-    """Samples self-edits from a causal LM with transformers' `generate`."""
+    """Samples self-edits from a causal LM with transformers' `generate` (the `hf` backend)."""
 
     def __init__(self, model, tokenizer, sampling: SamplingConfig, domain: Domain, chat: bool):
-        if sampling.backend not in BACKENDS:
-            raise ValueError(f"sampling.backend {sampling.backend!r} is not available; choose one of {BACKENDS}")
         self.model = model
         self.tokenizer = tokenizer
         self.cfg = sampling

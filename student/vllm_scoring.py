@@ -1,0 +1,53 @@
+"""Scoring many adapted students at once on vLLM (`inner.score_backend: vllm`, GPU).
+
+The student trains its K adapters as usual; each is written in peft's format and served by one vLLM
+engine with `enable_lora`, every query routed to its adapter by a `LoRARequest` (vLLM's multi-LoRA
+batching). Greedy decoding, as the HF path.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+from seal.shared.domain import Domain, Score
+from seal.shared.models import format_prompt
+
+
+class VLLMScorer:
+    def __init__(self, model_path: str, tokenizer, domain: Domain, chat: bool, max_lora_rank: int, max_loras: int,
+                 engine_args: dict[str, Any]):
+        from seal.teacher.vllm_sampling import import_vllm
+
+        self.vllm = import_vllm()
+        from vllm.lora.request import LoRARequest
+
+        self.LoRARequest = LoRARequest
+        self.tokenizer, self.domain, self.chat = tokenizer, domain, chat
+        self.llm = self.vllm.LLM(model=model_path, enable_lora=True, max_lora_rank=max_lora_rank,
+                                 max_loras=max_loras, **engine_args)
+        self.workdir = Path(tempfile.mkdtemp(prefix="seal-vllm-adapters-"))
+        self.next_id = 1  # vLLM caches adapters by integer id: a new adapter needs a new id
+
+    def score(self, instances: Sequence[Any], save_adapter, slots: Sequence[int]) -> list[Score]:
+        """instances[i] answered by adapter slot slots[i]; `save_adapter(slot, path)` writes a slot."""
+        requests = {}
+        for slot in dict.fromkeys(slots):
+            path = self.workdir / f"adapter-{self.next_id}"
+            save_adapter(slot, path)
+            requests[slot] = self.LoRARequest(f"seal-{self.next_id}", self.next_id, str(path))
+            self.next_id += 1
+        prompts, params, loras, spans = [], [], [], []
+        for inst, slot in zip(instances, slots):
+            q = self.domain.queries(inst)
+            sp = self.vllm.SamplingParams(temperature=0.0, max_tokens=q.max_new_tokens,
+                                          stop=[q.stop] if q.stop else None)
+            spans.append((len(prompts), len(q.prompts)))
+            for p in q.prompts:
+                prompts.append(format_prompt(self.tokenizer, p, self.chat))
+                params.append(sp)
+                loras.append(requests[slot])
+        outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=loras)
+        texts = [o.outputs[0].text for o in outputs]
+        return [self.domain.grade(inst, texts[a: a + n]) for inst, (a, n) in zip(instances, spans)]

@@ -1,0 +1,100 @@
+"""The vLLM backends: contract tests against tests/fake_vllm (vLLM's API surface, run by transformers),
+and real ones that run where a GPU and vLLM are installed."""
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from seal.shared.config import InnerConfig, ModelConfig, SamplingConfig, parse_config
+from seal.shared.knowledge import KnowledgeDomain
+from seal.shared.models import load_model
+from seal.student import Student
+from seal.teacher.sampling import Teacher
+from tests.conftest import REPO
+
+FAKE = str(Path(__file__).parent / "fake_vllm")
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    monkeypatch.syspath_prepend(FAKE)
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        monkeypatch.delitem(sys.modules, name)
+    module = importlib.import_module("vllm")
+    module.CALLS.clear()
+    return module
+
+
+def test_vllm_scoring_of_many_adapters_matches_the_transformers_path(fake_vllm, tiny_model_dir):
+    from seal.student.vllm_scoring import VLLMScorer
+
+    model, tok = load_model(ModelConfig(name=str(tiny_model_dir)))
+    domain = KnowledgeDomain()
+    student = Student(model, tok, InnerConfig(lora_r=4, lora_alpha=8, epochs=3, lr=5e-2, parallel_adapters=3),
+                      domain, chat=True)
+    insts = domain.load("builtin", "train[:3]")
+    student.absorb_many([domain.plan(i, None) for i in insts], [0, 1, 2])
+    ours = student.score_many(insts)
+    scorer = VLLMScorer(str(tiny_model_dir), tok, domain, True, max_lora_rank=4, max_loras=3,
+                        engine_args={"gpu_memory_utilization": 0.5})
+    theirs = scorer.score(insts, student.save_adapter, [0, 1, 2])
+    assert [[d["prediction"] for d in s.details] for s in theirs] == [[d["prediction"] for d in s.details]
+                                                                      for s in ours]
+    init, gen = fake_vllm.CALLS[0], fake_vllm.CALLS[1]
+    assert init["enable_lora"] and init["engine_args"] == {"gpu_memory_utilization": 0.5}
+    assert gen["generate"] == sum(len(i.questions) for i in insts) and sorted(set(gen["loras"])) == [1, 2, 3]
+    again = scorer.score(insts[:1], student.save_adapter, [0])  # new adapters get new ids (vLLM caches by id)
+    assert fake_vllm.CALLS[-1]["loras"] == [4] * len(insts[0].questions) and again
+
+
+def test_vllm_teacher_samples_k_seeded_self_edits_per_instance(fake_vllm, tiny_model_dir):
+    from seal.teacher.vllm_sampling import VLLMTeacher
+
+    _, tok = load_model(ModelConfig(name=str(tiny_model_dir)))
+    domain = KnowledgeDomain()
+    cfg = SamplingConfig(k=3, max_new_tokens=10, temperature=1.0, vllm={"tensor_parallel_size": 1})
+    teacher = VLLMTeacher(str(tiny_model_dir), tok, cfg, domain, chat=True)
+    insts = domain.load("builtin", "train[:2]")
+    both = teacher.sample(insts)
+    assert [len(s.texts) for s in both] == [3, 3]
+    assert teacher.sample(insts[1:])[0].texts == both[1].texts  # per-request seeds: batching changes nothing
+    assert teacher.sample(insts[1:], round_=1)[0].texts != both[1].texts
+    assert both[0].prompt == Teacher(None, tok, cfg, domain, chat=True).prompt(insts[0])
+
+
+def test_choosing_vllm_without_vllm_is_a_clear_error(tiny_model_dir, monkeypatch, tmp_path):
+    from seal.teacher.outer import build_session
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError, installed or not
+    cfg = parse_config(["--teacher.name", str(tiny_model_dir), "--sampling.backend", "vllm"])
+    with pytest.raises(ImportError, match="the vllm backend needs vLLM"):
+        build_session(cfg, KnowledgeDomain())
+
+
+needs_gpu_vllm = pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("vllm") is None,
+                                    reason="needs a CUDA GPU and vLLM")
+
+
+@pytest.mark.gpu
+@needs_gpu_vllm
+def test_real_vllm_teacher_and_multi_lora_scoring(tiny_model_dir, tmp_path):
+    """On a GPU machine with vLLM: the real engine behind both backends, on the embedded model."""
+    from seal.shared.models import resolve
+    from seal.student.vllm_scoring import VLLMScorer
+    from seal.teacher.vllm_sampling import VLLMTeacher
+
+    model, tok = load_model(ModelConfig(device="cuda"))
+    domain = KnowledgeDomain()
+    insts = domain.load("builtin", "train[:2]")
+    teacher = VLLMTeacher(resolve("embedded"), tok, SamplingConfig(k=2, max_new_tokens=32,
+                                                                    vllm={"gpu_memory_utilization": 0.3}),
+                          domain, chat=True)
+    assert all(len(s.texts) == 2 for s in teacher.sample(insts))
+    student = Student(model, tok, InnerConfig(lora_r=8, lora_alpha=16, epochs=2, parallel_adapters=2), domain, True)
+    student.absorb_many([domain.plan(i, None) for i in insts], [0, 1])
+    scorer = VLLMScorer(resolve("embedded"), tok, domain, True, 8, 2, {"gpu_memory_utilization": 0.3})
+    scores = scorer.score(insts, student.save_adapter, [0, 1])
+    assert len(scores) == 2 and all(0 <= s.value <= 1 for s in scores)
