@@ -70,7 +70,7 @@ class JobResult:
 
 def auto_slots(model, inner: InnerConfig, cap: int = 16) -> int:
     """Adapters trained per pass when `inner.parallel_adapters` is unset: as many as a quarter of free
-    memory holds, estimating activations plus logits per token of a batch at `inner.max_length`."""
+    memory holds, estimating fp32 activations plus logits for one packed batch of up to 256-token sequences."""
     cfg = model.config
     hidden, layers = getattr(cfg, "hidden_size", 1024), getattr(cfg, "num_hidden_layers", 24)
     vocab = getattr(cfg, "vocab_size", 32000)
@@ -173,7 +173,8 @@ class Student:
         if not 0 < k <= self.slots:
             raise ValueError(f"absorb_many takes 1..{self.slots} plans, got {k}")
         start = time.perf_counter()
-        data = [self.encode(p) for p in plans]
+        encoded: dict[int, Encoded] = {}  # a plan absorbed under several seeds is tokenised once
+        data = [encoded[id(p)] if id(p) in encoded else encoded.setdefault(id(p), self.encode(p)) for p in plans]
         schedules = [self._schedule(d, p, s) for d, p, s in zip(data, plans, seeds)]
         for slot, seed in enumerate(seeds):
             self.bank.reset(slot, seed)

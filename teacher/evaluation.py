@@ -21,12 +21,13 @@ from typing import Any, Sequence
 
 from seal.shared.config import SealConfig
 from seal.shared.domain import Domain, Example, SelfEdit, TrainingPlan
-from seal.shared.models import load_model, uses_chat_template
+from seal.shared.models import load_model, load_tokenizer, resolve, uses_chat_template
 from seal.shared.store import RunStore
 from seal.student.inner_loop import InnerLoopError, Job, Student
 from seal.teacher.outer import _parse_record, baseline, teacher_checkpoint, teacher_config
 from seal.teacher.rest_em import is_complete
 from seal.teacher.sampling import Teacher, derive_seed
+from seal.teacher.vllm_sampling import VLLMTeacher
 
 log = logging.getLogger("seal")
 
@@ -48,14 +49,16 @@ def _sample_condition(cfg: SealConfig, domain: Domain, store: RunStore, heldout:
     missing = [i for i in heldout if not all((label, domain.instance_id(i), j) in have for j in range(cfg.eval.k))]
     if not missing:
         return
-    if shared_model is not None:
-        model, tok = shared_model
-    else:
-        model, tok = load_model(teacher_cfg)
     sampling = replace(cfg.sampling, seed=derive_seed(cfg.sampling.seed, "eval", label),
                        temperature=cfg.eval.temperature if cfg.eval.temperature is not None
                        else cfg.sampling.temperature)
-    teacher = Teacher(model, tok, sampling, domain, uses_chat_template(teacher_cfg, tok))
+    teacher: Any
+    if cfg.sampling.backend == "vllm":
+        tok = load_tokenizer(teacher_cfg)
+        teacher = VLLMTeacher(resolve(teacher_cfg.name), tok, sampling, domain, uses_chat_template(teacher_cfg, tok))
+    else:
+        model, tok = shared_model if shared_model is not None else load_model(teacher_cfg)
+        teacher = Teacher(model, tok, sampling, domain, uses_chat_template(teacher_cfg, tok))
     for inst in missing:
         samples = teacher.sample([inst], cfg.eval.k)[0]
         iid = domain.instance_id(inst)
