@@ -38,6 +38,13 @@ def edit_rewards(records: list[dict]) -> dict[tuple[int, str, int], float]:
     return {k: sum(v) / len(v) for k, v in sums.items()}
 
 
+def save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_rewards(rewards: dict, out: Path) -> Path | None:
     rounds = sorted({k[0] for k in rewards})
     if not rounds:
@@ -50,11 +57,7 @@ def plot_rewards(rewards: dict, out: Path) -> Path | None:
         ax.scatter([i] * len(values), values, s=12, alpha=0.5, color="tab:blue")
     ax.axhline(0, color="grey", lw=0.8, ls="--")
     ax.set(xlabel="ReST-EM round", ylabel="reward (accuracy gain)", title="Reward per self-edit")
-    path = out / "reward_by_round.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, out / "reward_by_round.png")
 
 
 def plot_eval(rows: list[dict], out: Path) -> Path | None:
@@ -69,15 +72,11 @@ def plot_eval(rows: list[dict], out: Path) -> Path | None:
         errs = [0 if math.isnan(float(r[f"{setting}_se"] or "nan")) else 100 * float(r[f"{setting}_se"])
                 for r in rows]
         xs = [i + (j - (len(settings) - 1) / 2) * width for i in range(len(rows))]
-        ax.bar(xs, means, width, yerr=errs, capsize=3, label="single-passage" if setting == "single" else "CPT")
+        ax.bar(xs, means, width, yerr=errs, capsize=3, label="single-instance" if setting == "single" else "CPT")
     ax.set_xticks(range(len(rows)), names, rotation=20, ha="right")
-    ax.set(ylabel="no-context accuracy %", title="Held-out evaluation")
+    ax.set(ylabel="held-out accuracy %", title="Held-out evaluation")
     ax.legend()
-    path = out / "eval_conditions.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, out / "eval_conditions.png")
 
 
 def plot_length(rewards: dict, edits: list[dict], out: Path) -> Path | None:
@@ -92,11 +91,7 @@ def plot_length(rewards: dict, edits: list[dict], out: Path) -> Path | None:
     ax.axhline(0, color="grey", lw=0.8, ls="--")
     ax.set(xlabel="self-edit length (words)", ylabel="reward", title="Reward against self-edit length")
     ax.legend()
-    path = out / "reward_vs_length.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, out / "reward_vs_length.png")
 
 
 def eval_rows(run: Path) -> list[dict]:

@@ -25,8 +25,8 @@ from seal.shared.dist import Dist
 from seal.shared.store import RunStore
 from seal.shared.tracking import Tracker
 from seal.student.inner_loop import Job, Student
-from seal.teacher.outer import baseline, teacher_checkpoint, teacher_config
-from seal.teacher.rest_em import is_complete, publish, read_update, staging_area, teacher_peft_config
+from seal.teacher.outer import baseline, finish_round, teacher_checkpoint, teacher_config
+from seal.teacher.rest_em import is_complete, publish, staging_area, teacher_peft_config
 from seal.teacher.sampling import derive_seed
 
 log = logging.getLogger("seal")
@@ -174,13 +174,7 @@ def run_grpo(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence[A
                  "self_edits": len(values), "kept": len(values),
                  "steps": len({r["call"] for r in rows if r["attempt"] == attempt}),
                  "logged_rewards": logged}
-        losses = read_update(target)["losses"]
-        stats.update(sft_steps=len(losses), sft_first_loss=losses[0] if losses else None,
-                     sft_last_loss=losses[-1] if losses else None)
-        if round_ not in finished:
-            if dist.is_main:
-                store.append("rounds", {"round": round_, **stats})
-            finished[round_] = {"round": round_, **stats}
+        finish_round(store, finished, round_, stats, target, dist)
         log.info("GRPO round %d: %d steps, mean reward %+.3f, %.0f%% positive", round_, stats["steps"],
                  stats["mean_reward"], 100 * stats["fraction_positive"])
     return [finished[r] for r in sorted(finished)]

@@ -255,18 +255,26 @@ def run_rounds(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence
                             round_, cfg.outer.filter)
                 copy_checkpoint(teacher_cfg, target)
         dist.barrier()
-        losses = read_update(target)["losses"]
-        stats.update(sft_steps=len(losses), sft_first_loss=losses[0] if losses else None,
-                     sft_last_loss=losses[-1] if losses else None)
-        if round_ not in finished:
-            if dist.is_main:
-                store.append("rounds", {"round": round_, **stats})
-            finished[round_] = {"round": round_, **stats}
-            if tracker is not None:
-                tracker.log_round(round_, stats, records, [e for e in store.iter("self_edits") if e["round"] == round_])
+        if finish_round(store, finished, round_, stats, target, dist) and tracker is not None:
+            tracker.log_round(round_, stats, records, [e for e in store.iter("self_edits") if e["round"] == round_])
         log.info("round %d: mean reward %+.3f, %.0f%% positive, kept %d of %d self-edits", round_,
                  stats["mean_reward"], 100 * stats["fraction_positive"], stats["kept"], stats["self_edits"])
     return [finished[r] for r in sorted(finished)]
+
+
+def finish_round(store: RunStore, finished: dict[int, dict[str, Any]], round_: int, stats: dict[str, Any],
+                 target: Path, dist: Dist) -> bool:
+    """Add the teacher update's losses (from its checkpoint) to the round's stats and record the round
+    once (on the main process). True when it was recorded now."""
+    losses = read_update(target)["losses"]
+    stats.update(sft_steps=len(losses), sft_first_loss=losses[0] if losses else None,
+                 sft_last_loss=losses[-1] if losses else None)
+    if round_ in finished:
+        return False
+    if dist.is_main:
+        store.append("rounds", {"round": round_, **stats})
+    finished[round_] = {"round": round_, **stats}
+    return True
 
 
 def copy_checkpoint(teacher_cfg: ModelConfig, target: Path) -> None:
