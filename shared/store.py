@@ -3,7 +3,8 @@
 Every record is one line written with a single `write` on an O_APPEND descriptor and fsynced, so a
 killed process leaves at most one torn last line, which readers skip. A run directory remembers the
 config that made it and refuses a different one (changing only where results go or how they are
-reported — `output_dir`, `threads`, `report_to`, `wandb`, `log_level` — is fine).
+reported — `output_dir`, `threads`, `report_to`, `wandb`, `log_level` — or the `eval` section, whose
+records are keyed by condition, instance, self-edit and seed, is fine).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import yaml
 from seal.shared.config import redacted
 
 # Keys that do not change results: a run may be resumed with other values for them.
-NON_RESULT_KEYS = ("output_dir", "threads", "report_to", "wandb", "log_level")
+NON_RESULT_KEYS = ("output_dir", "threads", "report_to", "wandb", "log_level", "eval")
 
 
 class RunDirError(RuntimeError):

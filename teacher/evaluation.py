@@ -24,7 +24,7 @@ from seal.shared.domain import Domain, Example, SelfEdit, TrainingPlan
 from seal.shared.models import load_model, load_tokenizer, resolve, uses_chat_template
 from seal.shared.store import RunStore
 from seal.student.inner_loop import InnerLoopError, Job, Student
-from seal.teacher.outer import _parse_record, baseline, teacher_checkpoint, teacher_config
+from seal.teacher.outer import load_baselines, parse_record, baseline, teacher_checkpoint, teacher_config
 from seal.teacher.rest_em import is_complete
 from seal.teacher.sampling import Teacher, derive_seed
 from seal.teacher.vllm_sampling import VLLMTeacher
@@ -65,7 +65,7 @@ def _sample_condition(cfg: SealConfig, domain: Domain, store: RunStore, heldout:
         for j, text in enumerate(samples.texts):
             if (label, iid, j) not in have:
                 store.append("eval_self_edits", {"condition": label, "instance": iid, "index": j,
-                                                 **_parse_record(domain, inst, text)})
+                                                 **parse_record(domain, inst, text)})
                 have.add((label, iid, j))
 
 
@@ -109,13 +109,13 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
             for j, text in enumerate(domain.oracle_self_edits(inst)):
                 if ("oracle", iid, j) not in have:
                     store.append("eval_self_edits", {"condition": "oracle", "instance": iid, "index": j,
-                                                     **_parse_record(domain, inst, text)})
+                                                     **parse_record(domain, inst, text)})
     if "file" in conditions:
         for (iid, j), text in _file_edits(cfg, domain, heldout).items():
             if ("file", iid, j) not in have:
                 inst = next(i for i in heldout if domain.instance_id(i) == iid)
                 store.append("eval_self_edits", {"condition": "file", "instance": iid, "index": j,
-                                                 **_parse_record(domain, inst, text)})
+                                                 **parse_record(domain, inst, text)})
 
     edits: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for r in store.iter("eval_self_edits"):
@@ -123,6 +123,7 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
 
     # 2. The base student absorbs each condition's plans.
     student = Student(model, tok, cfg.inner, domain, chat)
+    load_baselines(store, student)
     done = {(r["condition"], r["setting"], r["instance"], r["index"], r["seed"]) for r in store.iter("eval_records")}
     labels = ["no_update"] if "no_update" in conditions else []
     labels += ["context_only"] if "context_only" in conditions else []

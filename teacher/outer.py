@@ -75,7 +75,7 @@ def make_student(model, tokenizer, cfg: SealConfig, domain: Domain, model_cfg: M
     return student
 
 
-def _load_baselines(store: RunStore, student: Student) -> None:
+def load_baselines(store: RunStore, student: Student) -> None:
     for rec in store.iter("baselines"):
         student.baselines[(rec["student"], rec["instance"])] = Score(rec["score"], rec["details"])
 
@@ -98,7 +98,7 @@ def reward_round(session: Session, store: RunStore, instances: Sequence[Any], ro
     scored. Under N processes each rank does every N-th instance, then every N-th inner loop; the
     barriers make every rank see the whole store before the next phase."""
     cfg, domain, student = session.cfg, session.domain, session.student
-    _load_baselines(store, student)
+    load_baselines(store, student)
     edits = {(r["instance"], r["index"]): r for r in store.iter("self_edits") if r["round"] == round_}
     for n, instance in enumerate(dist.shard(instances), 1):
         iid = domain.instance_id(instance)
@@ -109,12 +109,12 @@ def reward_round(session: Session, store: RunStore, instances: Sequence[Any], ro
         for i, text in enumerate(samples.texts):
             if (iid, i) in edits:  # appended before a kill; the same seed drew the same text
                 continue
-            rec = _parse_record(domain, instance, text)
+            rec = parse_record(domain, instance, text)
             rec.update(round=round_, instance=iid, index=i, sample_seconds=samples.seconds / len(samples.texts))
             store.append("self_edits", rec)
         log.info("round %d: sampled %d/%d (%s)", round_, n, len(dist.shard(instances)), domain.describe(instance))
     dist.barrier()
-    _load_baselines(store, student)
+    load_baselines(store, student)
     edits = {(r["instance"], r["index"]): r for r in store.iter("self_edits") if r["round"] == round_}
     done = {(r["instance"], r["index"], r["seed"]) for r in store.iter("records") if r["round"] == round_}
     jobs: list[tuple[Job, dict[str, Any]]] = []
@@ -144,7 +144,7 @@ def reward_round(session: Session, store: RunStore, instances: Sequence[Any], ro
                   key=lambda r: (r["instance"], r["index"], -1 if r["seed"] is None else r["seed"]))
 
 
-def _parse_record(domain: Domain, instance: Any, text: str) -> dict[str, Any]:
+def parse_record(domain: Domain, instance: Any, text: str) -> dict[str, Any]:
     try:
         edit = domain.parse(instance, text)
     except SelfEditError as err:

@@ -138,5 +138,6 @@ def test_evaluation_table_from_a_file_of_self_edits(tiny_model_dir, tmp_path):
     mean = sum(r["score"] for r in single) / len(single)
     assert float(file_row["single_mean"]) == pytest.approx(mean) and file_row["single_n"] == "4"
     assert [r.split(",")[0] for r in rows] == ["no_update", "context_only", "file"]
+    baselines = table(out, "baselines")
     proc = run(cmd, tmp_path)  # resumes: nothing recomputed
-    assert table(out, "eval_records") == records
+    assert table(out, "eval_records") == records and table(out, "baselines") == baselines

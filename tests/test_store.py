@@ -16,6 +16,7 @@ def test_append_and_read_skip_a_torn_last_line(tmp_path):
 def test_a_run_dir_refuses_another_config(tmp_path):
     RunStore(tmp_path, {"seed": 0, "inner": {"lr": 1e-3}, "output_dir": "a"})
     RunStore(tmp_path, {"seed": 0, "inner": {"lr": 1e-3}, "output_dir": "b", "threads": 4})  # same results
+    RunStore(tmp_path, {"seed": 0, "inner": {"lr": 1e-3}, "eval": {"conditions": ["file"]}})  # more evaluation
     with pytest.raises(RunDirError, match=r"inner.lr: 0.001 -> 0.003"):
         RunStore(tmp_path, {"seed": 0, "inner": {"lr": 3e-3}, "output_dir": "a"})
 
