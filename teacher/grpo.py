@@ -25,7 +25,8 @@ from seal.shared.dist import Dist
 from seal.shared.store import RunStore
 from seal.shared.tracking import Tracker
 from seal.student.inner_loop import Job, Student
-from seal.teacher.outer import baseline, finish_round, teacher_checkpoint, teacher_config
+from seal.teacher.outer import (baseline, finish_round, load_baselines, make_student, teacher_checkpoint,
+                                teacher_config)
 from seal.teacher.rest_em import is_complete, publish, staging_area, teacher_peft_config
 from seal.teacher.sampling import derive_seed
 
@@ -135,16 +136,20 @@ def run_grpo(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence[A
         if round_ in finished and is_complete(target):
             continue
         teacher_cfg = teacher_config(cfg, store, round_)
-        if cfg.mode == "self":  # a frozen copy of this round's teacher
-            s_model, s_tok = load_model(teacher_cfg)
-            student = Student(s_model, s_tok, cfg.inner, domain, uses_chat_template(teacher_cfg, s_tok))
-        else:
-            if fixed_student is None:
-                s_model, s_tok = load_model(cfg.student)
-                fixed_student = Student(s_model, s_tok, cfg.inner, domain, uses_chat_template(cfg.student, s_tok))
-            student = fixed_student
-        reward = StudentReward(domain, student, train, cfg.inner.seeds, store, round_)
+        logged: list[float] = []
+        attempt = None
         if not is_complete(target):
+            if cfg.mode == "self":  # a frozen copy of this round's teacher
+                s_model, s_tok = load_model(teacher_cfg)
+                student = make_student(s_model, s_tok, cfg, domain, teacher_cfg)
+            else:
+                if fixed_student is None:
+                    s_model, s_tok = load_model(cfg.student)
+                    fixed_student = make_student(s_model, s_tok, cfg, domain, cfg.student)
+                student = fixed_student
+            load_baselines(store, student)
+            reward = StudentReward(domain, student, train, cfg.inner.seeds, store, round_)
+            attempt = reward.attempt
             # a killed GRPO round restarts from its first step (TRL state is not checkpointed mid-round)
             seed = derive_seed(cfg.seed, "grpo", round_)
             set_seed(seed)
@@ -163,11 +168,10 @@ def run_grpo(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence[A
                         losses=losses)
                 key = f"rewards/{reward.__name__}/mean"
                 logged = [h[key] for h in trainer.state.log_history if key in h]
-            del model, trainer
-        else:
-            logged = []
+            del model, trainer, reward
         rows = [r for r in store.iter("grpo_rewards") if r["round"] == round_]
-        attempt = reward.attempt if reward.calls else (rows[-1]["attempt"] if rows else None)
+        if attempt is None:  # finished by an earlier process: its records are the last attempt's
+            attempt = rows[-1]["attempt"] if rows else None
         values = [r["reward"] for r in rows if r["attempt"] == attempt]  # a killed attempt's rows don't count
         stats = {"algorithm": "grpo", "mean_reward": sum(values) / len(values) if values else math.nan,
                  "fraction_positive": sum(v > 0 for v in values) / len(values) if values else math.nan,
