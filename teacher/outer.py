@@ -290,7 +290,7 @@ def copy_checkpoint(teacher_cfg: ModelConfig, target: Path) -> None:
 
 
 def format_rounds(rounds: Sequence[dict[str, Any]]) -> str:
-    lines = ["| round | mean reward | positive | kept / self-edits | teacher SFT loss (first → last) |",
+    lines = ["| round | mean reward | positive | kept / self-edits | teacher loss (first → last) |",
              "|---:|---:|---:|---:|---|"]
     for r in rounds:
         loss = (f"{r['sft_first_loss']:.3f} → {r['sft_last_loss']:.3f}" if r.get("sft_first_loss") is not None
