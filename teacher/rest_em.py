@@ -115,7 +115,7 @@ def publish(trainer, tokenizer, teacher: ModelConfig, lora: bool, scratch: Path,
             if not weights or not all(t.numel() for t in weights.values()):
                 raise RuntimeError(f"the saved teacher adapter in {saved} is empty: the trainer did not gather "
                                    "its weights (DeepSpeed ZeRO-3 needs the trainer's own save_model)")
-            base, _ = load_model(dataclasses.replace(teacher, device="cpu"))
+            base = _load_unpartitioned(teacher, trainer)
             merged = PeftModel.from_pretrained(base, saved).merge_and_unload()
             staging = scratch / "model"
             merged.save_pretrained(staging, safe_serialization=True)
@@ -127,6 +127,24 @@ def publish(trainer, tokenizer, teacher: ModelConfig, lora: bool, scratch: Path,
             shutil.rmtree(target)
         staging.rename(target)
     trainer.accelerator.wait_for_everyone()
+
+
+def _load_unpartitioned(teacher: ModelConfig, trainer):
+    """The base weights as a plain CPU model. Under ZeRO-3, transformers would build it inside
+    `deepspeed.zero.Init`, whose collectives need every rank — while only the main process merges (a
+    deadlock seen on gloo): switch the global ZeRO-3 config off for this load and back on after it."""
+    from transformers.integrations.deepspeed import (is_deepspeed_zero3_enabled, set_hf_deepspeed_config,
+                                                     unset_hf_deepspeed_config)
+
+    zero3 = is_deepspeed_zero3_enabled()
+    if zero3:
+        unset_hf_deepspeed_config()
+    try:
+        model, _ = load_model(dataclasses.replace(teacher, device="cpu"))
+    finally:
+        if zero3 and getattr(trainer.args, "hf_deepspeed_config", None) is not None:
+            set_hf_deepspeed_config(trainer.args.hf_deepspeed_config)
+    return model
 
 
 def learn(teacher: ModelConfig, chat: bool, pairs: Sequence[tuple[str, str]], outer: OuterConfig, target: Path,
