@@ -19,7 +19,7 @@ import uuid
 from typing import Any, Sequence
 
 from seal.shared.config import SealConfig
-from seal.shared.domain import Domain, SelfEdit, SelfEditError
+from seal.shared.domain import Domain, SelfEditError
 from seal.shared.models import load_model, uses_chat_template
 from seal.shared.dist import Dist
 from seal.shared.store import RunStore

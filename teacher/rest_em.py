@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
 import math
 import shutil
 import tempfile
@@ -24,7 +23,6 @@ import torch
 from seal.shared.config import ModelConfig, OuterConfig
 from seal.shared.models import load_model
 
-log = logging.getLogger("seal")
 DONE_MARKER = "seal_teacher_update.json"
 
 

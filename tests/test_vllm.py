@@ -13,7 +13,6 @@ from seal.shared.knowledge import KnowledgeDomain
 from seal.shared.models import load_model
 from seal.student import Student
 from seal.teacher.sampling import Teacher
-from tests.conftest import REPO
 
 FAKE = str(Path(__file__).parent / "fake_vllm")
 
