@@ -23,6 +23,8 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from seal.teacher.outer import edit_rewards  # noqa: E402
+
 
 def read(run: Path, table: str) -> list[dict]:
     path = run / f"{table}.jsonl"
@@ -31,11 +33,10 @@ def read(run: Path, table: str) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
 
 
-def edit_rewards(records: list[dict]) -> dict[tuple[int, str, int], float]:
-    sums: dict[tuple[int, str, int], list[float]] = {}
-    for r in records:
-        sums.setdefault((r["round"], r["instance"], r["index"]), []).append(r["reward"] or 0.0)
-    return {k: sum(v) / len(v) for k, v in sums.items()}
+def round_rewards(records: list[dict]) -> dict[tuple[int, str, int], float]:
+    """Mean reward over seeds per (round, instance, self-edit), as the outer loop computes it."""
+    return {(r, iid, idx): v for r in sorted({rec["round"] for rec in records})
+            for (iid, idx), v in edit_rewards([rec for rec in records if rec["round"] == r]).items()}
 
 
 def save(fig, path: Path) -> Path:
@@ -113,7 +114,7 @@ def main(argv: list[str]) -> int:
     out = run / "report"
     out.mkdir(exist_ok=True)
     records, edits = read(run, "records"), read(run, "self_edits")
-    rewards = edit_rewards(records)
+    rewards = round_rewards(records)
     plots = [p for p in (plot_rewards(rewards, out), plot_eval(eval_rows(run), out),
                          plot_length(rewards, edits, out)) if p]
     lines = [f"# SEAL run report: {run.name}", ""]

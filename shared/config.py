@@ -14,13 +14,20 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the key."""
+
+
+def check_choice(key: str, value: str, options: Sequence[str]) -> None:
+    if value not in options:
+        expected = " or ".join(repr(o) for o in options) if len(options) == 2 else \
+            "one of " + ", ".join(repr(o) for o in options)
+        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
 
 
 @dataclass
@@ -66,8 +73,7 @@ class SamplingConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.backend not in ("hf", "vllm"):
-            raise ConfigError(f"sampling.backend: expected 'hf' or 'vllm', got {self.backend!r}")
+        check_choice("sampling.backend", self.backend, ("hf", "vllm"))
 
 
 @dataclass
@@ -95,8 +101,7 @@ class InnerConfig:
     """Engine arguments for the scoring vllm.LLM."""
 
     def __post_init__(self):
-        if self.score_backend not in ("hf", "vllm"):
-            raise ConfigError(f"inner.score_backend: expected 'hf' or 'vllm', got {self.score_backend!r}")
+        check_choice("inner.score_backend", self.score_backend, ("hf", "vllm"))
 
 
 FILTERS = ("best_of_k", "best_of_k_positive", "all_positive", "top_fraction")
@@ -134,10 +139,8 @@ class OuterConfig:
     """Passed to GRPOConfig as is (e.g. use_vllm, vllm_mode, loss_type, scale_rewards); TRL validates them."""
 
     def __post_init__(self):
-        if self.algorithm not in ("rest_em", "grpo"):
-            raise ConfigError(f"outer.algorithm: expected 'rest_em' or 'grpo', got {self.algorithm!r}")
-        if self.filter not in FILTERS:
-            raise ConfigError(f"outer.filter: {self.filter!r} is not one of {', '.join(FILTERS)}")
+        check_choice("outer.algorithm", self.algorithm, ("rest_em", "grpo"))
+        check_choice("outer.filter", self.filter, FILTERS)
         if not 0 < self.top_fraction <= 1:
             raise ConfigError("outer.top_fraction must be in (0, 1]")
         if self.rounds < 0:
@@ -208,17 +211,14 @@ class SealConfig:
 
     def __post_init__(self) -> None:
         self.output_dir = os.path.expandvars(self.output_dir)
-        if self.report_to not in ("none", "wandb"):
-            raise ConfigError(f"report_to: expected 'none' or 'wandb', got {self.report_to!r}")
-        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-            raise ConfigError(f"log_level: expected debug, info, warning or error, got {self.log_level!r}")
+        check_choice("report_to", self.report_to, ("none", "wandb"))
+        check_choice("log_level", self.log_level.lower(), ("debug", "info", "warning", "error"))
         bad = [c for c in self.eval.conditions if c not in EVAL_CONDITIONS]
         if bad:
             raise ConfigError(f"eval.conditions: unknown {', '.join(bad)}; choose from {', '.join(EVAL_CONDITIONS)}")
         if "file" in self.eval.conditions and not self.eval.self_edits_file:
             raise ConfigError("eval.conditions has 'file' but eval.self_edits_file is not set")
-        if self.mode not in ("self", "teacher_student"):
-            raise ConfigError(f"mode: expected 'self' or 'teacher_student', got {self.mode!r}")
+        check_choice("mode", self.mode, ("self", "teacher_student"))
         if self.mode == "teacher_student" and self.student is None:
             raise ConfigError("mode teacher_student needs a `student:` section")
         if self.mode == "self" and self.student is not None:
