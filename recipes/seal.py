@@ -53,9 +53,10 @@ def main(argv: list[str]) -> int:
             rounds = outer_loop(cfg, domain, store, train, tracker, dist)
             if dist.is_main:
                 print(f"{cfg.outer.algorithm} rounds:\n" + format_rounds(rounds) + "\n", flush=True)
-        if cfg.eval.enabled and dist.is_main:  # the evaluation runs on the main process
+        if cfg.eval.enabled:
             heldout = domain.load(cfg.data.source, cfg.data.eval_split)
-            rows = evaluate(cfg, domain, store, heldout)
+            rows = evaluate(cfg, domain, store, heldout, dist)
+        if cfg.eval.enabled and dist.is_main:
             table = format_markdown(rows)
             store.write_text("eval.md", table + "\n")
             store.write_text("eval.csv", format_csv(rows))

@@ -99,6 +99,9 @@ class InnerConfig:
     """hf (batched transformers generate) | vllm (multi-LoRA vLLM engine, GPU)"""
     vllm: dict[str, Any] = field(default_factory=dict)
     """Engine arguments for the scoring vllm.LLM."""
+    deepspeed: bool = False
+    """Partition the student's weights across ranks with DeepSpeed ZeRO-3 (a student too large for one
+    device); needs mode teacher_student and a launch with recipes/accelerate/deepspeed_zero3.yaml."""
 
     def __post_init__(self):
         check_choice("inner.score_backend", self.score_backend, ("hf", "vllm"))
@@ -223,6 +226,12 @@ class SealConfig:
             raise ConfigError("mode teacher_student needs a `student:` section")
         if self.mode == "self" and self.student is not None:
             raise ConfigError("mode self uses the teacher as the student; remove the `student:` section")
+        if self.inner.deepspeed and self.mode != "teacher_student":
+            raise ConfigError("inner.deepspeed partitions a fixed student: it needs mode teacher_student (in self "
+                              "mode the student is the teacher, which samples on every rank independently)")
+        if self.inner.deepspeed and self.inner.score_backend != "hf":
+            raise ConfigError("inner.deepspeed scores with transformers across the partitioned weights; "
+                              "it cannot be combined with inner.score_backend: vllm")
         if "name" not in self.domain:
             raise ConfigError("domain.name is required (e.g. knowledge)")
         if not self.inner.seeds:

@@ -28,6 +28,14 @@ class Dist:
         if self.world > 1:
             self.state.wait_for_everyone()
 
+    def most(self, n: int) -> int:
+        """The largest n over all ranks (every rank must call this at the same point)."""
+        if self.world == 1:
+            return n
+        from accelerate.utils import gather_object
+
+        return max(gather_object([n]))
+
     def shard(self, items: Sequence[T]) -> list[T]:
         """This rank's share: items rank, rank + world, ... (the same split on every rank)."""
         return list(items[self.rank::self.world])

@@ -8,6 +8,7 @@ take well under a second.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -141,9 +142,14 @@ def fingerprint(model) -> str:
     import hashlib
 
     h = hashlib.sha256()
-    with torch.no_grad():
-        params = [p for n, p in model.named_parameters() if "lora_" not in n]
-        picks = params[:2] + params[len(params) // 2: len(params) // 2 + 2] + params[-2:]
+    params = [p for n, p in model.named_parameters() if "lora_" not in n]
+    picks = params[:2] + params[len(params) // 2: len(params) // 2 + 2] + params[-2:]
+    gathered = contextlib.nullcontext()
+    if any(hasattr(p, "ds_id") for p in picks):  # partitioned by DeepSpeed ZeRO-3: gather (all ranks call this)
+        import deepspeed
+
+        gathered = deepspeed.zero.GatheredParameters(picks)
+    with torch.no_grad(), gathered:
         for p in picks:
             h.update(f"{tuple(p.shape)}:{p.double().sum().item():.12e}:{p.double().abs().sum().item():.12e}".encode())
     return h.hexdigest()[:16]

@@ -7,18 +7,25 @@ AdamW); `score_many` answers every adapted student's queries in one batched gree
 fresh seeded init, its own shuffled batches of `inner.batch_size` sequences, `inner.epochs` passes —
 so K at once gives the same adapters as K one at a time (up to float summation order).
 The no-update baseline of an instance is measured with the adapters off, once per base weights.
+
+With `sync` set (a student whose weights DeepSpeed ZeRO-3 partitions across ranks, see
+`seal.student.partitioned`), every forward pass gathers the weights from all ranks, so every rank must
+run the same number of them: training steps, generations and baselines are agreed across ranks, and a
+rank with less work runs no-op passes (no gradient, no update) until the others are done.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from seal.shared.config import InnerConfig
+from seal.shared.dist import Dist
 from seal.shared.domain import Domain, Score, TrainingPlan
 from seal.shared.models import fingerprint, format_prompt
 from seal.student.multi_lora import LoRABank, SlotAdamW
@@ -38,6 +45,8 @@ class AbsorbStats:
     last_loss: float
     seconds: float
     """Wall time of the (possibly shared) training pass, divided by the adapters trained in it."""
+    error: str | None = None
+    """Why this adapter stopped training (a non-finite loss, a plan with no tokens); None when it trained."""
 
 
 @dataclass
@@ -106,6 +115,20 @@ class Student:
         self.baselines: dict[tuple[str, str], Score] = {}
         self.scorer = None
         """Set to a `VLLMScorer` to score adapted students on vLLM instead of transformers."""
+        self.sync: Dist | None = None
+        """The ranks that share this student's partitioned weights (ZeRO-3); None: the weights are local."""
+        self.engine = None
+        """The DeepSpeed engine whose hooks gather the partitioned weights (kept alive with the student)."""
+
+    def agree(self, n: int) -> int:
+        """How often to run a forward-running step so that every rank runs it equally often: the
+        largest n over the ranks sharing the weights (n itself when they are local)."""
+        return n if self.sync is None else self.sync.most(n)
+
+    def _idle_generate(self) -> None:
+        """A one-token generation that only takes part in the ranks' collective passes."""
+        with self.adapters_off():
+            self.generate(["."], max_new_tokens=1, stop=None)
 
     def adapters_off(self):
         """Context in which the model is the plain base model (baselines, teacher sampling in self mode)."""
@@ -164,18 +187,29 @@ class Student:
 
     def absorb(self, plan: TrainingPlan, seed: int) -> AbsorbStats:
         """Train slot 0 from a fresh, seeded init on one plan; it stays active for `score`."""
-        return self.absorb_many([plan], [seed])[0]
+        stats = self.absorb_many([plan], [seed])[0]
+        if stats.error:
+            raise InnerLoopError(stats.error)
+        return stats
 
     def absorb_many(self, plans: Sequence[TrainingPlan], seeds: Sequence[int]) -> list[AbsorbStats]:
-        """Train slot i on plans[i] from seeds[i], all in one pass per step. Raises InnerLoopError naming
-        the failing slot (the caller retries the others one at a time)."""
+        """Train slot i on plans[i] from seeds[i], all in one pass per step. A slot whose plan has no
+        tokens or whose loss turns non-finite stops there and carries the `error`; its rows never reach
+        the others' gradients, so they train exactly as without it."""
         k = len(plans)
-        if not 0 < k <= self.slots:
+        if not k <= self.slots or (k == 0 and self.sync is None):
             raise ValueError(f"absorb_many takes 1..{self.slots} plans, got {k}")
         start = time.perf_counter()
-        encoded: dict[int, Encoded] = {}  # a plan absorbed under several seeds is tokenised once
-        data = [encoded[id(p)] if id(p) in encoded else encoded.setdefault(id(p), self.encode(p)) for p in plans]
-        schedules = [self._schedule(d, p, s) for d, p, s in zip(data, plans, seeds)]
+        encoded: dict[int, Encoded | str] = {}  # a plan absorbed under several seeds is tokenised once
+        for p in plans:
+            if id(p) not in encoded:
+                try:
+                    encoded[id(p)] = self.encode(p)
+                except InnerLoopError as err:
+                    encoded[id(p)] = str(err)
+        errors: list[str | None] = [e if isinstance(e := encoded[id(p)], str) else None for p in plans]
+        data: list[Encoded] = [[] if err else encoded[id(p)] for p, err in zip(plans, errors)]  # type: ignore[misc]
+        schedules = [[] if err else self._schedule(d, p, s) for d, p, s, err in zip(data, plans, seeds, errors)]
         for slot, seed in enumerate(seeds):
             self.bank.reset(slot, seed)
         lr = torch.zeros(self.slots, 1, device=self.device)
@@ -186,31 +220,37 @@ class Student:
         tokens = [0] * k
         self.model.train()
         try:
-            for step in range(max(len(s) for s in schedules)):
-                active = [i for i in range(k) if step < len(schedules[i])]
-                batch = self._rows([[data[i][j] for j in schedules[i][step]] for i in active])
-                with self.bank.routed(active):
+            for step in range(self.agree(max((len(s) for s in schedules), default=0))):
+                active = [i for i in range(k) if step < len(schedules[i]) and not errors[i]]
+                if active:
+                    batch = self._rows([[data[i][j] for j in schedules[i][step]] for i in active])
+                else:  # nothing left here while other ranks still train: a pass with no loss
+                    batch = self._rows([[([self.tokenizer.eos_token_id] * 2, [-100] * 2)]])
+                with self.bank.routed(active or [0]):
                     logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                         position_ids=batch["position_ids"]).logits
                 per_token = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), batch["labels"][:, 1:],
                                             ignore_index=-100, reduction="none")
                 counted = (batch["labels"][:, 1:] != -100).float()
                 slot_loss = per_token.sum(1) / counted.sum(1).clamp(min=1)
-                if not torch.isfinite(slot_loss).all():
-                    bad = active[int((~torch.isfinite(slot_loss)).nonzero()[0])]
-                    raise InnerLoopError(f"non-finite training loss at step {step + 1} (adapter {bad})")
-                slot_loss.sum().backward()
+                finite = torch.isfinite(slot_loss) if active else torch.ones(1, dtype=torch.bool, device=self.device)
+                for row in (~finite).nonzero().flatten().tolist():
+                    errors[active[row]] = f"non-finite training loss at step {step + 1}"
+                torch.where(finite, slot_loss, 0.0).sum().backward()
                 mask = torch.zeros(self.slots, 1, device=self.device)
-                mask[active] = 1
+                trained = [i for i, ok in zip(active, finite.tolist()) if ok]
+                mask[trained] = 1
                 optimizer.step(lr, self.inner.weight_decay, self.inner.max_grad_norm, mask)
-                for i, loss in zip(active, slot_loss.tolist()):
-                    losses[i].append(loss)
-                    tokens[i] += sum(len(data[i][j][0]) for j in schedules[i][step])
+                for i, loss, ok in zip(active, slot_loss.tolist(), finite.tolist()):
+                    if ok:
+                        losses[i].append(loss)
+                        tokens[i] += sum(len(data[i][j][0]) for j in schedules[i][step])
         finally:
             self.model.eval()
-        seconds = (time.perf_counter() - start) / k
-        return [AbsorbStats(steps=len(schedules[i]), tokens=tokens[i], first_loss=losses[i][0],
-                            last_loss=losses[i][-1], seconds=seconds) for i in range(k)]
+        seconds = (time.perf_counter() - start) / max(k, 1)
+        return [AbsorbStats(steps=len(losses[i]), tokens=tokens[i], first_loss=losses[i][0] if losses[i] else math.nan,
+                            last_loss=losses[i][-1] if losses[i] else math.nan, seconds=seconds, error=errors[i])
+                for i in range(k)]
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
@@ -222,7 +262,8 @@ class Student:
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=not self.chat).to(self.device)
         extra = {"stop_strings": stop, "tokenizer": tok} if stop else {}
         out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, top_p=None,
-                                  top_k=None, temperature=None, pad_token_id=tok.pad_token_id, **extra)
+                                  top_k=None, temperature=None, pad_token_id=tok.pad_token_id,
+                                  synced_gpus=self.sync is not None, **extra)
         return tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
     def score(self, instance: Any) -> Score:
@@ -231,6 +272,10 @@ class Student:
 
     def score_many(self, instances: Sequence[Any], slots: Sequence[int] | None = None) -> list[Score]:
         """instances[i] is answered by adapter slots[i] (default: slot i); all in one batched generation."""
+        if not instances:
+            if self.sync is not None:
+                self._idle_generate()
+            return []
         slots = list(range(len(instances))) if slots is None else list(slots)
         queries = [self.domain.queries(inst) for inst in instances]
         width = max(len(q.prompts) for q in queries)
@@ -253,6 +298,17 @@ class Student:
                 self.baselines[key] = self.domain.evaluate(instance, self.generate)
         return self.baselines[key]
 
+    def baseline_many(self, instances: Sequence[Any]) -> list[Score]:
+        """`baseline` of each instance; the ones not cached are measured an agreed number of times."""
+        todo = list({self.domain.instance_id(i): i for i in instances
+                     if (self.base_fingerprint, self.domain.instance_id(i)) not in self.baselines}.values())
+        for n in range(self.agree(len(todo))):
+            if n < len(todo):
+                self.baseline(todo[n])
+            else:
+                self._idle_generate()
+        return [self.baseline(i) for i in instances]
+
     def save_adapter(self, slot: int, path) -> None:
         """Write one trained slot as a peft LoRA adapter (loadable with `PeftModel.from_pretrained`)."""
         from pathlib import Path
@@ -269,26 +325,30 @@ class Student:
         save_file(self.bank.peft_state_dict(slot), str(path / "adapter_model.safetensors"))
 
     # ------------------------------------------------------------------ the fast path
-    def run(self, jobs: Sequence[Job]) -> list[JobResult]:
-        """Absorb and score every job, `slots` at a time; a job whose loss diverges fails alone."""
+    def run(self, jobs: Sequence[Job], done: Callable[[list[JobResult]], None] | None = None) -> list[JobResult]:
+        """Absorb and score every job, `slots` at a time, handing each chunk's results to `done` as soon
+        as they are scored; a job whose loss diverges fails alone."""
         results: list[JobResult] = []
-        for i in range(0, len(jobs), self.slots):
-            results += self._run_chunk(list(jobs[i: i + self.slots]))
+        for n in range(self.agree(math.ceil(len(jobs) / self.slots))):
+            chunk = self._run_chunk(list(jobs[n * self.slots: (n + 1) * self.slots]))
+            if done is not None and chunk:
+                done(chunk)
+            results += chunk
         return results
 
     def _run_chunk(self, chunk: list[Job]) -> list[JobResult]:
-        try:
-            stats = self.absorb_many([j.plan for j in chunk], [j.seed for j in chunk])
-        except InnerLoopError as err:
-            if len(chunk) == 1:
-                return [JobResult(chunk[0], None, None, 0.0, error=str(err))]
-            return [r for job in chunk for r in self._run_chunk([job])]
+        stats = self.absorb_many([j.plan for j in chunk], [j.seed for j in chunk])
+        trained = [slot for slot, st in enumerate(stats) if not st.error]
         start = time.perf_counter()
-        instances = [j.instance for j in chunk]
-        scores = (self.scorer.score(instances, self.save_adapter, range(len(chunk))) if self.scorer
-                  else self.score_many(instances))
-        per = (time.perf_counter() - start) / len(chunk)
-        return [JobResult(j, s, st, per) for j, s, st in zip(chunk, scores, stats)]
+        instances = [chunk[slot].instance for slot in trained]
+        if self.scorer is None:
+            scores = self.score_many(instances, trained)
+        else:
+            scores = self.scorer.score(instances, self.save_adapter, trained) if instances else []
+        per = (time.perf_counter() - start) / max(len(trained), 1)
+        by_slot = dict(zip(trained, scores))
+        return [JobResult(job, by_slot[slot], st, per) if slot in by_slot
+                else JobResult(job, None, None, 0.0, error=st.error) for slot, (job, st) in enumerate(zip(chunk, stats))]
 
     def evaluate_plan(self, instance: Any, plan: TrainingPlan, seeds: Sequence[int]) -> list[SeedOutcome]:
         """Absorb the plan once per seed and score each update against the cached baseline."""

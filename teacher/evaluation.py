@@ -6,6 +6,7 @@ Settings (columns): *single* (one fresh adapter per instance, the paper's main t
 (one adapter trained on every held-out instance's sequences at once, then every question asked).
 The student that absorbs is always the run's base student, so rows differ only in their self-edits.
 Every sample and score goes to the run store; a restarted evaluation skips what it holds.
+Under N processes each rank samples every N-th held-out instance and runs every N-th inner loop.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from typing import Any, Sequence
 
 from seal.shared.config import SealConfig
 from seal.shared.domain import Domain, Example, SelfEdit, TrainingPlan
+from seal.shared.dist import Dist
 from seal.shared.models import load_model, load_tokenizer, resolve, uses_chat_template
 from seal.shared.store import RunStore
-from seal.student.inner_loop import InnerLoopError, Job, Student
-from seal.teacher.outer import load_baselines, parse_record, baseline, teacher_checkpoint, teacher_config
+from seal.student.inner_loop import Job, JobResult, Student
+from seal.teacher.outer import (load_baselines, load_student, make_student, parse_record, record_baselines,
+                                teacher_checkpoint, teacher_config)
 from seal.teacher.rest_em import is_complete
 from seal.teacher.sampling import Teacher, derive_seed
 from seal.teacher.vllm_sampling import VLLMTeacher
@@ -44,9 +47,9 @@ def condition_teachers(cfg: SealConfig, store: RunStore) -> list[tuple[str, Any]
     return out
 
 
-def _sample_condition(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence[Any], label: str,
+def _sample_condition(cfg: SealConfig, domain: Domain, store: RunStore, instances: Sequence[Any], label: str,
                       teacher_cfg, have: set[tuple[str, str, int]], shared_model=None) -> None:
-    missing = [i for i in heldout if not all((label, domain.instance_id(i), j) in have for j in range(cfg.eval.k))]
+    missing = [i for i in instances if not all((label, domain.instance_id(i), j) in have for j in range(cfg.eval.k))]
     if not missing:
         return
     sampling = replace(cfg.sampling, seed=derive_seed(cfg.sampling.seed, "eval", label),
@@ -90,40 +93,47 @@ def _file_edits(cfg: SealConfig, domain: Domain, heldout: Sequence[Any]) -> dict
     return out
 
 
-def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence[Any]) -> list[dict[str, Any]]:
-    """Run (or resume) the evaluation and return one row per condition."""
+def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence[Any],
+             dist: Dist = Dist()) -> list[dict[str, Any]]:
+    """Run (or resume) the evaluation and return one row per condition (every rank calls this)."""
     conditions = cfg.eval.conditions
-    student_cfg = cfg.student if cfg.mode == "teacher_student" else cfg.teacher
-    model, tok = load_model(student_cfg)
-    chat = uses_chat_template(student_cfg, tok)
+    if cfg.mode == "teacher_student":
+        student = load_student(cfg, domain, dist)
+        shared = None
+    else:  # the base student is the base teacher: its model also samples the base_teacher condition
+        model, tok = load_model(cfg.teacher)
+        student = make_student(model, tok, cfg, domain, cfg.teacher)
+        shared = (model, tok)
 
     # 1. Self-edits for every teacher condition (one teacher in memory at a time).
     have = {(r["condition"], r["instance"], r["index"]) for r in store.iter("eval_self_edits")}
     for label, teacher_cfg in condition_teachers(cfg, store):
-        shared = (model, tok) if label == "base_teacher" and cfg.mode == "self" else None
         log.info("evaluation: sampling %d self-edit(s) per held-out instance from %s", cfg.eval.k, label)
-        _sample_condition(cfg, domain, store, heldout, label, teacher_cfg, have, shared)
-    if "oracle" in conditions:
+        _sample_condition(cfg, domain, store, dist.shard(heldout), label, teacher_cfg, have,
+                          shared if label == "base_teacher" else None)
+    if dist.is_main and "oracle" in conditions:
         for inst in heldout:
             iid = domain.instance_id(inst)
             for j, text in enumerate(domain.oracle_self_edits(inst)):
                 if ("oracle", iid, j) not in have:
                     store.append("eval_self_edits", {"condition": "oracle", "instance": iid, "index": j,
                                                      **parse_record(domain, inst, text)})
-    if "file" in conditions:
+    if dist.is_main and "file" in conditions:
         for (iid, j), text in _file_edits(cfg, domain, heldout).items():
             if ("file", iid, j) not in have:
                 inst = next(i for i in heldout if domain.instance_id(i) == iid)
                 store.append("eval_self_edits", {"condition": "file", "instance": iid, "index": j,
                                                  **parse_record(domain, inst, text)})
+    load_baselines(store, student)
+    record_baselines(store, student, dist.shard(heldout))
+    dist.barrier()
 
     edits: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for r in store.iter("eval_self_edits"):
         edits.setdefault(r["condition"], {}).setdefault(r["instance"], []).append(r)
+    load_baselines(store, student)
 
     # 2. The base student absorbs each condition's plans.
-    student = Student(model, tok, cfg.inner, domain, chat)
-    load_baselines(store, student)
     done = {(r["condition"], r["setting"], r["instance"], r["index"], r["seed"]) for r in store.iter("eval_records")}
     labels = ["no_update"] if "no_update" in conditions else []
     labels += ["context_only"] if "context_only" in conditions else []
@@ -136,9 +146,9 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
         jobs: list[tuple[Job, dict[str, Any]]] = []
         for inst in heldout:
             iid = domain.instance_id(inst)
-            base = baseline(store, student, inst)
+            base = student.baselines[(student.base_fingerprint, iid)].value
             if label == "no_update":
-                if ("no_update", "single", iid, None, None) not in done:
+                if ("no_update", "single", iid, None, None) not in done and dist.is_main:
                     store.append("eval_records", {"condition": label, "setting": "single", "instance": iid,
                                                   "index": None, "seed": None, "score": base, "status": "ok"})
                 continue
@@ -148,17 +158,23 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
                     if (label, "single", iid, j, seed) in done:
                         continue
                     if plan is None:
-                        store.append("eval_records", {**meta, "score": base, "status": "invalid"})
+                        if dist.is_main:
+                            store.append("eval_records", {**meta, "score": base, "status": "invalid"})
                     else:
                         jobs.append((Job(inst, plan, seed), meta))
-        for start in range(0, len(jobs), student.slots):
-            chunk = jobs[start: start + student.slots]
-            for result, (_, meta) in zip(student.run([job for job, _ in chunk]), chunk):
+        mine = dist.shard(jobs)
+        meta_of = {id(job): meta for job, meta in mine}
+
+        def record(results: list[JobResult]) -> None:
+            for result in results:
                 outcome = ({"score": 0.0, "status": "failed", "reason": result.error} if result.error
                            else {"score": result.score.value, "status": "ok"})
-                store.append("eval_records", {**meta, **outcome})
+                store.append("eval_records", {**meta_of[id(result.job)], **outcome})
+
+        student.run([job for job, _ in mine], done=record)
         if cfg.eval.cpt and label not in ("no_update", "oracle"):
-            _cpt(cfg, domain, store, student, heldout, label, plans, done)
+            _cpt(cfg, domain, store, student, heldout, label, plans, done, dist)
+    dist.barrier()
     return table_rows(store, labels, cfg.eval.cpt)
 
 
@@ -179,23 +195,29 @@ def _plans(domain: Domain, heldout: Sequence[Any], label: str,
 
 
 def _cpt(cfg: SealConfig, domain: Domain, store: RunStore, student: Student, heldout: Sequence[Any], label: str,
-         plans: dict[str, list[tuple[int | None, TrainingPlan]]], done: set) -> None:
-    """One adapter on every held-out instance's sequences (all of its self-edits), then every question."""
+         plans: dict[str, list[tuple[int | None, TrainingPlan]]], done: set, dist: Dist) -> None:
+    """One adapter on every held-out instance's sequences (all of its self-edits), then every question;
+    each rank trains every N-th seed."""
     examples: list[Example] = []
     for iid, items in plans.items():
         for _, plan in items:
             examples += plan.examples if plan is not None else []
     merged = TrainingPlan(examples=list(dict.fromkeys(examples)), epochs=cfg.eval.cpt_epochs)
-    seeds = [s for s in cfg.eval.seeds
-             if not all((label, "cpt", domain.instance_id(i), None, s) in done for i in heldout)]
-    for start in range(0, len(seeds), student.slots):
-        chunk = seeds[start: start + student.slots]
-        try:
-            student.absorb_many([merged] * len(chunk), chunk)
-        except InnerLoopError as err:
-            log.warning("evaluation %s cpt seeds %s failed: %s", label, chunk, err)
-            continue
-        for slot, seed in enumerate(chunk):
+    seeds = dist.shard([s for s in cfg.eval.seeds
+                        if not all((label, "cpt", domain.instance_id(i), None, s) in done for i in heldout)])
+    slots = student.slots
+    for n in range(student.agree(math.ceil(len(seeds) / slots))):
+        chunk = seeds[n * slots: (n + 1) * slots]
+        stats = student.absorb_many([merged] * len(chunk), chunk)
+        for slot, (seed, st) in enumerate(zip(chunk, stats)):
+            if st.error:
+                log.warning("evaluation %s cpt seed %s failed: %s", label, seed, st.error)
+        trained = [slot for slot, st in enumerate(stats) if not st.error]
+        for m in range(student.agree(len(trained))):
+            if m >= len(trained):
+                student.score_many([])  # another rank is still scoring
+                continue
+            slot, seed = trained[m], chunk[trained[m]]
             scores = student.score_many(heldout, [slot] * len(heldout))
             for inst, score in zip(heldout, scores):
                 iid = domain.instance_id(inst)

@@ -25,8 +25,8 @@ from seal.shared.dist import Dist
 from seal.shared.store import RunStore
 from seal.shared.tracking import Tracker
 from seal.student.inner_loop import Job, Student
-from seal.teacher.outer import (baseline, finish_round, load_baselines, make_student, teacher_checkpoint,
-                                teacher_config)
+from seal.teacher.outer import (finish_round, load_baselines, load_student, make_student, record_baselines,
+                                teacher_checkpoint, teacher_config)
 from seal.teacher.rest_em import is_complete, publish, staging_area, teacher_peft_config
 from seal.teacher.sampling import derive_seed
 
@@ -72,10 +72,11 @@ class StudentReward:
                 continue
             jobs += [Job(instance, plan, seed) for seed in self.seeds]
             owners += [i] * len(self.seeds)
+        bases = dict(zip(instance_id, record_baselines(self.store, self.student,
+                                                       [self.by_id[iid] for iid in instance_id])))
         gains: dict[int, list[float]] = {}
         for owner, result in zip(owners, self.student.run(jobs)):
-            base = baseline(self.store, self.student, result.job.instance) if self.store else \
-                self.student.baseline(result.job.instance).value
+            base = bases[instance_id[owner]]
             gains.setdefault(owner, []).append(0.0 if result.error else result.score.value - base)
             if result.error:
                 reasons[owner] = result.error
@@ -144,8 +145,7 @@ def run_grpo(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence[A
                 student = make_student(s_model, s_tok, cfg, domain, teacher_cfg)
             else:
                 if fixed_student is None:
-                    s_model, s_tok = load_model(cfg.student)
-                    fixed_student = make_student(s_model, s_tok, cfg, domain, cfg.student)
+                    fixed_student = load_student(cfg, domain, dist)
                 student = fixed_student
             load_baselines(store, student)
             reward = StudentReward(domain, student, train, cfg.inner.seeds, store, round_)

@@ -39,7 +39,7 @@ class Session:
 
 
 def build_session(cfg: SealConfig, domain: Domain, teacher_cfg: ModelConfig | None = None,
-                  student: Student | None = None) -> Session:
+                  student: Student | None = None, dist: Dist = Dist()) -> Session:
     """Load the models. In self mode the teacher samples from the student's base weights; in
     teacher_student mode an existing (fixed) student can be passed in and is kept."""
     teacher_cfg = teacher_cfg or cfg.teacher
@@ -52,8 +52,7 @@ def build_session(cfg: SealConfig, domain: Domain, teacher_cfg: ModelConfig | No
     if cfg.mode == "self":
         student = make_student(teacher_model, teacher_tok, cfg, domain, teacher_cfg)
     elif student is None:
-        student_model, student_tok = load_model(cfg.student)
-        student = make_student(student_model, student_tok, cfg, domain, cfg.student)
+        student = load_student(cfg, domain, dist)
     if vllm_teacher:
         teacher: Any = VLLMTeacher(resolve(teacher_cfg.name), teacher_tok, cfg.sampling, domain, teacher_chat)
     else:
@@ -61,6 +60,17 @@ def build_session(cfg: SealConfig, domain: Domain, teacher_cfg: ModelConfig | No
         teacher = Teacher(student.model if cfg.mode == "self" else teacher_model, teacher_tok, cfg.sampling,
                           domain, teacher_chat)
     return Session(cfg=cfg, domain=domain, teacher=teacher, student=student, teacher_cfg=teacher_cfg)
+
+
+def load_student(cfg: SealConfig, domain: Domain, dist: Dist = Dist()) -> Student:
+    """teacher_student mode's fixed student: whole on every rank, or partitioned by DeepSpeed ZeRO-3
+    across them (`inner.deepspeed`)."""
+    if cfg.inner.deepspeed:
+        from seal.student.partitioned import load_partitioned_student
+
+        return load_partitioned_student(cfg, domain, cfg.student, dist)
+    model, tokenizer = load_model(cfg.student)
+    return make_student(model, tokenizer, cfg, domain, cfg.student)
 
 
 def make_student(model, tokenizer, cfg: SealConfig, domain: Domain, model_cfg: ModelConfig) -> Student:
@@ -80,13 +90,17 @@ def load_baselines(store: RunStore, student: Student) -> None:
         student.baselines[(rec["student"], rec["instance"])] = Score(rec["score"], rec["details"])
 
 
-def baseline(store: RunStore, student: Student, instance: Any) -> float:
-    key = (student.base_fingerprint, student.domain.instance_id(instance))
-    if key not in student.baselines:
-        result = student.baseline(instance)
-        store.append("baselines", {"student": key[0], "instance": key[1], "score": result.value,
-                                   "details": result.details})
-    return student.baselines[key].value
+def record_baselines(store: RunStore | None, student: Student, instances: Sequence[Any]) -> list[float]:
+    """The student's no-update score on each instance; newly measured ones are appended to the store."""
+    known = set(student.baselines)
+    scores = student.baseline_many(instances)
+    for instance, score in zip(instances, scores):
+        key = (student.base_fingerprint, student.domain.instance_id(instance))
+        if key not in known and store is not None:
+            store.append("baselines", {"student": key[0], "instance": key[1], "score": score.value,
+                                       "details": score.details})
+            known.add(key)
+    return [score.value for score in scores]
 
 
 def reward_round(session: Session, store: RunStore, instances: Sequence[Any], round_: int,
@@ -99,10 +113,10 @@ def reward_round(session: Session, store: RunStore, instances: Sequence[Any], ro
     barriers make every rank see the whole store before the next phase."""
     cfg, domain, student = session.cfg, session.domain, session.student
     load_baselines(store, student)
+    record_baselines(store, student, dist.shard(instances))
     edits = {(r["instance"], r["index"]): r for r in store.iter("self_edits") if r["round"] == round_}
     for n, instance in enumerate(dist.shard(instances), 1):
         iid = domain.instance_id(instance)
-        baseline(store, student, instance)
         if all((iid, i) in edits for i in range(cfg.sampling.k)):
             continue
         samples = session.teacher.sample([instance], cfg.sampling.k, round_)[0]
@@ -133,12 +147,15 @@ def reward_round(session: Session, store: RunStore, instances: Sequence[Any], ro
             jobs += [(Job(instance, plan, seed), {**meta, "seed": seed}) for seed in cfg.inner.seeds
                      if (iid, i, seed) not in done]
     mine = dist.shard(jobs)
+    meta_of = {id(job): meta for job, meta in mine}
     with progress(len(mine), f"round {round_} inner loops", dist.is_main) as bar:
-        for start in range(0, len(mine), student.slots):
-            chunk = mine[start: start + student.slots]
-            for result, (_, meta) in zip(student.run([job for job, _ in chunk]), chunk):
+        def record(results: list[JobResult]) -> None:
+            for result in results:
+                meta = meta_of[id(result.job)]
                 store.append("records", {**_reward_record(result, meta["baseline"]), **meta})
-            bar.update(len(chunk))
+            bar.update(len(results))
+
+        student.run([job for job, _ in mine], done=record)
     dist.barrier()
     return sorted((r for r in store.iter("records") if r["round"] == round_),
                   key=lambda r: (r["instance"], r["index"], -1 if r["seed"] is None else r["seed"]))
@@ -227,7 +244,7 @@ def run_rounds(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence
     for round_ in range(cfg.outer.rounds):
         if round_ in finished and teacher_complete(teacher_checkpoint(store, round_ + 1)):
             continue
-        session = build_session(cfg, domain, teacher_config(cfg, store, round_), student)
+        session = build_session(cfg, domain, teacher_config(cfg, store, round_), student, dist)
         student = session.student if cfg.mode == "teacher_student" else None
         records = reward_round(session, store, train, round_, tracker, dist)
         if dist.is_main:

@@ -15,11 +15,12 @@ pytestmark = pytest.mark.slow
 VOLATILE = {"seconds", "sample_seconds"}
 
 
-def args(model_dir, out):
+def args(model_dir, out, *extra):
     return [str(REPO / "recipes" / "seal.py"), "--config", str(REPO / "recipes/knowledge/smollm2-135m.yaml"),
             "--teacher.name", str(model_dir), "--output_dir", str(out), "--threads", "1",
             "--data.train_split", "train[:3]", "--sampling.max_new_tokens", "24", "--inner.epochs", "2",
-            "--inner.seeds", "[0, 1]", "--inner.lr", "3e-2", "--outer.rounds", "1", "--eval.enabled", "false"]
+            "--inner.seeds", "[0, 1]", "--inner.lr", "3e-2", "--outer.rounds", "1", "--eval.enabled", "false",
+            *extra]
 
 
 def rows(out, table):
@@ -30,22 +31,39 @@ def rows(out, table):
     return sorted(found, key=lambda r: json.dumps(r, sort_keys=True))
 
 
+def rounded(value):
+    if isinstance(value, float):
+        return float(f"{value:.5g}")
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v) for v in value]
+    return value
+
+
+# the conditions whose self-edits do not depend on the teacher update (which sees other batches under DDP)
+SHARDED_EVAL = ["--eval.enabled", "true", "--data.eval_split", "heldout[:3]", "--eval.seeds", "[0, 1]",
+                "--eval.cpt_epochs", "1", "--eval.conditions", "[no_update, context_only, base_teacher]"]
+
+
 def test_two_processes_give_the_rewards_of_one(tiny_model_dir, tmp_path):
     accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
     single, multi = tmp_path / "single", tmp_path / "multi"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, *args(tiny_model_dir, single)], capture_output=True, text=True,
-                          timeout=600, env=env)
+    proc = subprocess.run([sys.executable, *args(tiny_model_dir, single, *SHARDED_EVAL)], capture_output=True,
+                          text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = subprocess.run([accelerate, "launch", "--config_file", str(REPO / "recipes/accelerate/cpu.yaml"),
-                           "--num_processes", "2", *args(tiny_model_dir, multi)], capture_output=True, text=True,
-                          timeout=600, env=env)
+                           "--num_processes", "2", *args(tiny_model_dir, multi, *SHARDED_EVAL)],
+                          capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert "2 process(es)" in proc.stderr
     # both ranks did work: rank 1 wrote its own files, and nothing was done twice
     assert (multi / "records.rank1.jsonl").exists() and (multi / "self_edits.rank1.jsonl").exists()
-    for table in ("self_edits", "baselines", "records"):
+    assert (multi / "eval_records.rank1.jsonl").exists()  # the evaluation was sharded too
+    for table in ("self_edits", "baselines", "records", "eval_self_edits", "eval_records"):
         assert rows(multi, table) == rows(single, table), table
+    assert (multi / "eval.md").read_text() == (single / "eval.md").read_text()
     assert len(rows(multi, "rounds")) == 1
     assert (multi / "teachers" / "round1" / "model.safetensors").is_file()
     assert not list((multi / "teachers").glob(".*"))
@@ -71,3 +89,38 @@ def test_teacher_sft_under_deepspeed_saves_a_real_adapter_and_a_changed_teacher(
     assert before.keys() == after.keys() and all(before[k].shape == after[k].shape for k in before)
     changed = [k for k in before if not (before[k] == after[k]).all()]
     assert len(changed) == 7 * 2  # every linear layer of both blocks took its merged LoRA update
+
+
+def test_a_zero3_partitioned_student_gives_the_rewards_of_a_whole_one(tiny_model_dir, tiny_qwen_dir, tmp_path):
+    """inner.deepspeed: the student's weights are split over 2 ranks, which train and score different
+    self-edits in lockstep (rank 0 holds 2 of the 3 instances, so rank 1 runs no-op passes), through a
+    round and a sharded evaluation with CPT."""
+    pytest.importorskip("deepspeed")
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
+    extra = ["--mode", "teacher_student", "--student.name", str(tiny_qwen_dir), "--student.dtype", "float32",
+             "--student.device", "cpu", "--inner.parallel_adapters", "2", *SHARDED_EVAL]
+    whole, parted = tmp_path / "whole", tmp_path / "parted"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, *args(tiny_model_dir, whole, *extra)], capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.run([accelerate, "launch", "--config_file", str(REPO / "recipes/accelerate/deepspeed_zero3.yaml"),
+                           "--num_processes", "2", "--mixed_precision", "no",
+                           *args(tiny_model_dir, parted, *extra, "--inner.deepspeed", "true")],
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert "partitioned across 2 ranks by DeepSpeed ZeRO-3" in proc.stderr
+    assert (parted / "records.rank1.jsonl").exists() and (parted / "eval_records.rank1.jsonl").exists()
+    for table in ("self_edits", "baselines", "records", "eval_self_edits", "eval_records"):
+        # the same numbers, up to float summation order in the gathered layers (losses agree to ~1e-7)
+        assert rounded(rows(parted, table)) == rounded(rows(whole, table)), table
+    assert (parted / "eval.md").read_text() == (whole / "eval.md").read_text()
+
+
+def test_a_partitioned_student_needs_a_zero3_launch(tiny_model_dir, tiny_qwen_dir, tmp_path):
+    proc = subprocess.run([sys.executable, *args(tiny_model_dir, tmp_path / "run", "--mode", "teacher_student",
+                                                 "--student.name", str(tiny_qwen_dir), "--inner.deepspeed", "true")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "inner.deepspeed: true needs a DeepSpeed ZeRO-3 launch: accelerate launch --config_file " \
+           "recipes/accelerate/deepspeed_zero3.yaml" in proc.stderr

@@ -182,6 +182,12 @@ def test_a_diverging_job_fails_alone(tiny_model_dir):
     results = student.run([Job(inst, plan(), 0), Job(inst, bad, 1), Job(inst, plan(), 2)])
     assert [r.error is None for r in results] == [True, False, True]
     assert "non-finite training loss" in results[1].error
+    # the diverged adapter shared every pass with the others, yet they trained exactly as without it
+    alone = student.run([Job(inst, plan(), 0), Job(inst, plan(), 2)])
+    for together, single in zip([results[0], results[2]], alone):
+        assert together.stats.last_loss == pytest.approx(single.stats.last_loss, rel=1e-5)
+        assert [d["prediction"] for d in together.score.details] == [d["prediction"] for d in single.score.details]
+    assert results[1].stats is None and results[1].score is None
     with pytest.raises(InnerLoopError, match="non-finite training loss"):
         student.absorb(bad, seed=0)
 
