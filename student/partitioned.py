@@ -3,7 +3,7 @@
 Asked for with `inner.deepspeed: true` in teacher_student mode, and launched with a ZeRO-3 config:
 
     accelerate launch --config_file recipes/accelerate/deepspeed_zero3.yaml recipes/seal.py \\
-        --config recipes/knowledge/qwen2.5-7b-student-32b.yaml
+        --config recipes/knowledge/qwen2.5-7b-teaches-72b.yaml
 
 The ZeRO-3 settings (parameter offload included) come from accelerate's launch config through its
 `DeepSpeedPlugin`. transformers builds the model inside `deepspeed.zero.Init`, so no rank ever holds

@@ -77,6 +77,16 @@ def test_redaction_hides_secrets_but_not_token_counts():
     assert "sk-123" not in str(out)
 
 
+def test_a_partitioned_student_is_only_a_fixed_one_scored_by_transformers():
+    with pytest.raises(ConfigError, match="inner.deepspeed partitions a fixed student: it needs mode teacher_student"):
+        parse_config(["--inner.deepspeed", "true"])
+    with pytest.raises(ConfigError, match="cannot be combined with inner.score_backend: vllm"):
+        parse_config(["--mode", "teacher_student", "--student.name", "/m", "--inner.deepspeed", "true",
+                      "--inner.score_backend", "vllm"])
+    cfg = parse_config(["--mode", "teacher_student", "--student.name", "/m", "--inner.deepspeed", "true"])
+    assert cfg.inner.deepspeed is True
+
+
 def test_repo_recipes_parse():
     from pathlib import Path
 
