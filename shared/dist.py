@@ -36,6 +36,14 @@ class Dist:
 
         return max(gather_object([n]))
 
+    def share(self, value: T) -> T:
+        """The main process's value, on every rank (every rank must call this at the same point)."""
+        if self.world == 1:
+            return value
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([value])[0]
+
     def shard(self, items: Sequence[T]) -> list[T]:
         """This rank's share: items rank, rank + world, ... (the same split on every rank)."""
         return list(items[self.rank::self.world])

@@ -48,11 +48,11 @@ class StudentReward:
     __name__ = "seal_reward"  # TRL names the logged metric `rewards/<__name__>/mean`
 
     def __init__(self, domain: Domain, student: Student, instances: Sequence[Any], seeds: Sequence[int],
-                 store: RunStore | None = None, round_: int = 0):
+                 store: RunStore | None = None, round_: int = 0, attempt: str | None = None):
         self.domain, self.student, self.seeds, self.store, self.round = domain, student, list(seeds), store, round_
         self.by_id = {domain.instance_id(i): i for i in instances}
         self.calls = 0
-        self.attempt = uuid.uuid4().hex[:8]  # tells this run's records from those of a killed earlier one
+        self.attempt = attempt or uuid.uuid4().hex[:8]  # tells this run's records from a killed earlier run's
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], instance_id: Sequence[str],
                  **_: Any) -> list[float]:
@@ -148,7 +148,8 @@ def run_grpo(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence[A
                     fixed_student = load_student(cfg, domain, dist)
                 student = fixed_student
             load_baselines(store, student)
-            reward = StudentReward(domain, student, train, cfg.inner.seeds, store, round_)
+            reward = StudentReward(domain, student, train, cfg.inner.seeds, store, round_,
+                                   attempt=dist.share(uuid.uuid4().hex[:8]))  # one attempt id for all ranks
             attempt = reward.attempt
             # a killed GRPO round restarts from its first step (TRL state is not checkpointed mid-round)
             seed = derive_seed(cfg.seed, "grpo", round_)

@@ -124,3 +124,25 @@ def test_a_partitioned_student_needs_a_zero3_launch(tiny_model_dir, tiny_qwen_di
     assert proc.returncode == 2
     assert "inner.deepspeed: true needs a DeepSpeed ZeRO-3 launch: accelerate launch --config_file " \
            "recipes/accelerate/deepspeed_zero3.yaml" in proc.stderr
+
+
+def test_grpo_with_a_partitioned_student_counts_every_ranks_rewards(tiny_model_dir, tiny_qwen_dir, tmp_path):
+    """GRPO's reward function runs the lockstep student inside TRL's step on both ranks; the round's
+    statistics cover the completions of both (one attempt id shared by the ranks)."""
+    pytest.importorskip("deepspeed")
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
+    out = tmp_path / "grpo"
+    cmd = [accelerate, "launch", "--config_file", str(REPO / "recipes/accelerate/deepspeed_zero3.yaml"),
+           "--num_processes", "2", "--mixed_precision", "no", str(REPO / "recipes" / "seal.py"),
+           "--config", str(REPO / "recipes/knowledge/smollm2-135m-grpo.yaml"), "--teacher.name", str(tiny_model_dir),
+           "--output_dir", str(out), "--threads", "1", "--data.train_split", "train[:2]",
+           "--sampling.max_new_tokens", "24", "--inner.epochs", "2", "--inner.seeds", "[0]", "--outer.grpo_steps", "2",
+           "--mode", "teacher_student", "--student.name", str(tiny_qwen_dir), "--student.dtype", "float32",
+           "--student.device", "cpu", "--inner.parallel_adapters", "2", "--inner.deepspeed", "true",
+           "--eval.enabled", "false"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    rewards = rows(out, "grpo_rewards")
+    assert (out / "grpo_rewards.rank1.jsonl").exists() and len({r["attempt"] for r in rewards}) == 1
+    (round_,) = rows(out, "rounds")
+    assert round_["steps"] == 2 and round_["self_edits"] == len(rewards)
