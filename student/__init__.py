@@ -2,5 +2,7 @@
 
 from seal.student.inner_loop import AbsorbStats, InnerLoopError, Job, JobResult, SeedOutcome, Student
 from seal.student.multi_lora import LoRABank
+from seal.student.partitioned import load_partitioned_student
 
-__all__ = ["AbsorbStats", "InnerLoopError", "Job", "JobResult", "LoRABank", "SeedOutcome", "Student"]
+__all__ = ["AbsorbStats", "InnerLoopError", "Job", "JobResult", "LoRABank", "SeedOutcome", "Student",
+           "load_partitioned_student"]

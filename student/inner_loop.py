@@ -200,16 +200,19 @@ class Student:
         if not k <= self.slots or (k == 0 and self.sync is None):
             raise ValueError(f"absorb_many takes 1..{self.slots} plans, got {k}")
         start = time.perf_counter()
-        encoded: dict[int, Encoded | str] = {}  # a plan absorbed under several seeds is tokenised once
-        for p in plans:
+        encoded: dict[int, Encoded | InnerLoopError] = {}  # a plan absorbed under several seeds is tokenised once
+        errors: list[str | None] = [None] * k
+        data: list[Encoded] = []
+        for i, p in enumerate(plans):
             if id(p) not in encoded:
                 try:
                     encoded[id(p)] = self.encode(p)
                 except InnerLoopError as err:
-                    encoded[id(p)] = str(err)
-        errors: list[str | None] = [e if isinstance(e := encoded[id(p)], str) else None for p in plans]
-        data: list[Encoded] = [[] if err else encoded[id(p)] for p, err in zip(plans, errors)]  # type: ignore[misc]
-        schedules = [[] if err else self._schedule(d, p, s) for d, p, s, err in zip(data, plans, seeds, errors)]
+                    encoded[id(p)] = err
+            got = encoded[id(p)]
+            errors[i] = str(got) if isinstance(got, InnerLoopError) else None
+            data.append([] if isinstance(got, InnerLoopError) else got)
+        schedules = [self._schedule(d, p, s) if d else [] for d, p, s in zip(data, plans, seeds)]
         for slot, seed in enumerate(seeds):
             self.bank.reset(slot, seed)
         lr = torch.zeros(self.slots, 1, device=self.device)
@@ -298,15 +301,19 @@ class Student:
                 self.baselines[key] = self.domain.evaluate(instance, self.generate)
         return self.baselines[key]
 
-    def baseline_many(self, instances: Sequence[Any]) -> list[Score]:
-        """`baseline` of each instance; the ones not cached are measured an agreed number of times."""
+    def baseline_many(self, instances: Sequence[Any],
+                      measured: Callable[[Any, Score], None] | None = None) -> list[Score]:
+        """`baseline` of each instance. The ones not cached are measured one by one (an agreed number of
+        times), each handed to `measured` as soon as it is known."""
         todo = list({self.domain.instance_id(i): i for i in instances
                      if (self.base_fingerprint, self.domain.instance_id(i)) not in self.baselines}.values())
         for n in range(self.agree(len(todo))):
-            if n < len(todo):
-                self.baseline(todo[n])
-            else:
+            if n >= len(todo):
                 self._idle_generate()
+            elif measured is not None:
+                measured(todo[n], self.baseline(todo[n]))
+            else:
+                self.baseline(todo[n])
         return [self.baseline(i) for i in instances]
 
     def save_adapter(self, slot: int, path) -> None:

@@ -97,6 +97,7 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
              dist: Dist = Dist()) -> list[dict[str, Any]]:
     """Run (or resume) the evaluation and return one row per condition (every rank calls this)."""
     conditions = cfg.eval.conditions
+    file_edits = _file_edits(cfg, domain, heldout) if "file" in conditions else {}  # a bad file fails first
     if cfg.mode == "teacher_student":
         student = load_student(cfg, domain, dist)
         shared = None
@@ -118,8 +119,8 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
                 if ("oracle", iid, j) not in have:
                     store.append("eval_self_edits", {"condition": "oracle", "instance": iid, "index": j,
                                                      **parse_record(domain, inst, text)})
-    if dist.is_main and "file" in conditions:
-        for (iid, j), text in _file_edits(cfg, domain, heldout).items():
+    if dist.is_main:
+        for (iid, j), text in file_edits.items():
             if ("file", iid, j) not in have:
                 inst = next(i for i in heldout if domain.instance_id(i) == iid)
                 store.append("eval_self_edits", {"condition": "file", "instance": iid, "index": j,

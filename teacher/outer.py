@@ -91,16 +91,15 @@ def load_baselines(store: RunStore, student: Student) -> None:
 
 
 def record_baselines(store: RunStore | None, student: Student, instances: Sequence[Any]) -> list[float]:
-    """The student's no-update score on each instance; newly measured ones are appended to the store."""
-    known = set(student.baselines)
-    scores = student.baseline_many(instances)
-    for instance, score in zip(instances, scores):
-        key = (student.base_fingerprint, student.domain.instance_id(instance))
-        if key not in known and store is not None:
-            store.append("baselines", {"student": key[0], "instance": key[1], "score": score.value,
-                                       "details": score.details})
-            known.add(key)
-    return [score.value for score in scores]
+    """The student's no-update score on each instance; each newly measured one is appended to the store
+    at once."""
+    def measured(instance: Any, score: Score) -> None:
+        if store is not None:
+            store.append("baselines", {"student": student.base_fingerprint,
+                                       "instance": student.domain.instance_id(instance),
+                                       "score": score.value, "details": score.details})
+
+    return [score.value for score in student.baseline_many(instances, measured)]
 
 
 def reward_round(session: Session, store: RunStore, instances: Sequence[Any], round_: int,
