@@ -111,6 +111,8 @@ def test_a_zero3_partitioned_student_gives_the_rewards_of_a_whole_one(tiny_model
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert "partitioned across 2 ranks by DeepSpeed ZeRO-3" in proc.stderr
     assert (parted / "records.rank1.jsonl").exists() and (parted / "eval_records.rank1.jsonl").exists()
+    lines = [len((parted / f"baselines{rank}.jsonl").read_text().splitlines()) for rank in ("", ".rank1")]
+    assert lines[1] < lines[0]  # unequal work per rank: rank 1 ran no-op passes while rank 0 measured
     for table in ("self_edits", "baselines", "records", "eval_self_edits", "eval_records"):
         # the same numbers, up to float summation order in the gathered layers (losses agree to ~1e-7)
         assert rounded(rows(parted, table)) == rounded(rows(whole, table)), table
