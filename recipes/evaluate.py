@@ -34,6 +34,7 @@ def main(argv: list[str]) -> int:
         dist = init_dist(cpu=cfg.teacher.device == "cpu")
         store = RunStore(cfg.output_dir, to_dict(cfg), rank=dist.rank)
         heldout = domain.load(cfg.data.source, cfg.data.eval_split)
+        logging.getLogger().setLevel(cfg.log_level.upper() if dist.is_main else "WARNING")
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         rows = evaluate(cfg, domain, store, heldout, dist)

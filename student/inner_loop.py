@@ -197,7 +197,7 @@ class Student:
         tokens or whose loss turns non-finite stops there and carries the `error`; its rows never reach
         the others' gradients, so they train exactly as without it."""
         k = len(plans)
-        if not k <= self.slots or (k == 0 and self.sync is None):
+        if k > self.slots or (k == 0 and self.sync is None):  # under lockstep, 0 plans: only take part
             raise ValueError(f"absorb_many takes 1..{self.slots} plans, got {k}")
         start = time.perf_counter()
         encoded: dict[int, Encoded | InnerLoopError] = {}  # a plan absorbed under several seeds is tokenised once
