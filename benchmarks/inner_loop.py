@@ -60,7 +60,8 @@ def workload(args):
     """The model, student config, domain and N (passage, plan) pairs plus one warm-up pair."""
     import torch
 
-    from seal.shared.config import ModelConfig, parse_config
+    from seal.shared.config import ModelConfig
+    from seal.shared.config_parser import parse_config
     from seal.shared.domain import SelfEdit
     from seal.shared.knowledge import KnowledgeDomain
     from seal.shared.models import load_model
@@ -179,7 +180,7 @@ def child(args) -> None:
     elif args.method == "b":
         out = run_ours(args, 1)
     else:
-        from seal.shared.config import parse_config
+        from seal.shared.config_parser import parse_config
 
         k = args.k or parse_config(["--config", args.recipe]).inner.parallel_adapters or args.n
         out = run_ours(args, min(k, args.n))

@@ -11,43 +11,24 @@ Conditions and settings come from the `eval:` section; `--eval.conditions "[no_u
 
 from __future__ import annotations
 
-import logging
-import os
+import _no_shadow  # noqa: F401  (first: see its docstring)
+
+# isort: split
+
 import sys
 
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
-import torch  # noqa: E402
-
-from seal.shared import (ConfigError, DataError, ModelLoadError, RunDirError, RunStore,  # noqa: E402
-                         make_domain, parse_config)
-from seal.shared.config import to_dict  # noqa: E402
-from seal.shared.dist import init_dist  # noqa: E402
-from seal.teacher import evaluate, format_csv, format_markdown  # noqa: E402
+from seal.run import start
+from seal.teacher import evaluate, write_eval_tables
 
 
 def main(argv: list[str]) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    try:
-        cfg = parse_config(argv)
-        domain = make_domain(cfg.domain)
-        dist = init_dist(cpu=cfg.teacher.device == "cpu")
-        store = RunStore(cfg.output_dir, to_dict(cfg), rank=dist.rank)
-        heldout = domain.load(cfg.data.source, cfg.data.eval_split)
-        logging.getLogger().setLevel(cfg.log_level.upper() if dist.is_main else "WARNING")
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        rows = evaluate(cfg, domain, store, heldout, dist)
-    except (ConfigError, DataError, RunDirError, ModelLoadError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if not dist.is_main:
-        return 0
-    table = format_markdown(rows)
-    store.write_text("eval.md", table + "\n")
-    store.write_text("eval.csv", format_csv(rows))
-    print(f"Held-out evaluation ({len(heldout)} instances):\n{table}")
-    return 0
+    with start(argv, what="evaluation") as run:
+        heldout = run.domain.load(run.cfg.data.source, run.cfg.data.eval_split)
+        rows = evaluate(run.cfg, run.domain, run.store, heldout, run.dist)
+        if run.dist.is_main:
+            table = write_eval_tables(run.store, rows)
+            print(f"Held-out evaluation ({len(heldout)} instances):\n{table}")
+    return run.exit_code
 
 
 if __name__ == "__main__":

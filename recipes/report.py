@@ -9,34 +9,37 @@ self-edit length), and report.md that links them beside the round and evaluation
 
 from __future__ import annotations
 
+import _no_shadow  # noqa: F401  (first: see its docstring)
+
+# isort: split
+
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+import matplotlib
+import matplotlib.pyplot as plt
 
-import matplotlib  # noqa: E402
+from seal.shared.records import Record, RewardRecord, RoundRecord, SelfEditRecord, edit_rewards
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from seal.teacher.outer import edit_rewards  # noqa: E402
 
 
-def read(run: Path, table: str) -> list[dict]:
-    path = run / f"{table}.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+def read(run: Path, table: str, cls: type[Record]) -> list:
+    """Every rank's rows of a table (a torn last line of a killed writer is skipped)."""
+    rows = []
+    for path in [run / f"{table}.jsonl", *sorted(run.glob(f"{table}.rank*.jsonl"))]:
+        if path.exists():
+            rows += [cls.from_json(json.loads(line)) for line in path.read_text().splitlines() if line.endswith("}")]
+    return rows
 
 
-def round_rewards(records: list[dict]) -> dict[tuple[int, str, int], float]:
+def round_rewards(records: list[RewardRecord]) -> dict[tuple[int, str, int], float]:
     """Mean reward over seeds per (round, instance, self-edit), as the outer loop computes it."""
-    return {(r, iid, idx): v for r in sorted({rec["round"] for rec in records})
-            for (iid, idx), v in edit_rewards([rec for rec in records if rec["round"] == r]).items()}
+    return {(r, iid, idx): v for r in sorted({rec.round for rec in records})
+            for (iid, idx), v in edit_rewards([rec for rec in records if rec.round == r]).items()}
 
 
 def save(fig, path: Path) -> Path:
@@ -80,9 +83,9 @@ def plot_eval(rows: list[dict], out: Path) -> Path | None:
     return save(fig, out / "eval_conditions.png")
 
 
-def plot_length(rewards: dict, edits: list[dict], out: Path) -> Path | None:
-    points = [(len(e["text"].split()), rewards[(e["round"], e["instance"], e["index"])], e["round"])
-              for e in edits if (e["round"], e["instance"], e["index"]) in rewards]
+def plot_length(rewards: dict, edits: list[SelfEditRecord], out: Path) -> Path | None:
+    points = [(len(e.text.split()), rewards[(e.round, e.instance, e.index)], e.round)
+              for e in edits if (e.round, e.instance, e.index) in rewards]
     if not points:
         return None
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -113,14 +116,14 @@ def main(argv: list[str]) -> int:
         return 2
     out = run / "report"
     out.mkdir(exist_ok=True)
-    records, edits = read(run, "records"), read(run, "self_edits")
+    records, edits = read(run, "records", RewardRecord), read(run, "self_edits", SelfEditRecord)
     rewards = round_rewards(records)
     plots = [p for p in (plot_rewards(rewards, out), plot_eval(eval_rows(run), out),
                          plot_length(rewards, edits, out)) if p]
     lines = [f"# SEAL run report: {run.name}", ""]
-    for r in read(run, "rounds"):
-        lines.append(f"- round {r['round']}: mean reward {r['mean_reward']:+.3f}, "
-                     f"{100 * r['fraction_positive']:.0f}% positive, kept {r['kept']} of {r['self_edits']}")
+    for r in read(run, "rounds", RoundRecord):
+        lines.append(f"- round {r.round}: mean reward {r.mean_reward:+.3f}, "
+                     f"{100 * r.fraction_positive:.0f}% positive, kept {r.kept} of {r.self_edits}")
     if (run / "eval.md").exists():
         lines += ["", "## Held-out evaluation", "", (run / "eval.md").read_text().strip()]
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]

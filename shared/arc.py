@@ -21,8 +21,17 @@ from typing import Any, Sequence
 import numpy as np
 
 from seal.shared.arc_grids import FAMILIES, GEOMETRIC, MAX_SIDE, colour_permutation, grid_text, parse_grid
-from seal.shared.domain import DataError, Domain, Example, Queries, Score, SelfEdit, SelfEditError, TrainingPlan
-from seal.shared.knowledge import parse_split
+from seal.shared.domain import (
+    DataError,
+    Domain,
+    Example,
+    Queries,
+    Score,
+    SelfEdit,
+    SelfEditError,
+    TrainingPlan,
+    parse_split,
+)
 
 Pair = tuple[np.ndarray, np.ndarray]
 

@@ -1,22 +1,15 @@
-"""Run configuration: typed dataclasses, a YAML file, and `--section.key value` CLI overrides.
+"""Run configuration schema: every key, its type, its default and its meaning.
 
-One parser serves `python recipes/seal.py --config X.yaml --inner.lr 3e-4`, `accelerate launch`,
-and a wandb sweep agent's `${args}` (which arrive as `--inner.lr=0.0003`). Unknown keys are errors
-that name the key; values are checked against the field's type.
+Sections map to YAML mappings and to `--section.key VALUE` overrides; the parser that reads a YAML file and
+the command line into these dataclasses is `seal.shared.config_parser` (`python recipes/seal.py --help`
+prints this schema). Each field's docstring is the string right under it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import re
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
-
-import yaml
 
 
 class ConfigError(ValueError):
@@ -43,6 +36,7 @@ class ModelConfig:
     chat_template: bool | None = None
     """Wrap prompts in the tokenizer's chat template; None: use it when the tokenizer has one."""
     revision: str | None = None
+    """Hugging Face revision (branch, tag or commit) of `name`; None: the default branch."""
 
 
 @dataclass
@@ -52,10 +46,15 @@ class DataConfig:
     source: str = "builtin"
     """`builtin` (the domain's sample set), a JSON/JSONL path, or a `datasets` name."""
     train_split: str = "train"
+    """Split the outer loop trains on: NAME or NAME[start:stop:step] (a Python slice, e.g. train[:50])."""
     eval_split: str = "heldout"
+    """Split the held-out evaluation uses: NAME or NAME[start:stop:step]."""
     train_limit: int | None = None
+    """Not read by the loops in this version; slice train_split instead (train[:N])."""
     eval_limit: int | None = None
+    """Not read by the loops in this version; slice eval_split instead (heldout[:N])."""
     offset: int = 0
+    """Not read by the loops in this version; slice the split instead (train[N:])."""
 
 
 @dataclass
@@ -67,10 +66,15 @@ class SamplingConfig:
     vllm: dict[str, Any] = field(default_factory=dict)
     """Engine arguments for vllm.LLM (gpu_memory_utilization, tensor_parallel_size, ...)."""
     k: int = 5
+    """Self-edits sampled per training instance in each round (>= 1; GRPO: the group size)."""
     temperature: float = 1.0
+    """Sampling temperature."""
     top_p: float = 0.95
+    """Nucleus sampling: keep the smallest token set whose probability reaches top_p (1.0: off)."""
     max_new_tokens: int = 512
+    """Cap on the tokens of one self-edit."""
     seed: int = 0
+    """Base of the per-round, per-instance sampling seeds."""
 
     def __post_init__(self):
         check_choice("sampling.backend", self.backend, ("hf", "vllm"))
@@ -81,18 +85,27 @@ class InnerConfig:
     """The student's inner loop: a fresh LoRA per self-edit (paper: r=32, alpha=64, lr 1e-3, 10 epochs, batch 1)."""
 
     lora_r: int = 32
+    """LoRA rank of each self-edit's adapter."""
     lora_alpha: int = 64
+    """LoRA alpha (the update is scaled by lora_alpha / lora_r)."""
     lora_dropout: float = 0.0
+    """Dropout on the LoRA input, in [0, 1)."""
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Module names that get a LoRA (e.g. [q_proj, v_proj]); [all-linear]: every linear layer."""
     lr: float = 1e-3
+    """Learning rate (AdamW); used when the self-edit does not choose one."""
     epochs: int = 10
+    """Passes over the self-edit's training sequences; used when the self-edit does not choose a number."""
     batch_size: int = 1
+    """Training sequences per optimizer step."""
     max_length: int = 512
     """Each training sequence is truncated to this many tokens (no padding to it)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """One inner loop per seed; the reward is the mean over seeds."""
     weight_decay: float = 0.0
+    """AdamW weight decay."""
     max_grad_norm: float = 1.0
+    """Clip each adapter's gradient to this norm; 0: no clipping."""
     parallel_adapters: int | None = None
     """Self-edits trained together in one pass (K); None: chosen from free memory (at most 16)."""
     score_backend: str = "hf"
@@ -113,31 +126,50 @@ FILTERS = ("best_of_k", "best_of_k_positive", "all_positive", "top_fraction")
 @dataclass
 class OuterConfig:
     """The outer loop: ReST-EM rounds (paper: 2 rounds; teacher SFT with LoRA r=64/alpha=128, lr 3e-4, 2 epochs)
-    or GRPO rounds (TRL's GRPOTrainer; `grpo_*` keys)."""
+    or GRPO rounds (TRL's GRPOTrainer).
+
+    Keys for one algorithm only, refused by the parser when given with the other: ReST-EM only: filter,
+    top_fraction, epochs, batch_size, grad_accum, max_length, lr_scheduler; GRPO only: grpo_steps,
+    grpo_prompts_per_step, grpo_beta. The rest apply to both."""
 
     algorithm: str = "rest_em"
     """rest_em | grpo"""
     rounds: int = 1
+    """Outer-loop rounds (>= 0; 0: the teacher is not trained)."""
     filter: str = "best_of_k"
-    """best_of_k (the paper) | best_of_k_positive | all_positive | top_fraction"""
+    """ReST-EM only. Which self-edits the teacher is trained on: best_of_k (the paper) | best_of_k_positive |
+    all_positive | top_fraction."""
     top_fraction: float = 0.25
+    """ReST-EM only. Fraction of self-edits kept by filter top_fraction, in (0, 1]."""
     lora: bool = True
     """LoRA on the teacher, merged after each round; false: full finetuning."""
     lora_r: int = 64
+    """LoRA rank on the teacher."""
     lora_alpha: int = 128
+    """LoRA alpha on the teacher."""
     lora_dropout: float = 0.0
+    """Dropout on the teacher's LoRA input, in [0, 1)."""
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Teacher modules that get a LoRA; [all-linear]: every linear layer."""
     lr: float = 3e-4
+    """Teacher learning rate (both algorithms)."""
     epochs: float = 2.0
+    """ReST-EM only. SFT epochs over the kept self-edits per round (may be fractional)."""
     batch_size: int = 1
+    """ReST-EM only. SFT sequences per device per step."""
     grad_accum: int = 1
+    """ReST-EM only. SFT gradient accumulation steps."""
     max_length: int = 2048
+    """ReST-EM only. SFT sequences (prompt + self-edit) are truncated to this many tokens."""
     lr_scheduler: str = "constant"
+    """ReST-EM only. transformers lr_scheduler_type for the SFT (constant, linear, cosine, ...)."""
     grpo_steps: int = 4
-    """GRPO optimizer steps per round (each step: k self-edits per prompt, every one through the inner loop)."""
+    """GRPO only. Optimizer steps per round (each step: k self-edits per prompt, every one through the inner
+    loop)."""
     grpo_prompts_per_step: int = 1
+    """GRPO only. Training instances (prompts) per device per optimizer step."""
     grpo_beta: float = 0.04
-    """KL coefficient against the round's starting teacher."""
+    """GRPO only. KL coefficient against the round's starting teacher."""
     trl_args: dict[str, Any] = field(default_factory=dict)
     """Passed to GRPOConfig as is (e.g. use_vllm, vllm_mode, loss_type, scale_rewards); TRL validates them."""
 
@@ -150,14 +182,23 @@ class OuterConfig:
             raise ConfigError("outer.rounds must be >= 0")
 
 
+ALGORITHM_KEYS: dict[str, tuple[str, ...]] = {
+    "rest_em": ("filter", "top_fraction", "epochs", "batch_size", "grad_accum", "max_length", "lr_scheduler"),
+    "grpo": ("grpo_steps", "grpo_prompts_per_step", "grpo_beta"),
+}
+"""`outer` keys that only one outer.algorithm reads; the parser refuses them, when given, under the other."""
+
+
 @dataclass
 class EvalConfig:
     """Held-out evaluation: the paper's conditions side by side, single-passage and multi-passage (CPT)."""
 
     enabled: bool = True
+    """Run the held-out evaluation after the rounds."""
     k: int = 1
     """Self-edits sampled per held-out instance for each teacher condition."""
     seeds: list[int] = field(default_factory=lambda: [0])
+    """One inner loop per seed for each evaluation self-edit (each seed is recorded as its own score)."""
     temperature: float | None = None
     """Sampling temperature for evaluation self-edits; None: sampling.temperature."""
     conditions: list[str] = field(default_factory=lambda: ["no_update", "context_only", "base_teacher",
@@ -180,10 +221,15 @@ class WandbConfig:
     """wandb run settings (used when report_to: wandb)."""
 
     project: str = "seal"
+    """wandb project."""
     entity: str | None = None
+    """wandb entity (user or team); None: wandb's default."""
     group: str | None = None
+    """wandb run group."""
     name: str | None = None
+    """wandb run name; None: the run directory's name."""
     tags: list[str] = field(default_factory=list)
+    """wandb run tags."""
 
 
 @dataclass
@@ -193,10 +239,13 @@ class SealConfig:
     output_dir: str = "runs/seal"
     """Environment variables are expanded (a sweep can use runs/sweep/$WANDB_RUN_ID)."""
     seed: int = 0
+    """Base of the seeds for teacher training (SFT, GRPO)."""
     report_to: str = "none"
     """none | wandb"""
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    """wandb run settings (used when report_to: wandb)."""
     log_level: str = "info"
+    """debug | info | warning | error (case-insensitive)."""
     threads: int | None = None
     """torch CPU threads; None keeps torch's default."""
     mode: str = "self"
@@ -204,13 +253,19 @@ class SealConfig:
     domain: dict[str, Any] = field(default_factory=lambda: {"name": "knowledge"})
     """`name` picks the domain; the other keys are that domain's options, checked by the domain."""
     teacher: ModelConfig = field(default_factory=ModelConfig)
+    """The model that writes self-edits (and, in mode self, absorbs them)."""
     student: ModelConfig | None = None
     """Only for mode teacher_student."""
     data: DataConfig = field(default_factory=DataConfig)
+    """Which instances a run uses."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """How the teacher samples self-edits."""
     inner: InnerConfig = field(default_factory=InnerConfig)
+    """The student's inner loop."""
     outer: OuterConfig = field(default_factory=OuterConfig)
+    """The outer loop that trains the teacher."""
     eval: EvalConfig = field(default_factory=EvalConfig)
+    """Held-out evaluation."""
 
     def __post_init__(self) -> None:
         self.output_dir = os.path.expandvars(self.output_dir)
@@ -238,173 +293,3 @@ class SealConfig:
             raise ConfigError("inner.seeds must list at least one seed")
         if self.sampling.k < 1:
             raise ConfigError("sampling.k must be at least 1")
-
-
-# ---------------------------------------------------------------- building dataclasses from data
-
-
-def _is_dataclass_type(tp: Any) -> bool:
-    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
-
-
-def _optional_inner(tp: Any) -> tuple[Any, bool]:
-    """(inner type, allows None) for `X | None` / Optional[X]."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0], True
-    return tp, False
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    inner, nullable = _optional_inner(tp)
-    if value is None:
-        if nullable:
-            return None
-        raise ConfigError(f"{key}: null is not allowed here")
-    if _is_dataclass_type(inner):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
-        return build(inner, value, prefix=key)
-    origin = typing.get_origin(inner)
-    if origin is list:
-        (item_tp,) = typing.get_args(inner) or (Any,)
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            value = [value]
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
-        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
-        return dict(value)
-    if inner is Any:
-        return value
-    if inner is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
-    if inner is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if inner is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if inner is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    raise ConfigError(f"{key}: unsupported field type {inner!r}")  # pragma: no cover - config authors only
-
-
-def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Instantiate dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        where = f" in section '{prefix}'" if prefix else ""
-        raise ConfigError(f"unknown config key{'s' if len(unknown) > 1 else ''}{where}: "
-                          f"{', '.join(unknown)} (known: {', '.join(sorted(names))})")
-    kwargs = {}
-    for name, value in data.items():
-        key = f"{prefix}.{name}" if prefix else name
-        kwargs[name] = _coerce(value, hints[name], key)
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{prefix or cls.__name__}: {err}") from err
-
-
-# ---------------------------------------------------------------- YAML + CLI
-
-
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"--{dotted}: '{part}' is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def parse_overrides(argv: list[str]) -> tuple[str | None, list[tuple[str, Any]]]:
-    """Split argv into the --config path and (dotted key, YAML-parsed value) overrides."""
-    config_path = None
-    overrides: list[tuple[str, Any]] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if not arg.startswith("--") or arg == "--":
-            raise ConfigError(f"unexpected argument {arg!r}: use --config FILE and --section.key VALUE")
-        key, eq, raw = arg[2:].partition("=")
-        if not eq:
-            if i + 1 >= len(argv):
-                raise ConfigError(f"--{key} needs a value")
-            raw = argv[i + 1]
-            i += 1
-        i += 1
-        if key == "config":
-            config_path = raw
-            continue
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError as err:
-            raise ConfigError(f"--{key}: cannot parse value {raw!r}: {err}") from err
-        overrides.append((key, value))
-    return config_path, overrides
-
-
-def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {p} is not valid YAML: {err}") from err
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {p} must hold a mapping at the top level, got {type(data).__name__}")
-    return data
-
-
-def parse_config(argv: list[str], cls: type = SealConfig) -> Any:
-    """`--config FILE` (optional) then `--a.b VALUE` / `--a.b=VALUE` overrides, applied in order."""
-    config_path, overrides = parse_overrides(argv)
-    tree = load_yaml(config_path) if config_path else {}
-    for key, value in overrides:
-        _set_dotted(tree, key, value)
-    return build(cls, tree)
-
-
-_SECRET_KEY = re.compile(r"(^|_)(api_key|key|token|secret|password)$", re.IGNORECASE)
-
-
-def redacted(data: Any) -> Any:
-    """A copy with every value under a secret-looking key replaced, for dumps and trackers."""
-    if isinstance(data, dict):
-        return {k: ("<redacted>" if _SECRET_KEY.search(str(k)) and v else redacted(v))
-                for k, v in data.items()}
-    if isinstance(data, list):
-        return [redacted(v) for v in data]
-    return data
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)

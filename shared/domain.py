@@ -11,11 +11,13 @@ edits elsewhere.
 from __future__ import annotations
 
 import importlib
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
-from seal.shared.config import build
+from seal.shared.config import ConfigError
+from seal.shared.config_parser import build
 
 
 class SelfEditError(ValueError):
@@ -77,6 +79,20 @@ class Generate(Protocol):
     def __call__(self, prompts: Sequence[str], max_new_tokens: int, stop: str | None = "\n") -> list[str]: ...
 
 
+SPLIT = re.compile(r"^(?P<name>[\w-]+)(?:\[(?P<start>-?\d*):(?P<stop>-?\d*)(?::(?P<step>\d*))?\])?$")
+
+
+def parse_split(split: str) -> tuple[str, slice]:
+    """A split name with an optional Python slice, `NAME[start:stop:step]`: every domain's `load` takes it."""
+    m = SPLIT.match(split.strip())
+    if not m:
+        raise DataError(f"split {split!r}: expected NAME or NAME[start:stop(:step)], e.g. train[:50]")
+    to_int = lambda s: int(s) if s not in (None, "") else None  # noqa: E731
+    if m["step"] == "0":
+        raise DataError(f"split {split!r}: step must be positive")
+    return m["name"], slice(to_int(m["start"]), to_int(m["stop"]), to_int(m["step"]))
+
+
 class Domain(ABC):
     """A task family. Subclasses set `name` and `Options` (a dataclass of their config keys)."""
 
@@ -95,16 +111,23 @@ class Domain(ABC):
         return cls(build(cls.Options, opts, prefix="domain"))
 
     @abstractmethod
-    def load(self, source: str, split: str) -> list[Any]: ...
+    def load(self, source: str, split: str) -> list[Any]:
+        """The instances of `split` (`NAME[start:stop:step]`, see `parse_split`) from `source`; a
+        `DataError` naming the source when they cannot be loaded."""
 
     @abstractmethod
-    def instance_id(self, instance: Any) -> str: ...
+    def instance_id(self, instance: Any) -> str:
+        """A stable, unique id: the run store keys every record by it (a resumed run matches on it)."""
 
     @abstractmethod
-    def teacher_prompt(self, instance: Any) -> str: ...
+    def teacher_prompt(self, instance: Any) -> str:
+        """The user message that asks the teacher for a self-edit (also the prompt of its SFT pairs)."""
 
     @abstractmethod
-    def parse(self, instance: Any, text: str) -> SelfEdit: ...
+    def parse(self, instance: Any, text: str) -> SelfEdit:
+        """The teacher's text as a usable self-edit, or `SelfEditError(reason)`. Model output is data:
+        never evaluate it. `SelfEdit.items` is stored as JSON and read back for `plan`, so it must
+        survive `json.dumps` (lists, dicts, strings, numbers)."""
 
     @abstractmethod
     def plan(self, instance: Any, edit: SelfEdit | None) -> TrainingPlan:
@@ -116,7 +139,8 @@ class Domain(ABC):
 
     @abstractmethod
     def grade(self, instance: Any, answers: Sequence[str]) -> Score:
-        """Score the student's answers to `queries(instance)`, in order."""
+        """Score the student's answers to `queries(instance)`, in order. Every row of `Score.details`
+        carries the raw answer under `prediction` (the reward records keep them as `answers`)."""
 
     def evaluate(self, instance: Any, generate: Generate) -> Score:
         q = self.queries(instance)
@@ -143,12 +167,17 @@ def register_domain(name: str, target: str) -> None:
 def domain_class(name: str) -> type[Domain]:
     target = _REGISTRY.get(name, name)
     if ":" not in target:
-        raise ValueError(f"unknown domain {name!r}; registered: {', '.join(sorted(_REGISTRY))} "
-                         "(or name one as package.module:Class)")
+        raise ConfigError(f"domain.name: unknown domain {name!r}; registered: {', '.join(sorted(_REGISTRY))} "
+                          "(or name one as package.module:Class)")
     module, _, attr = target.partition(":")
-    cls = getattr(importlib.import_module(module), attr)
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except ImportError as err:
+        raise ConfigError(f"domain.name: cannot import {module!r} ({err}); is its folder on PYTHONPATH?") from err
+    except AttributeError as err:
+        raise ConfigError(f"domain.name: module {module!r} has no {attr!r}") from err
     if not (isinstance(cls, type) and issubclass(cls, Domain)):
-        raise ValueError(f"{target} is not a seal Domain")
+        raise ConfigError(f"domain.name: {target} is not a seal Domain")
     return cls
 
 

@@ -14,7 +14,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
-from seal.shared.domain import DataError, Domain, Example, Queries, Score, SelfEdit, SelfEditError, TrainingPlan
+from seal.shared.domain import (
+    DataError,
+    Domain,
+    Example,
+    Queries,
+    Score,
+    SelfEdit,
+    SelfEditError,
+    TrainingPlan,
+    parse_split,
+)
 from seal.shared.graders import GRADERS, get_grader
 from seal.shared.judge import Judge, JudgeConfig
 
@@ -47,7 +57,6 @@ QA_PROMPT = "Let's answer a question directly and concisely.\nQuestion: Topic: {
 _LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022]+|\(?\d{1,3}[.)]|[a-z][.)](?=\s))\s*")
 _QA_SPLIT = re.compile(r"(?im)^\s*(?:\d+[.)]\s*)?(?:question\s*\d*|q\d*)\s*[:.)]\s*")
 _ANSWER = re.compile(r"(?is)^(.*?)\n?\s*(?:answer|a)\s*\d*\s*[:.)]\s*(.*)$")
-_SPLIT = re.compile(r"^(?P<name>[\w-]+)(?:\[(?P<start>-?\d*):(?P<stop>-?\d*)(?::(?P<step>\d*))?\])?$")
 
 
 @dataclass
@@ -126,16 +135,6 @@ def _squad_v1(data: dict[str, Any]) -> list[dict[str, Any]]:
                          "questions": [{"question": qa["question"], "answer": qa["answers"]}
                                        for qa in para["qas"]]})
     return rows
-
-
-def parse_split(split: str) -> tuple[str, slice]:
-    m = _SPLIT.match(split.strip())
-    if not m:
-        raise DataError(f"split {split!r}: expected NAME or NAME[start:stop(:step)], e.g. train[:50]")
-    to_int = lambda s: int(s) if s not in (None, "") else None  # noqa: E731
-    if m["step"] == "0":
-        raise DataError(f"split {split!r}: step must be positive")
-    return m["name"], slice(to_int(m["start"]), to_int(m["stop"]), to_int(m["step"]))
 
 
 class KnowledgeDomain(Domain):

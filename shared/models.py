@@ -153,3 +153,12 @@ def fingerprint(model) -> str:
         for p in picks:
             h.update(f"{tuple(p.shape)}:{p.double().sum().item():.12e}:{p.double().abs().sum().item():.12e}".encode())
     return h.hexdigest()[:16]
+
+
+def import_vllm():
+    """vLLM, or an error that says how to get it (its wheels are CUDA builds: GPU machines only)."""
+    try:
+        import vllm
+    except ImportError as err:
+        raise ImportError("the vllm backend needs vLLM, which runs on CUDA GPUs: pip install -e '.[vllm]'") from err
+    return vllm

@@ -14,11 +14,14 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, TypeVar, overload
 
 import yaml
 
-from seal.shared.config import redacted
+from seal.shared.config_parser import redacted
+from seal.shared.records import Record
+
+R = TypeVar("R", bound=Record)
 
 # Keys that do not change results: a run may be resumed with other values for them.
 NON_RESULT_KEYS = ("output_dir", "threads", "report_to", "wandb", "log_level", "eval")
@@ -80,8 +83,9 @@ class RunStore:
     def _own(self, table: str) -> Path:
         return self.path / (f"{table}.jsonl" if self.rank == 0 else f"{table}.rank{self.rank}.jsonl")
 
-    def append(self, table: str, record: dict[str, Any]) -> None:
-        line = (json.dumps(_clean(record), ensure_ascii=False) + "\n").encode()
+    def append(self, table: str, record: Record | dict[str, Any]) -> None:
+        row = record.to_json() if isinstance(record, Record) else record
+        line = (json.dumps(_clean(row), ensure_ascii=False) + "\n").encode()
         path = self._own(table)
         if table not in self._repaired and path.exists() and path.stat().st_size:
             with path.open("rb+") as fh:  # a writer killed mid-line leaves a torn tail: cut it before appending
@@ -98,9 +102,20 @@ class RunStore:
             os.close(fd)
 
     def read(self, table: str) -> list[dict[str, Any]]:
-        return list(self.iter(table))
+        return list(self._rows(table))
 
-    def iter(self, table: str) -> Iterator[dict[str, Any]]:
+    @overload
+    def iter(self, table: str) -> Iterator[dict[str, Any]]: ...
+
+    @overload
+    def iter(self, table: str, cls: type[R]) -> Iterator[R]: ...
+
+    def iter(self, table: str, cls: type[Record] | None = None) -> Iterator[Any]:
+        """Every rank's rows of `table`, as `cls` records when given (else plain dicts)."""
+        for row in self._rows(table):
+            yield cls.from_json(row) if cls is not None else row
+
+    def _rows(self, table: str) -> Iterator[dict[str, Any]]:
         paths = [self.path / f"{table}.jsonl"] + sorted(self.path.glob(f"{table}.rank*.jsonl"))
         for path in paths:
             if not path.exists():

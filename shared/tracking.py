@@ -8,14 +8,18 @@ same wandb run, and TRL's trainer (teacher SFT) logs into it instead of opening 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from seal.shared.config import WandbConfig, redacted
+from seal.shared.config import WandbConfig
+from seal.shared.config_parser import redacted
+from seal.shared.records import RewardRecord, RoundRecord, SelfEditRecord, edit_rewards
 
 log = logging.getLogger("seal")
 
@@ -41,32 +45,35 @@ class Tracker:
         for prefix in ("round/*", "reward/*", "timing/*"):
             self.run.define_metric(prefix, step_metric="round")
 
+    @classmethod
+    def off(cls) -> "Tracker":
+        """A tracker that logs nothing (every method is a no-op)."""
+        return cls(False, Path("."), {}, WandbConfig())
+
     @property
     def enabled(self) -> bool:
         return self.run is not None
 
-    def log_round(self, round_: int, stats: dict[str, Any], records: Sequence[dict[str, Any]],
-                  edits: Sequence[dict[str, Any]]) -> None:
+    def log_round(self, round_: int, stats: RoundRecord, records: Sequence[RewardRecord],
+                  edits: Sequence[SelfEditRecord]) -> None:
         if not self.enabled:
             return
         import wandb
 
-        rewards = [r["reward"] for r in records if r.get("reward") is not None]
-        ok = [r for r in records if r.get("status") == "ok"]
-        data = {"round": round_, **{f"round/{k}": v for k, v in stats.items() if isinstance(v, (int, float))
-                                    and v is not None and not (isinstance(v, float) and math.isnan(v))}}
+        numbers = {k: v for k, v in stats.to_json().items() if isinstance(v, (int, float))}
+        data = {"round": round_, **{f"round/{k}": v for k, v in numbers.items()
+                                    if k != "round" and not (isinstance(v, float) and math.isnan(v))}}
+        rewards = [r.reward for r in records if r.reward is not None]
         if rewards:
             data["reward/distribution"] = wandb.Histogram(rewards)
+        ok = [r for r in records if r.ok]
         if ok:
-            data["timing/absorb_seconds"] = sum(r["seconds"]["absorb"] for r in ok) / len(ok)
-            data["timing/score_seconds"] = sum(r["seconds"]["score"] for r in ok) / len(ok)
-        mean_reward = {}
-        for r in records:
-            mean_reward.setdefault((r["instance"], r["index"]), []).append(r["reward"] or 0.0)
+            data["timing/absorb_seconds"] = sum(r.seconds["absorb"] for r in ok) / len(ok)
+            data["timing/score_seconds"] = sum(r.seconds["score"] for r in ok) / len(ok)
+        mean_reward = edit_rewards(records)
         table = wandb.Table(columns=["round", "instance", "index", "status", "text", "reward"])
         for e in edits:
-            vals = mean_reward.get((e["instance"], e["index"]), [0.0])
-            table.add_data(round_, e["instance"], e["index"], e["status"], e["text"], sum(vals) / len(vals))
+            table.add_data(round_, e.instance, e.index, e.status, e.text, mean_reward.get(e.key, 0.0))
         data[f"self_edits/round{round_}"] = table
         self.run.log(data)
 
@@ -87,10 +94,81 @@ class Tracker:
             self.run = None
 
 
-def progress(total: int, desc: str, is_main: bool = True):
-    """A tqdm bar on an interactive terminal of the main process; silent elsewhere (logs carry progress)."""
-    import sys
+class Phase:
+    """A named stretch of work with a known number of steps, reported so that a log is never silent.
 
-    from tqdm.auto import tqdm
+    On an interactive terminal of the main process: a tqdm bar. Elsewhere (a log file, a CI job, a
+    Slurm output): a line when the phase starts, a line at least every `every` seconds while it runs
+    (from a timer thread, so also while one long step is in progress), and a line with the count and
+    elapsed time when it ends. Other ranks stay silent."""
 
-    return tqdm(total=total, desc=desc, leave=False, disable=not (is_main and sys.stderr.isatty()))
+    def __init__(self, what: str, total: int, is_main: bool = True, every: float = 30.0):
+        import sys
+        import threading
+
+        from tqdm.auto import tqdm
+
+        self.what, self.total, self.every = what, total, every
+        self.n, self.start = 0, time.monotonic()
+        self.tty = is_main and sys.stderr.isatty()
+        self.logs = is_main and not self.tty
+        self.bar = tqdm(total=total, desc=what, leave=False, disable=not self.tty)
+        self._stop = threading.Event()
+        self._timer = threading.Thread(target=self._beat, daemon=True) if self.logs else None
+
+    def __enter__(self) -> "Phase":
+        if self.logs:
+            if self.total:
+                log.info("%s: %d to do", self.what, self.total)
+            self._timer.start()
+        return self
+
+    def __exit__(self, exc_type, *_: Any) -> None:
+        self._stop.set()
+        if self._timer is not None:
+            self._timer.join()
+        self.bar.close()
+        if self.logs and exc_type is None:
+            log.info("%s: %d/%d done in %.0fs", self.what, self.n, self.total, time.monotonic() - self.start)
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        self.bar.update(n)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every):
+            log.info("%s: %d/%d done, %.0fs so far", self.what, self.n, self.total, time.monotonic() - self.start)
+
+
+@contextlib.contextmanager
+def quiet_trainer(trainer, what: str, is_main: bool = True):
+    """While `trainer.train()` runs: its per-step dicts go to our logger at debug level (and to wandb
+    through the trainer's own integration when that is on) instead of stdout, and the log gets a
+    progress line at least every 30 s."""
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    class StepLog(TrainerCallback):
+        def __init__(self, phase: Phase):
+            self.phase = phase
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.phase.total = self.phase.bar.total = state.max_steps
+            if self.phase.logs:
+                log.info("%s: %d optimizer steps", what, state.max_steps)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.phase.update()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            log.debug("%s, step %d: %s", what, state.global_step, logs)
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    with Phase(what, 0, is_main) as phase:
+        callback = StepLog(phase)
+        trainer.add_callback(callback)
+        try:
+            yield
+        finally:
+            trainer.remove_callback(callback)

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from seal.shared.config import InnerConfig
+from seal.shared.config import ConfigError, InnerConfig
 from seal.shared.dist import Dist
 from seal.shared.domain import Domain, Score, TrainingPlan
 from seal.shared.models import fingerprint, format_prompt
@@ -50,22 +50,14 @@ class AbsorbStats:
 
 
 @dataclass
-class SeedOutcome:
-    seed: int
-    score: float
-    reward: float
-    absorb: AbsorbStats
-    score_seconds: float
-    details: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
 class Job:
     """One inner loop: absorb `plan` from a fresh adapter seeded with `seed`, then score on `instance`."""
 
     instance: Any
     plan: TrainingPlan
     seed: int
+    key: Any = None
+    """The caller's handle for this job (what its result is recorded under); not used by the student."""
 
 
 @dataclass
@@ -74,7 +66,14 @@ class JobResult:
     score: Score | None
     stats: AbsorbStats | None
     score_seconds: float
+    baseline: float
+    """The student's no-update score on the job's instance."""
     error: str | None = None
+
+    @property
+    def reward(self) -> float:
+        """The gain over the no-update baseline; 0 for a failed inner loop (as for an unusable self-edit)."""
+        return 0.0 if self.error or self.score is None else self.score.value - self.baseline
 
 
 def auto_slots(model, inner: InnerConfig, cap: int = 16) -> int:
@@ -95,30 +94,45 @@ def auto_slots(model, inner: InnerConfig, cap: int = 16) -> int:
     return max(1, min(cap, int(free * 0.25 // per_adapter)))
 
 
-class Student:
-    """A base model with K re-usable LoRA slots. `absorb*` trains them; `score*`/`baseline` evaluate."""
+def lora_bank(model, inner: InnerConfig) -> LoRABank:
+    """The K adapter slots over `model`'s targeted linear layers (wrapped in place); the base weights are
+    frozen first, since the slots are all a student ever trains."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    slots = inner.parallel_adapters or auto_slots(model, inner)
+    try:
+        return LoRABank(model, slots, inner.lora_r, inner.lora_alpha, inner.lora_dropout, inner.target_modules)
+    except ValueError as err:  # target_modules that name no layer of this model
+        raise ConfigError(f"inner.target_modules: {err}") from err
 
-    def __init__(self, model, tokenizer, inner: InnerConfig, domain: Domain, chat: bool):
+
+class Student:
+    """A base model with K re-usable LoRA slots. `absorb*` trains them; `score*`/`baseline` evaluate.
+
+    `bank`: the slots, when the caller had to wrap the model before building the student (a DeepSpeed
+    engine must see the wrapped layers); built from `inner` otherwise. `scorer`: a `VLLMScorer` that
+    scores the adapted students on vLLM instead of transformers. `sync`: the ranks that share this
+    student's partitioned weights (ZeRO-3), None when the weights are local. `engine`: the DeepSpeed
+    engine whose hooks gather the partitioned weights, kept alive with the student."""
+
+    def __init__(self, model, tokenizer, inner: InnerConfig, domain: Domain, chat: bool, *,
+                 bank: LoRABank | None = None, scorer=None, sync: Dist | None = None, engine=None):
         self.tokenizer = tokenizer
         self.inner = inner
         self.domain = domain
         self.chat = chat
+        # LoRA weights are not model parameters (and the fingerprint skips `lora_` names), so it is the
+        # base weights' identity whether or not the slots already wrap the layers
         self.base_fingerprint = fingerprint(model)
-        for p in model.parameters():
-            p.requires_grad_(False)
-        self.slots = inner.parallel_adapters or auto_slots(model, inner)
-        self.bank = LoRABank(model, self.slots, inner.lora_r, inner.lora_alpha, inner.lora_dropout,
-                             inner.target_modules)
+        self.bank = bank if bank is not None else lora_bank(model, inner)  # freezes the base weights
+        self.slots = self.bank.slots
         self.model = model
         self.model.eval()
         self.device = next(model.parameters()).device
         self.baselines: dict[tuple[str, str], Score] = {}
-        self.scorer = None
-        """Set to a `VLLMScorer` to score adapted students on vLLM instead of transformers."""
-        self.sync: Dist | None = None
-        """The ranks that share this student's partitioned weights (ZeRO-3); None: the weights are local."""
-        self.engine = None
-        """The DeepSpeed engine whose hooks gather the partitioned weights (kept alive with the student)."""
+        self.scorer = scorer
+        self.sync = sync
+        self.engine = engine
 
     def agree(self, n: int) -> int:
         """How often to run a forward-running step so that every rank runs it equally often: the
@@ -179,6 +193,8 @@ class Student:
                 positions[row, at:end] = torch.arange(len(seq))
                 segment[row, at:end] = k
                 at = end
+        # attention only within a segment, causally: together with positions restarting at 0, each packed
+        # sequence sees exactly the context it would see alone (the equivalence tests rely on this)
         same = segment[:, :, None] == segment[:, None, :]
         causal = torch.ones(width, width, dtype=torch.bool).tril()
         mask = (same & causal) | torch.eye(width, dtype=torch.bool)  # padding attends to itself: stays finite
@@ -224,6 +240,8 @@ class Student:
         self.model.train()
         try:
             for step in range(self.agree(max((len(s) for s in schedules), default=0))):
+                # plans differ in length (sequences × epochs / batch): a finished or failed slot drops out
+                # of the pass instead of padding it, so the others' steps cost what they would alone
                 active = [i for i in range(k) if step < len(schedules[i]) and not errors[i]]
                 if active:
                     batch = self._rows([[data[i][j] for j in schedules[i][step]] for i in active])
@@ -232,6 +250,8 @@ class Student:
                 with self.bank.routed(active or [0]):
                     logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                         position_ids=batch["position_ids"]).logits
+                # one loss per slot, each the mean over its own tokens (as if it trained alone): summing
+                # them gives every slot exactly its own gradient, since a slot's rows touch only its weights
                 per_token = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), batch["labels"][:, 1:],
                                             ignore_index=-100, reduction="none")
                 counted = (batch["labels"][:, 1:] != -100).float()
@@ -239,10 +259,11 @@ class Student:
                 finite = torch.isfinite(slot_loss) if active else torch.ones(1, dtype=torch.bool, device=self.device)
                 for row in (~finite).nonzero().flatten().tolist():
                     errors[active[row]] = f"non-finite training loss at step {step + 1}"
+                # a non-finite slot is zeroed out of the sum: NaN times zero would still poison the others
                 torch.where(finite, slot_loss, 0.0).sum().backward()
                 mask = torch.zeros(self.slots, 1, device=self.device)
                 trained = [i for i, ok in zip(active, finite.tolist()) if ok]
-                mask[trained] = 1
+                mask[trained] = 1  # slots without rows this step keep weights and moments (AdamW would decay them)
                 optimizer.step(lr, self.inner.weight_decay, self.inner.max_grad_norm, mask)
                 for i, loss, ok in zip(active, slot_loss.tolist(), finite.tolist()):
                     if ok:
@@ -334,7 +355,9 @@ class Student:
     # ------------------------------------------------------------------ the fast path
     def run(self, jobs: Sequence[Job], done: Callable[[list[JobResult]], None] | None = None) -> list[JobResult]:
         """Absorb and score every job, `slots` at a time, handing each chunk's results to `done` as soon
-        as they are scored; a job whose loss diverges fails alone."""
+        as they are scored; a job whose loss diverges fails alone. Each result's `reward` is its gain
+        over the instance's baseline (measured first where not cached)."""
+        self.baseline_many([job.instance for job in jobs])
         results: list[JobResult] = []
         for n in range(self.agree(math.ceil(len(jobs) / self.slots))):
             chunk = self._run_chunk(list(jobs[n * self.slots: (n + 1) * self.slots]))
@@ -354,16 +377,29 @@ class Student:
             scores = self.scorer.score(instances, self.save_adapter, trained) if instances else []
         per = (time.perf_counter() - start) / max(len(trained), 1)
         by_slot = dict(zip(trained, scores))
-        return [JobResult(job, by_slot[slot], st, per) if slot in by_slot
-                else JobResult(job, None, None, 0.0, error=st.error) for slot, (job, st) in enumerate(zip(chunk, stats))]
+        results = []
+        for slot, (job, st) in enumerate(zip(chunk, stats)):
+            base = self.baseline(job.instance).value
+            results.append(JobResult(job, by_slot[slot], st, per, base) if slot in by_slot
+                           else JobResult(job, None, None, 0.0, base, error=st.error))
+        return results
 
-    def evaluate_plan(self, instance: Any, plan: TrainingPlan, seeds: Sequence[int]) -> list[SeedOutcome]:
-        """Absorb the plan once per seed and score each update against the cached baseline."""
-        base = self.baseline(instance).value
-        out = []
-        for r in self.run([Job(instance, plan, s) for s in seeds]):
-            if r.error:
-                raise InnerLoopError(r.error)
-            out.append(SeedOutcome(seed=r.job.seed, score=r.score.value, reward=r.score.value - base,
-                                   absorb=r.stats, score_seconds=r.score_seconds, details=r.score.details))
-        return out
+    def run_shared(self, plan: TrainingPlan, seeds: Sequence[int], instances: Sequence[Any],
+                   done: Callable[[int, AbsorbStats, list[Score] | None], None]) -> None:
+        """One adapter per seed on the same plan (e.g. every held-out instance's sequences at once), each
+        then scored on every instance; `done(seed, stats, scores)` per seed, scores None when it failed.
+        Under lockstep a rank with fewer seeds takes part in the others' passes."""
+        slots = self.slots
+        for n in range(self.agree(math.ceil(len(seeds) / slots))):
+            chunk = list(seeds[n * slots: (n + 1) * slots])
+            stats = self.absorb_many([plan] * len(chunk), chunk)
+            trained = [slot for slot, st in enumerate(stats) if not st.error]
+            for slot, st in enumerate(stats):
+                if st.error:
+                    done(chunk[slot], st, None)
+            for m in range(self.agree(len(trained))):
+                if m >= len(trained):
+                    self.score_many([])  # another rank is still scoring: take part in its passes
+                    continue
+                slot = trained[m]
+                done(chunk[slot], stats[slot], self.score_many(instances, [slot] * len(instances)))

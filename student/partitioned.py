@@ -20,11 +20,11 @@ import logging
 import os
 from typing import Any
 
-from seal.shared.config import ModelConfig, SealConfig
+from seal.shared.config import InnerConfig, ModelConfig
 from seal.shared.dist import Dist
 from seal.shared.domain import Domain
 from seal.shared.models import ModelLoadError, load_model, resolve, uses_chat_template
-from seal.student.inner_loop import Student
+from seal.student.inner_loop import Student, lora_bank
 
 log = logging.getLogger("seal")
 LAUNCH = "accelerate launch --config_file recipes/accelerate/deepspeed_zero3.yaml recipes/seal.py ..."
@@ -59,7 +59,7 @@ def zero3_config(model_cfg: ModelConfig, world: int) -> dict[str, Any]:
     return config
 
 
-def load_partitioned_student(cfg: SealConfig, domain: Domain, model_cfg: ModelConfig, dist: Dist) -> Student:
+def load_partitioned_student(inner: InnerConfig, model_cfg: ModelConfig, domain: Domain, dist: Dist) -> Student:
     """The student with its weights partitioned over all ranks; every rank must call this together."""
     import deepspeed
     from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
@@ -72,10 +72,11 @@ def load_partitioned_student(cfg: SealConfig, domain: Domain, model_cfg: ModelCo
     finally:
         unset_hf_deepspeed_config()
         del hf_config
-    student = Student(model, tokenizer, cfg.inner, domain, uses_chat_template(model_cfg, tokenizer))
-    # after the LoRA slots wrap the linear layers, so the gathering hooks sit on the wrapped modules too
-    student.engine, *_ = deepspeed.initialize(model=student.model, config=config)
-    student.sync = dist
+    # the LoRA slots wrap the linear layers first, so the gathering hooks sit on the wrapped modules too
+    bank = lora_bank(model, inner)
+    engine, *_ = deepspeed.initialize(model=model, config=config)
+    student = Student(model, tokenizer, inner, domain, uses_chat_template(model_cfg, tokenizer), bank=bank,
+                      sync=dist, engine=engine)
     here = sum(p.ds_tensor.numel() for p in model.parameters() if hasattr(p, "ds_tensor"))
     total = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters())
     log.info("student %s partitioned across %d ranks by DeepSpeed ZeRO-3: %s of its %s weights on this rank",

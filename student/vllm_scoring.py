@@ -12,14 +12,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from seal.shared.domain import Domain, Score
-from seal.shared.models import format_prompt
+from seal.shared.models import format_prompt, import_vllm
 
 
 class VLLMScorer:
     def __init__(self, model_path: str, tokenizer, domain: Domain, chat: bool, max_lora_rank: int, max_loras: int,
                  engine_args: dict[str, Any]):
-        from seal.teacher.vllm_sampling import import_vllm
-
         self.vllm = import_vllm()
         from vllm.lora.request import LoRARequest
 

@@ -1,12 +1,16 @@
-"""The self-edit policy: prompts and sampling, the ReST-EM outer loop, and held-out evaluation."""
+"""The self-edit policy: sampling self-edits, learning from their rewards (ReST-EM, GRPO), held-out evaluation.
 
+Modules: `sampling` (Teacher: transformers generate), `vllm_sampling` (the vLLM backend), `rest_em`
+(rounds of sample → reward → select → TRL SFT), `grpo` (TRL GRPOTrainer with the student's gain as
+reward), `rewards` (the one way a batch of self-edits goes through the student), `evaluation` (the
+held-out table), `records` (records and tables), `checkpoints` (round teachers on disk), `trl_args`.
+"""
+
+from seal.teacher.evaluation import evaluate
 from seal.teacher.grpo import StudentReward, run_grpo
-from seal.teacher.evaluation import evaluate, format_csv, format_markdown, table_rows
-from seal.teacher.outer import (Session, build_session, format_rounds, format_table, reward_round, run_rounds,
-                                summary_rows)
-from seal.teacher.rest_em import TeacherUpdate, completion_logprob, learn, select
+from seal.teacher.records import format_rounds, write_eval_tables
+from seal.teacher.rest_em import completion_logprob, learn, run_rounds, select
 from seal.teacher.sampling import Samples, Teacher, derive_seed
 
-__all__ = ["Samples", "Session", "Teacher", "TeacherUpdate", "build_session", "completion_logprob", "derive_seed",
-           "evaluate", "format_csv", "format_markdown", "format_rounds", "format_table", "learn", "reward_round",
-           "run_grpo", "run_rounds", "select", "StudentReward", "summary_rows", "table_rows"]
+__all__ = ["Samples", "StudentReward", "Teacher", "completion_logprob", "derive_seed", "evaluate", "format_rounds",
+           "learn", "run_grpo", "run_rounds", "select", "write_eval_tables"]

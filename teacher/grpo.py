@@ -14,21 +14,30 @@ merged teacher between rounds. That costs a second copy of the weights in memory
 from __future__ import annotations
 
 import logging
-import math
 import uuid
 from typing import Any, Sequence
 
-from seal.shared.config import SealConfig
+from seal.shared.config import ConfigError, SealConfig
+from seal.shared.dist import Dist
 from seal.shared.domain import Domain, SelfEditError
 from seal.shared.models import load_model, uses_chat_template
-from seal.shared.dist import Dist
+from seal.shared.records import GrpoRewardRecord, RoundRecord
 from seal.shared.store import RunStore
-from seal.shared.tracking import Tracker
+from seal.shared.tracking import Tracker, quiet_trainer
 from seal.student.inner_loop import Job, Student
-from seal.teacher.outer import (finish_round, load_baselines, load_student, make_student, record_baselines,
-                                teacher_checkpoint, teacher_config)
-from seal.teacher.rest_em import is_complete, publish, staging_area, teacher_peft_config
+from seal.student.loading import load_student, make_student
+from seal.teacher.checkpoints import (
+    is_complete,
+    publish,
+    staging_area,
+    teacher_checkpoint,
+    teacher_config,
+    teacher_peft_config,
+)
+from seal.teacher.records import finish_round, round_stats
+from seal.teacher.rewards import absorb_and_score, load_baselines
 from seal.teacher.sampling import derive_seed
+from seal.teacher.trl_args import trainer_kwargs
 
 log = logging.getLogger("seal")
 
@@ -60,8 +69,6 @@ class StudentReward:
         if len(instance_id) != len(texts):
             raise ValueError(f"got {len(texts)} completions but {len(instance_id)} instance ids")
         jobs: list[Job] = []
-        owners: list[int] = []
-        rewards = [0.0] * len(texts)
         reasons: list[str | None] = [None] * len(texts)
         for i, (text, iid) in enumerate(zip(texts, instance_id)):
             instance = self.by_id[iid]
@@ -70,25 +77,17 @@ class StudentReward:
             except SelfEditError as err:
                 reasons[i] = err.reason
                 continue
-            jobs += [Job(instance, plan, seed) for seed in self.seeds]
-            owners += [i] * len(self.seeds)
-        bases = dict(zip(instance_id, record_baselines(self.store, self.student,
-                                                       [self.by_id[iid] for iid in instance_id])))
+            jobs += [Job(instance, plan, seed, key=i) for seed in self.seeds]
         gains: dict[int, list[float]] = {}
-        for owner, result in zip(owners, self.student.run(jobs)):
-            base = bases[instance_id[owner]]
-            gains.setdefault(owner, []).append(0.0 if result.error else result.score.value - base)
+        for result in absorb_and_score(self.student, self.store, jobs, what="GRPO rewards", is_main=False):
+            gains.setdefault(result.job.key, []).append(result.reward)
             if result.error:
-                reasons[owner] = result.error
-        for owner, values in gains.items():
-            rewards[owner] = sum(values) / len(values)
-        if len(rewards) != len(completions):  # TRL would otherwise misalign rewards and completions
-            raise RuntimeError(f"reward function produced {len(rewards)} rewards for {len(completions)} completions")
+                reasons[result.job.key] = result.error
+        rewards = [sum(gains[i]) / len(gains[i]) if i in gains else 0.0 for i in range(len(texts))]
         if self.store is not None:
             for text, iid, reward, reason in zip(texts, instance_id, rewards, reasons):
-                self.store.append("grpo_rewards", {"round": self.round, "attempt": self.attempt, "call": self.calls,
-                                                   "instance": iid,
-                                                   "text": text, "reward": reward, "reason": reason})
+                self.store.append("grpo_rewards", GrpoRewardRecord(self.round, self.attempt, self.calls, iid, text,
+                                                                   reward, reason))
         self.calls += 1
         return rewards
 
@@ -108,29 +107,29 @@ def grpo_args(cfg: SealConfig, output_dir: str, on_cpu: bool, seed: int, report_
     from trl import GRPOConfig
 
     outer, k = cfg.outer, cfg.sampling.k
-    kwargs = dict(output_dir=output_dir, learning_rate=outer.lr, beta=outer.grpo_beta, num_generations=k,
-                  per_device_train_batch_size=k * outer.grpo_prompts_per_step, max_steps=outer.grpo_steps,
-                  max_completion_length=cfg.sampling.max_new_tokens, temperature=cfg.sampling.temperature,
-                  top_p=cfg.sampling.top_p, logging_steps=1, save_strategy="no", report_to=list(report_to),
-                  seed=seed, use_cpu=on_cpu, bf16=(not on_cpu) and cfg.teacher.dtype == "bfloat16",
-                  use_vllm=False, disable_tqdm=True, dataloader_num_workers=0)
-    kwargs.update(outer.trl_args)  # e.g. use_vllm, vllm_mode, scale_rewards, loss_type: TRL checks them
+    kwargs = trainer_kwargs("grpo", outer, dict(
+        output_dir=output_dir, learning_rate=outer.lr, beta=outer.grpo_beta, num_generations=k,
+        per_device_train_batch_size=k * outer.grpo_prompts_per_step, max_steps=outer.grpo_steps,
+        max_completion_length=cfg.sampling.max_new_tokens, temperature=cfg.sampling.temperature,
+        top_p=cfg.sampling.top_p, logging_steps=1, save_strategy="no", report_to=list(report_to),
+        seed=seed, use_cpu=on_cpu, bf16=(not on_cpu) and cfg.teacher.dtype == "bfloat16",
+        use_vllm=False, disable_tqdm=True, dataloader_num_workers=0))
     try:
         return GRPOConfig(**kwargs)
     except TypeError as err:
-        raise ValueError(f"outer.trl_args: {err}") from err
+        raise ConfigError(f"outer.trl_args: {err}") from err
 
 
 def run_grpo(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence[Any],
-             tracker: Tracker | None = None, dist: Dist = Dist()) -> list[dict[str, Any]]:
+             tracker: Tracker | None = None, dist: Dist | None = None) -> list[RoundRecord]:
     """GRPO rounds; each writes the merged teacher for the next. Finished rounds are read back."""
     import datasets
-    from accelerate import PartialState
     from transformers import set_seed
     from trl import GRPOTrainer
 
+    tracker, dist = tracker or Tracker.off(), dist or Dist()
     datasets.disable_progress_bars()
-    finished = {r["round"]: r for r in store.iter("rounds")}
+    finished = {r.round: r for r in store.iter("rounds", RoundRecord)}
     fixed_student: Student | None = None
     for round_ in range(cfg.outer.rounds):
         target = teacher_checkpoint(store, round_ + 1)
@@ -142,10 +141,10 @@ def run_grpo(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence[A
         if not is_complete(target):
             if cfg.mode == "self":  # a frozen copy of this round's teacher
                 s_model, s_tok = load_model(teacher_cfg)
-                student = make_student(s_model, s_tok, cfg, domain, teacher_cfg)
+                student = make_student(s_model, s_tok, cfg.inner, teacher_cfg, domain)
             else:
                 if fixed_student is None:
-                    fixed_student = load_student(cfg, domain, dist)
+                    fixed_student = load_student(cfg.inner, cfg.student, domain, dist)
                 student = fixed_student
             load_baselines(store, student)
             reward = StudentReward(domain, student, train, cfg.inner.seeds, store, round_,
@@ -157,30 +156,26 @@ def run_grpo(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence[A
             model, tok = load_model(teacher_cfg)
             chat = uses_chat_template(teacher_cfg, tok)
             on_cpu = next(model.parameters()).device.type == "cpu"
-            with staging_area(target, PartialState().is_main_process) as scratch:
-                args = grpo_args(cfg, str(scratch / "trainer"), on_cpu, seed,
-                                 ["wandb"] if tracker is not None and tracker.enabled else [])
+            with staging_area(target, dist.is_main) as scratch:
+                args = grpo_args(cfg, str(scratch / "trainer"), on_cpu, seed, ["wandb"] if tracker.enabled else [])
                 trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args,
                                       train_dataset=grpo_dataset(domain, train, chat), processing_class=tok,
                                       peft_config=teacher_peft_config(cfg.outer))
-                trainer.train()
+                with quiet_trainer(trainer, f"GRPO round {round_}", dist.is_main):
+                    trainer.train()
                 losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
                 publish(trainer, tok, teacher_cfg, cfg.outer.lora, scratch, target, examples=reward.calls,
                         losses=losses)
                 key = f"rewards/{reward.__name__}/mean"
                 logged = [h[key] for h in trainer.state.log_history if key in h]
             del model, trainer, reward
-        rows = [r for r in store.iter("grpo_rewards") if r["round"] == round_]
+        rows = [r for r in store.iter("grpo_rewards", GrpoRewardRecord) if r.round == round_]
         if attempt is None:  # finished by an earlier process: its records are the last attempt's
-            attempt = rows[-1]["attempt"] if rows else None
-        values = [r["reward"] for r in rows if r["attempt"] == attempt]  # a killed attempt's rows don't count
-        stats = {"algorithm": "grpo", "mean_reward": sum(values) / len(values) if values else math.nan,
-                 "fraction_positive": sum(v > 0 for v in values) / len(values) if values else math.nan,
-                 "self_edits": len(values), "kept": len(values),
-                 "steps": len({r["call"] for r in rows if r["attempt"] == attempt}),
-                 "logged_rewards": logged}
-        finish_round(store, finished, round_, stats, target, dist)
-        log.info("GRPO round %d: %d steps, mean reward %+.3f, %.0f%% positive", round_, stats["steps"],
-                 stats["mean_reward"], 100 * stats["fraction_positive"])
+            attempt = rows[-1].attempt if rows else None
+        values = [r.reward for r in rows if r.attempt == attempt]  # a killed attempt's rows don't count
+        stats = round_stats(round_, values, len(values), algorithm="grpo",
+                            steps=len({r.call for r in rows if r.attempt == attempt}), logged_rewards=logged)
+        finish_round(store, finished, stats, target, dist)
+        log.info("GRPO round %d: %d steps, mean reward %+.3f, %.0f%% positive", round_, stats.steps,
+                 stats.mean_reward, 100 * stats.fraction_positive)
     return [finished[r] for r in sorted(finished)]
-

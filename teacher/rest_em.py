@@ -1,29 +1,49 @@
-"""ReST-EM for the teacher: keep the self-edits that helped, then SFT the teacher on them with TRL.
+"""ReST-EM for the teacher: sample and reward a round of self-edits, keep the ones that helped, SFT the
+teacher on them with TRL, continue from the merged checkpoint.
 
 Selection is explicit (`best_of_k` is the paper's: the single best self-edit per instance, whatever
 its sign). The SFT step is TRL's `SFTTrainer` on a prompt/completion dataset (conversational when
 the teacher uses a chat template, so TRL applies it), with LoRA on all linear layers by default,
-merged into a full checkpoint that the next round loads like any model.
+merged into a full checkpoint that the next round loads like any model (`teacher/checkpoints.py`).
+Everything a round computes goes to the run store as it is computed (baselines, self-edits, one record
+per (self-edit, seed)), and a restarted round skips whatever the store already holds.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import json
+import logging
 import math
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 
-from seal.shared.config import ModelConfig, OuterConfig
-from seal.shared.models import load_model
+from seal.shared.config import ModelConfig, OuterConfig, SealConfig
+from seal.shared.dist import Dist
+from seal.shared.domain import Domain, SelfEdit
+from seal.shared.models import load_model, load_tokenizer, resolve, uses_chat_template
+from seal.shared.records import RewardRecord, RoundRecord, SelfEditRecord, edit_rewards
+from seal.shared.store import RunStore
+from seal.shared.tracking import Phase, Tracker, quiet_trainer
+from seal.student.inner_loop import Job, JobResult, Student
+from seal.student.loading import load_student, make_student
+from seal.teacher.checkpoints import (
+    copy_checkpoint,
+    is_complete,
+    publish,
+    staging_area,
+    teacher_checkpoint,
+    teacher_config,
+    teacher_peft_config,
+)
+from seal.teacher.records import finish_round, format_table, parse_record, reward_record, round_stats, summary_rows
+from seal.teacher.rewards import absorb_and_score, load_baselines, record_baselines
+from seal.teacher.sampling import Teacher, derive_seed
+from seal.teacher.trl_args import trainer_kwargs
+from seal.teacher.vllm_sampling import VLLMTeacher
 
-DONE_MARKER = "seal_teacher_update.json"
+log = logging.getLogger("seal")
 
 
 def select(rewards: dict[tuple[str, int], float], valid: set[tuple[str, int]], filter_: str,
@@ -66,90 +86,10 @@ def sft_dataset(pairs: Sequence[tuple[str, str]], chat: bool):
     return Dataset.from_list(rows)
 
 
-def teacher_peft_config(outer: OuterConfig):
-    """LoRA for the teacher update (None: full finetuning)."""
-    from peft import LoraConfig
-
-    if not outer.lora:
-        return None
-    targets: Any = outer.target_modules
-    return LoraConfig(r=outer.lora_r, lora_alpha=outer.lora_alpha, lora_dropout=outer.lora_dropout,
-                      target_modules="all-linear" if targets == ["all-linear"] else targets, task_type="CAUSAL_LM")
-
-
-@contextlib.contextmanager
-def staging_area(target: Path, is_main: bool = True) -> Iterator[Path]:
-    """A scratch folder beside `target` on the main process (stale ones from killed updates are removed
-    first); a private temporary folder on the other ranks, which never publish."""
-    if is_main:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        for stale in target.parent.glob(f".{target.name}-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    else:
-        scratch = Path(tempfile.mkdtemp(prefix="seal-rank-"))
-    try:
-        yield scratch
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-
-def publish(trainer, tokenizer, teacher: ModelConfig, lora: bool, scratch: Path, target: Path, examples: int,
-            losses: list[float]) -> None:
-    """Save through the trainer — every rank calls it, so ZeRO-3 gathers its partitioned weights — then,
-    on the main process, merge a LoRA adapter into a fresh copy of the base weights (merging the trained
-    model in place is wrong under ZeRO-3, whose local tensors are empty shards), write the completion
-    marker and rename into place."""
-    from peft import PeftModel
-    from safetensors.torch import load_file
-
-    saved = scratch / ("adapter" if lora else "model")
-    trainer.save_model(str(saved))
-    if trainer.accelerator.is_main_process:
-        if lora:
-            weights = load_file(str(saved / "adapter_model.safetensors"))
-            if not weights or not all(t.numel() for t in weights.values()):
-                raise RuntimeError(f"the saved teacher adapter in {saved} is empty: the trainer did not gather "
-                                   "its weights (DeepSpeed ZeRO-3 needs the trainer's own save_model)")
-            base = _load_unpartitioned(teacher, trainer)
-            merged = PeftModel.from_pretrained(base, saved).merge_and_unload()
-            staging = scratch / "model"
-            merged.save_pretrained(staging, safe_serialization=True)
-        else:
-            staging = saved
-        tokenizer.save_pretrained(staging)
-        write_update_marker(staging, examples=examples, losses=losses)
-        if target.exists():  # an incomplete copy from a killed run
-            shutil.rmtree(target)
-        staging.rename(target)
-    trainer.accelerator.wait_for_everyone()
-
-
-def _load_unpartitioned(teacher: ModelConfig, trainer):
-    """The base weights as a plain CPU model. Under ZeRO-3, transformers would build it inside
-    `deepspeed.zero.Init`, whose collectives need every rank — while only the main process merges (a
-    deadlock seen on gloo): switch the global ZeRO-3 config off for this load and back on after it."""
-    from transformers.integrations.deepspeed import (is_deepspeed_zero3_enabled, set_hf_deepspeed_config,
-                                                     unset_hf_deepspeed_config)
-
-    zero3 = is_deepspeed_zero3_enabled()
-    if zero3:
-        unset_hf_deepspeed_config()
-    try:
-        model, _ = load_model(dataclasses.replace(teacher, device="cpu"))
-    finally:
-        if zero3 and getattr(trainer.args, "hf_deepspeed_config", None) is not None:
-            set_hf_deepspeed_config(trainer.args.hf_deepspeed_config)
-    return model
-
-
 def learn(teacher: ModelConfig, chat: bool, pairs: Sequence[tuple[str, str]], outer: OuterConfig, target: Path,
-          seed: int, report_to: Sequence[str] = ()) -> TeacherUpdate:
+          seed: int, report_to: Sequence[str] = (), is_main: bool = True) -> TeacherUpdate:
     """SFT the teacher on the kept self-edits and write the merged model to `target` (atomically)."""
     import datasets
-    from accelerate import PartialState
     from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
@@ -161,17 +101,18 @@ def learn(teacher: ModelConfig, chat: bool, pairs: Sequence[tuple[str, str]], ou
     datasets.disable_progress_bars()
     model, tokenizer = load_model(teacher)
     on_cpu = next(model.parameters()).device.type == "cpu"
-    with staging_area(target, PartialState().is_main_process) as scratch:
-        args = SFTConfig(
+    with staging_area(target, is_main) as scratch:
+        args = SFTConfig(**trainer_kwargs("sft", outer, dict(
             output_dir=str(scratch / "trainer"), num_train_epochs=outer.epochs, learning_rate=outer.lr,
             per_device_train_batch_size=outer.batch_size, gradient_accumulation_steps=outer.grad_accum,
             lr_scheduler_type=outer.lr_scheduler, max_length=outer.max_length, completion_only_loss=True,
             logging_steps=1, save_strategy="no", report_to=list(report_to), seed=seed, data_seed=seed,
             bf16=(not on_cpu) and teacher.dtype == "bfloat16", fp16=False, use_cpu=on_cpu,
-            disable_tqdm=True, dataloader_num_workers=0)
+            disable_tqdm=True, dataloader_num_workers=0)))
         trainer = SFTTrainer(model=model, args=args, train_dataset=sft_dataset(pairs, chat),
                              processing_class=tokenizer, peft_config=teacher_peft_config(outer))
-        trainer.train()
+        with quiet_trainer(trainer, "teacher SFT", is_main):
+            trainer.train()
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         if losses and not all(math.isfinite(x) for x in losses):
             raise FloatingPointError(f"teacher SFT loss became non-finite: {losses}")
@@ -179,17 +120,146 @@ def learn(teacher: ModelConfig, chat: bool, pairs: Sequence[tuple[str, str]], ou
     return TeacherUpdate(path=target, examples=len(pairs), losses=losses)
 
 
-def write_update_marker(model_dir: Path, examples: int, losses: list[float]) -> None:
-    """Written last, inside the staging folder: a checkpoint without it is incomplete."""
-    (model_dir / DONE_MARKER).write_text(json.dumps({"examples": examples, "losses": losses}))
+@dataclass
+class Session:
+    """The models of one round: the teacher that samples and the student that absorbs."""
+
+    domain: Domain
+    teacher: Any
+    """A `Teacher` (transformers) or a `VLLMTeacher`."""
+    student: Student
+    teacher_cfg: ModelConfig
 
 
-def is_complete(path: Path) -> bool:
-    return (path / DONE_MARKER).is_file()
+def build_session(cfg: SealConfig, domain: Domain, teacher_cfg: ModelConfig | None = None,
+                  student: Student | None = None, dist: Dist | None = None) -> Session:
+    """Load the models. In self mode the teacher samples from the student's base weights; in
+    teacher_student mode an existing (fixed) student can be passed in and is kept."""
+    teacher_cfg = teacher_cfg or cfg.teacher
+    vllm_teacher = cfg.sampling.backend == "vllm"
+    if cfg.mode == "self" or not vllm_teacher:
+        teacher_model, teacher_tok = load_model(teacher_cfg)
+    else:  # the vLLM engine holds the teacher: no transformers copy needed
+        teacher_model, teacher_tok = None, load_tokenizer(teacher_cfg)
+    teacher_chat = uses_chat_template(teacher_cfg, teacher_tok)
+    if cfg.mode == "self":
+        student = make_student(teacher_model, teacher_tok, cfg.inner, teacher_cfg, domain)
+    elif student is None:
+        student = load_student(cfg.inner, cfg.student, domain, dist)
+    if vllm_teacher:
+        teacher: Any = VLLMTeacher(resolve(teacher_cfg.name), teacher_tok, cfg.sampling, domain, teacher_chat)
+    else:
+        # in self mode the student's model is the teacher's: its LoRA slots are off outside Student calls
+        teacher = Teacher(student.model if cfg.mode == "self" else teacher_model, teacher_tok, cfg.sampling,
+                          domain, teacher_chat)
+    return Session(domain=domain, teacher=teacher, student=student, teacher_cfg=teacher_cfg)
 
 
-def read_update(path: Path) -> dict[str, Any]:
-    return json.loads((path / DONE_MARKER).read_text())
+def sample_round(cfg: SealConfig, session: Session, store: RunStore, instances: Sequence[Any], round_: int,
+                 dist: Dist) -> None:
+    """k self-edits for each of this rank's instances not yet sampled, appended as they are drawn (the
+    seed depends on the run seed, round and instance only, so a resumed run draws the same texts)."""
+    domain, mine = session.domain, dist.shard(instances)
+    have = {r.key for r in store.iter("self_edits", SelfEditRecord) if r.round == round_}
+    todo = [i for i in mine if not all((domain.instance_id(i), j) in have for j in range(cfg.sampling.k))]
+    with Phase(f"round {round_}: sampling {cfg.sampling.k} self-edits per instance", len(todo),
+               dist.is_main) as phase:
+        for instance in todo:
+            iid = domain.instance_id(instance)
+            samples = session.teacher.sample([instance], cfg.sampling.k, round_)[0]
+            for i, text in enumerate(samples.texts):
+                if (iid, i) not in have:  # appended before a kill; the same seed drew the same text
+                    store.append("self_edits", parse_record(domain, instance, text, i, round=round_,
+                                                            sample_seconds=samples.seconds / len(samples.texts)))
+            log.debug("round %d: sampled %s", round_, domain.describe(instance))
+            phase.update()
+
+
+def reward_round(cfg: SealConfig, session: Session, store: RunStore, instances: Sequence[Any], round_: int,
+                 dist: Dist | None = None) -> list[RewardRecord]:
+    """Sample, parse and reward k self-edits per instance; returns this round's records (old and new).
+
+    Phase 1: each instance gets its baseline and its k self-edits. Phase 2: every pending (self-edit,
+    seed) inner loop runs, `student.slots` at a time, each chunk's records appended as soon as it is
+    scored. Under N processes each rank does every N-th instance, then every N-th inner loop; the
+    barriers make every rank see the whole store before the next phase."""
+    dist = dist or Dist()
+    domain, student = session.domain, session.student
+    load_baselines(store, student)
+    record_baselines(store, student, dist.shard(instances))
+    sample_round(cfg, session, store, instances, round_, dist)
+    dist.barrier()
+    load_baselines(store, student)
+    edits = {r.key: r for r in store.iter("self_edits", SelfEditRecord) if r.round == round_}
+    done = {(r.instance, r.index, r.seed) for r in store.iter("records", RewardRecord) if r.round == round_}
+    jobs: list[Job] = []
+    for instance in instances:
+        iid = domain.instance_id(instance)
+        base = student.baselines[(student.base_fingerprint, iid)].value
+        for i in range(cfg.sampling.k):
+            edit = edits[(iid, i)]
+            if not edit.ok:
+                if (iid, i, None) not in done and dist.is_main:
+                    store.append("records", RewardRecord(round_, iid, i, None, "invalid", base, None, 0.0,
+                                                         reason=edit.reason))
+                continue
+            plan = domain.plan(instance, SelfEdit(text=edit.text, items=edit.items))
+            jobs += [Job(instance, plan, seed, key=(iid, i)) for seed in cfg.inner.seeds if (iid, i, seed) not in done]
+
+    def record(results: list[JobResult]) -> None:
+        for result in results:
+            store.append("records", reward_record(result, round_))
+
+    absorb_and_score(student, store, dist.shard(jobs), record, f"round {round_}: inner loops", dist.is_main)
+    dist.barrier()
+    return sorted((r for r in store.iter("records", RewardRecord) if r.round == round_),
+                  key=lambda r: (r.instance, r.index, -1 if r.seed is None else r.seed))
+
+
+def run_rounds(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence[Any],
+               tracker: Tracker | None = None, dist: Dist | None = None) -> list[RoundRecord]:
+    """ReST-EM: per round, reward k self-edits per instance, keep the best, SFT the teacher, continue
+    from the merged checkpoint. Finished rounds and finished teacher updates are read back, not redone.
+    Under N processes the inner loops are sharded and the teacher SFT runs data-parallel on all ranks."""
+    tracker, dist = tracker or Tracker.off(), dist or Dist()
+    finished = {r.round: r for r in store.iter("rounds", RoundRecord)}
+    student: Student | None = None
+    for round_ in range(cfg.outer.rounds):
+        if round_ in finished and is_complete(teacher_checkpoint(store, round_ + 1)):
+            continue
+        session = build_session(cfg, domain, teacher_config(cfg, store, round_), student, dist)
+        student = session.student if cfg.mode == "teacher_student" else None
+        records = reward_round(cfg, session, store, train, round_, dist)
+        if dist.is_main:
+            summary = format_table(summary_rows(domain, train, records))
+            store.write_text(f"summary_round{round_}.md", summary + "\n")
+            print(f"\nRound {round_}: baseline and reward per instance ({domain.name}, k={cfg.sampling.k}, "
+                  f"seeds={cfg.inner.seeds})\n{summary}\n", flush=True)
+        rewards = edit_rewards(records)
+        keep = select(rewards, {r.key for r in records if r.ok}, cfg.outer.filter, cfg.outer.top_fraction)
+        texts = {r.key: r.text for r in store.iter("self_edits", SelfEditRecord) if r.round == round_}
+        by_id = {domain.instance_id(i): i for i in train}
+        pairs = [(domain.teacher_prompt(by_id[iid]), texts[(iid, idx)]) for iid, idx in keep]
+        stats = round_stats(round_, list(rewards.values()), len(pairs))
+        target = teacher_checkpoint(store, round_ + 1)
+        chat, teacher_cfg = session.teacher.chat, session.teacher_cfg
+        del session  # free the round's models before the teacher update
+        if not is_complete(target):
+            if pairs:
+                log.info("round %d: teacher update on %d kept self-edits", round_, len(pairs))
+                learn(teacher_cfg, chat, pairs, cfg.outer, target, derive_seed(cfg.seed, "sft", round_),
+                      report_to=["wandb"] if tracker.enabled else [], is_main=dist.is_main)
+            elif dist.is_main:
+                log.warning("round %d: the filter %s kept no self-edits; the teacher is carried over unchanged",
+                            round_, cfg.outer.filter)
+                copy_checkpoint(teacher_cfg, target)
+        dist.barrier()
+        if finish_round(store, finished, stats, target, dist):
+            tracker.log_round(round_, stats, records,
+                              [e for e in store.iter("self_edits", SelfEditRecord) if e.round == round_])
+        log.info("round %d: mean reward %+.3f, %.0f%% positive, kept %d of %d self-edits", round_,
+                 stats.mean_reward, 100 * stats.fraction_positive, stats.kept, stats.self_edits)
+    return [finished[r] for r in sorted(finished)]
 
 
 def completion_logprob(model, tokenizer, prompt: str, completion: str) -> float:

@@ -17,6 +17,7 @@ from seal.shared.config import SamplingConfig
 from seal.shared.domain import Domain
 from seal.shared.models import format_prompt
 
+
 def derive_seed(*parts: Any) -> int:
     """A stable 31-bit seed from any printable parts (Python's hash() is salted per process)."""
     return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:4], "big") & 0x7FFFFFFF

@@ -13,16 +13,8 @@ from typing import Any, Sequence
 
 from seal.shared.config import SamplingConfig
 from seal.shared.domain import Domain
-from seal.shared.models import format_prompt
+from seal.shared.models import format_prompt, import_vllm
 from seal.teacher.sampling import Samples, derive_seed
-
-
-def import_vllm():
-    try:
-        import vllm
-    except ImportError as err:
-        raise ImportError("the vllm backend needs vLLM, which runs on CUDA GPUs: pip install -e '.[vllm]'") from err
-    return vllm
 
 
 class VLLMTeacher:

@@ -1,6 +1,13 @@
+import dataclasses
+import typing
+from pathlib import Path
+
 import pytest
 
-from seal.shared.config import ConfigError, SealConfig, parse_config, redacted, to_dict
+from seal.shared.config import ALGORITHM_KEYS, ConfigError, OuterConfig, SealConfig
+from seal.shared.config_parser import _optional_inner, field_docs, parse_config, redacted, to_dict
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def write(tmp_path, text):
@@ -87,9 +94,141 @@ def test_a_partitioned_student_is_only_a_fixed_one_scored_by_transformers():
     assert cfg.inner.deepspeed is True
 
 
-def test_repo_recipes_parse():
-    from pathlib import Path
+RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.yaml")
+                 if not {"accelerate", "sweeps"} & set(p.relative_to(REPO / "recipes").parts))
 
-    for path in sorted(Path(__file__).resolve().parents[1].glob("recipes/knowledge/*.yaml")):
-        cfg = parse_config(["--config", str(path)])
-        assert to_dict(cfg)["domain"]["name"] == "knowledge", path
+
+def test_recipe_list_covers_both_domains():
+    folders = {p.parent.name for p in RECIPES}
+    assert {"knowledge", "arc"} <= folders, RECIPES
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[str(p.relative_to(REPO / "recipes")) for p in RECIPES])
+def test_repo_recipes_parse(path):
+    cfg = parse_config(["--config", str(path)])
+    folder = path.parent.name
+    if folder in ("knowledge", "arc"):
+        assert to_dict(cfg)["domain"]["name"] == folder, path
+
+
+def leaf_keys(cls, prefix=""):
+    """Every dotted key of a config dataclass, nested dataclasses (optional or not) expanded."""
+    hints = typing.get_type_hints(cls)
+    keys = []
+    for f in dataclasses.fields(cls):
+        inner, _ = _optional_inner(hints[f.name])
+        if isinstance(inner, type) and dataclasses.is_dataclass(inner):
+            keys += leaf_keys(inner, f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def help_output(capsys, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(argv)
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+def entry(text, key):
+    """The help's line for `key` and the docstring lines under it."""
+    lines = text.splitlines()
+    i = next(i for i, line in enumerate(lines) if line.strip().startswith(f"{key}: "))
+    indent = len(lines[i]) - len(lines[i].lstrip())
+    doc = []
+    for line in lines[i + 1:]:
+        if len(line) - len(line.lstrip()) <= indent:
+            break
+        doc.append(line.strip())
+    return lines[i].strip(), " ".join(doc)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["-h"], ["--config", "missing.yaml", "--inner.lr", "1", "--help"]])
+def test_help_exits_zero_and_lists_every_key(capsys, argv):
+    text = help_output(capsys, argv)
+    assert text.startswith("usage: python recipes/seal.py --config FILE.yaml [--section.key VALUE ...]")
+    assert "--inner.lr=3e-4" in text and "YAML" in text
+    keys = leaf_keys(SealConfig)
+    assert len(keys) > 60 and "student.name" in keys and "wandb.project" in keys
+    listed = {line.strip().split(":")[0] for line in text.splitlines() if ": " in line}
+    assert [k for k in keys if k not in listed] == []
+    assert max(len(line) for line in text.splitlines()) <= 100
+
+
+def test_help_shows_types_defaults_and_docstrings(capsys):
+    text = help_output(capsys, ["--help"])
+    assert entry(text, "inner.lr")[0] == "inner.lr: float = 0.001"
+    head, doc = entry(text, "inner.max_length")
+    assert head == "inner.max_length: int = 512" and "truncated to this many tokens" in doc
+    head, doc = entry(text, "eval.temperature")
+    assert head == "eval.temperature: float | None = null" and "None: sampling.temperature" in doc
+    assert entry(text, "inner.seeds")[0] == "inner.seeds: list[int] = [0, 1, 2]"
+    assert entry(text, "sampling.vllm")[0] == "sampling.vllm: dict = {}"
+    head, doc = entry(text, "outer.filter")
+    assert head == "outer.filter: str = best_of_k" and doc.startswith("ReST-EM only.")
+    assert entry(text, "outer.grpo_beta")[1].startswith("GRPO only.")
+    head, doc = entry(text, "student.name")
+    assert head == "student.name: str = embedded" and "Hugging Face name" in doc
+    assert "student: optional section (default: null" in text
+    # The domain is a free mapping; the built-in domains' options are listed under it.
+    assert entry(text, "domain")[0] == "domain: dict = {name: knowledge}"
+    assert "Options of domain.name: knowledge" in text and "Options of domain.name: arc" in text
+    assert entry(text, "domain.format")[0] == "domain.format: str = implications"
+    assert entry(text, "domain.judge.url")[0] == "domain.judge.url: str | None = null"
+    assert entry(text, "domain.max_grid_size")[0].startswith("domain.max_grid_size: int = ")
+
+
+def test_every_config_field_has_a_docstring():
+    def walk(cls):
+        hints, docs = typing.get_type_hints(cls), field_docs(cls)
+        missing = [f"{cls.__name__}.{f.name}" for f in dataclasses.fields(cls) if not docs.get(f.name)]
+        for f in dataclasses.fields(cls):
+            inner, _ = _optional_inner(hints[f.name])
+            if isinstance(inner, type) and dataclasses.is_dataclass(inner):
+                missing += walk(inner)
+        return missing
+
+    assert sorted(set(walk(SealConfig))) == []
+
+
+def test_algorithm_specific_keys_are_refused_for_the_other_algorithm(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        parse_config(["--outer.algorithm", "grpo", "--outer.filter", "all_positive"])
+    assert str(err.value) == "outer.filter applies to outer.algorithm rest_em only; remove it (outer.algorithm is grpo)"
+    with pytest.raises(ConfigError, match=r"^outer.grpo_steps, outer.grpo_beta apply to outer.algorithm grpo only; "
+                                          r"remove them \(outer.algorithm is rest_em\)$"):
+        parse_config(["--outer.grpo_steps", "3", "--outer.grpo_beta", "0.1"])
+    # Keys in the YAML count as given, whichever side names the algorithm.
+    path = write(tmp_path, "outer:\n  algorithm: grpo\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match="outer.epochs applies to outer.algorithm rest_em only"):
+        parse_config(["--config", path])
+    path = write(tmp_path, "outer:\n  epochs: 3\n  lr_scheduler: cosine\n")
+    with pytest.raises(ConfigError, match="outer.epochs, outer.lr_scheduler apply to outer.algorithm rest_em only"):
+        parse_config(["--config", path, "--outer.algorithm", "grpo"])
+    for algorithm, keys in ALGORITHM_KEYS.items():
+        other = next(a for a in ALGORITHM_KEYS if a != algorithm)
+        for key in keys:
+            value = getattr(OuterConfig(), key)
+            with pytest.raises(ConfigError, match=f"outer.{key} applies to outer.algorithm {algorithm} only"):
+                parse_config(["--outer.algorithm", other, f"--outer.{key}={value}"])
+            cfg = parse_config(["--outer.algorithm", algorithm, f"--outer.{key}={value}"])
+            assert cfg.outer.algorithm == algorithm
+
+
+def test_algorithm_key_groups_match_the_schema():
+    names = {f.name for f in dataclasses.fields(OuterConfig)}
+    assert set(ALGORITHM_KEYS) == {"rest_em", "grpo"}
+    assert set(ALGORITHM_KEYS["rest_em"]) == {"filter", "top_fraction", "epochs", "batch_size", "grad_accum",
+                                              "max_length", "lr_scheduler"}
+    assert set(ALGORITHM_KEYS["grpo"]) == {"grpo_steps", "grpo_prompts_per_step", "grpo_beta"}
+    assert set(ALGORITHM_KEYS["rest_em"]) | set(ALGORITHM_KEYS["grpo"]) <= names
+
+
+def test_defaults_never_count_as_given():
+    # Every key keeps its default here, algorithm-specific ones included, for either algorithm.
+    assert parse_config([]).outer.algorithm == "rest_em"
+    cfg = parse_config(["--outer.algorithm", "grpo", "--outer.lr", "1e-4", "--outer.rounds", "2"])
+    assert cfg.outer.algorithm == "grpo" and cfg.outer.filter == "best_of_k" and cfg.outer.epochs == 2.0
+    cfg = parse_config(["--outer.algorithm", "rest_em", "--outer.lora_r", "8"])
+    assert cfg.outer.grpo_steps == 4

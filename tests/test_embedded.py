@@ -24,7 +24,8 @@ def test_embedded_model_loads_from_the_cached_conversion(embedded_available):
 def test_the_demo_recipe_runs_a_round_on_the_embedded_model(embedded_available, tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "recipes" / "seal.py"), "--config", str(REPO / "recipes/knowledge/smollm2-135m.yaml"),
+        [sys.executable, str(REPO / "recipes" / "seal.py"),
+         "--config", str(REPO / "recipes/knowledge/smollm2-135m.yaml"),
          "--output_dir", str(out), "--data.train_split", "train[:1]", "--sampling.k", "1",
          "--sampling.max_new_tokens", "64", "--inner.epochs", "2", "--outer.rounds", "1", "--outer.epochs", "1",
          "--data.eval_split", "heldout[:1]", "--eval.conditions", "[no_update, context_only]", "--eval.cpt", "false"],

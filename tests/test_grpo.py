@@ -6,14 +6,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from seal.shared.config import InnerConfig, ModelConfig, parse_config, to_dict
-from seal.shared.domain import make_domain
+from seal.shared.config import InnerConfig, ModelConfig
+from seal.shared.config_parser import parse_config, to_dict
+from seal.shared.domain import Score, SelfEdit, SelfEditError, make_domain
 from seal.shared.knowledge import KnowledgeDomain
 from seal.shared.models import load_model
 from seal.shared.store import RunStore
-from seal.student import Student
+from seal.student import Job, Student
 from seal.teacher import StudentReward, run_grpo
-from seal.shared.domain import Score, SelfEdit, SelfEditError
 from tests.conftest import REPO
 
 
@@ -46,7 +46,7 @@ def test_reward_is_one_gain_per_completion_and_invalid_text_scores_zero(tiny_mod
     out = reward(prompts=["p"] * 3, completions=completions, instance_id=ids)
     assert len(out) == 3 and out[1] == 0.0
     p = domain.plan(insts[0], domain.parse(insts[0], completions[0][0]["content"]))
-    expected = sum(o.reward for o in student.evaluate_plan(insts[0], p, [0, 1])) / 2
+    expected = sum(r.reward for r in student.run([Job(insts[0], p, seed) for seed in (0, 1)])) / 2
     assert out[0] == pytest.approx(expected)
     with pytest.raises(ValueError, match="instance ids"):
         reward(prompts=["p"], completions=["a", "b"], instance_id=[insts[0].id])
@@ -71,12 +71,12 @@ def test_grpo_steps_reach_the_trainer_and_move_the_teacher(tiny_model_dir, tiny_
     per_call = {}
     for r in rows:
         per_call.setdefault(r["call"], []).append(r["reward"])
-    assert len(per_call) == stats["steps"] == 3
+    assert len(per_call) == stats.steps == 3
     assert len({r["reward"] for r in rows}) > 1  # the group rewards differ: GRPO has advantages to follow
     assert all(len(v) == cfg.sampling.k * cfg.outer.grpo_prompts_per_step for v in per_call.values())
     # what TRL logged as the reward is what our inner loop computed
     ours = [sum(v) / len(v) for _, v in sorted(per_call.items())]
-    assert stats["logged_rewards"] == pytest.approx(ours, abs=1e-6)
+    assert stats.logged_rewards == pytest.approx(ours, abs=1e-6)
     before = load_file(str(tiny_model_dir / "model.safetensors"))
     after = load_file(str(tmp_path / "run" / "teachers" / "round1" / "model.safetensors"))
     assert any(not torch.equal(before[k], after[k]) for k in before)

@@ -66,8 +66,8 @@ def test_killed_mid_round_and_mid_update_resumes_to_the_same_results(tiny_model_
     partial = table(out, "records")
     assert 3 <= len(partial) < len(table(ref, "records"))
     teachers = out / "teachers"
-    kill_when(cmd, tmp_path, lambda: teachers.exists() and any(p.name.startswith(".round1") for p in teachers.iterdir()),
-              "the teacher update of round 0")
+    updating = lambda: teachers.exists() and any(p.name.startswith(".round1") for p in teachers.iterdir())  # noqa: E731
+    kill_when(cmd, tmp_path, updating, "the teacher update of round 0")
     assert not (teachers / "round1" / "seal_teacher_update.json").exists()  # killed mid-update
     assert table(out, "records")[: len(partial)] == partial  # nothing computed before was lost
     run(cmd, tmp_path)

@@ -20,7 +20,8 @@ def run(args, tmp_path, check=True):
 def tiny_args(model_dir, out, *extra):
     return ["--config", str(REPO / "recipes/knowledge/smollm2-135m.yaml"), "--teacher.name", str(model_dir),
             "--output_dir", str(out), "--threads", "1", "--data.train_split", "train[:2]",
-            "--sampling.max_new_tokens", "24", "--inner.epochs", "2", "--inner.seeds", "[0, 1]", "--eval.enabled", "false",
+            "--sampling.max_new_tokens", "24", "--inner.epochs", "2", "--inner.seeds", "[0, 1]",
+            "--eval.enabled", "false",
             *extra]
 
 

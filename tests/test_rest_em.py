@@ -4,7 +4,7 @@ import torch
 from seal.shared.config import ModelConfig, OuterConfig
 from seal.shared.models import load_model
 from seal.teacher import completion_logprob, learn, select
-from seal.teacher.rest_em import is_complete, read_update
+from seal.teacher.checkpoints import is_complete, read_update
 
 REWARDS = {("a", 0): 0.2, ("a", 1): 0.5, ("a", 2): -0.1,
            ("b", 0): -0.3, ("b", 1): -0.2,

@@ -164,15 +164,15 @@ def test_baseline_is_cached_and_ignores_the_adapter(tiny_model_dir):
     assert [d["prediction"] for d in adapted.details] != [d["prediction"] for d in first.details]
 
 
-def test_evaluate_plan_rewards_are_gains_over_the_baseline(tiny_model_dir):
+def test_job_rewards_are_gains_over_the_baseline(tiny_model_dir):
     student = make_student(tiny_model_dir)
     inst = KnowledgeDomain().load("builtin", "train[:1]")[0]
-    outcomes = student.evaluate_plan(inst, plan(), seeds=[0, 1])
+    results = student.run([Job(inst, plan(), seed) for seed in (0, 1)])
     base = student.baseline(inst).value
-    assert [o.seed for o in outcomes] == [0, 1]
-    for o in outcomes:
-        assert o.reward == pytest.approx(o.score - base)
-        assert len(o.details) == len(inst.questions)
+    assert [r.job.seed for r in results] == [0, 1]
+    for r in results:
+        assert r.baseline == base and r.reward == pytest.approx(r.score.value - base)
+        assert len(r.score.details) == len(inst.questions)
 
 
 def test_a_diverging_job_fails_alone(tiny_model_dir):

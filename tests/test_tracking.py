@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from seal.shared.config import parse_config
+from seal.shared.config_parser import parse_config
 from tests.conftest import REPO
 from tests.wandb_log import history_and_config
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from seal.shared.config import InnerConfig, ModelConfig, SamplingConfig, parse_config
+from seal.shared.config import InnerConfig, ModelConfig, SamplingConfig
+from seal.shared.config_parser import parse_config
 from seal.shared.knowledge import KnowledgeDomain
 from seal.shared.models import load_model
 from seal.student import Student
@@ -65,7 +66,7 @@ def test_vllm_teacher_samples_k_seeded_self_edits_per_instance(fake_vllm, tiny_m
 
 
 def test_choosing_vllm_without_vllm_is_a_clear_error(tiny_model_dir, monkeypatch, tmp_path):
-    from seal.teacher.outer import build_session
+    from seal.teacher.rest_em import build_session
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError, installed or not
     cfg = parse_config(["--teacher.name", str(tiny_model_dir), "--sampling.backend", "vllm"])

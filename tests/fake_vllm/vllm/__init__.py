@@ -53,7 +53,6 @@ class LLM:
             raise ValueError("LoRA request but the engine was built without enable_lora")
         if request.lora_int_id not in self.adapters:
             from peft import PeftModel
-
             from transformers import AutoModelForCausalLM
 
             base = AutoModelForCausalLM.from_pretrained(self.path)
@@ -64,10 +63,12 @@ class LLM:
         return self.adapters[request.lora_int_id]
 
     @torch.no_grad()
-    def generate(self, prompts: str | Sequence[str], sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+    def generate(self, prompts: str | Sequence[str],
+                 sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
                  *, use_tqdm: bool = True, lora_request=None) -> list[RequestOutput]:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        params = sampling_params if isinstance(sampling_params, (list, tuple)) else [sampling_params or SamplingParams()] * len(prompts)
+        params = (sampling_params if isinstance(sampling_params, (list, tuple))
+                  else [sampling_params or SamplingParams()] * len(prompts))
         loras = lora_request if isinstance(lora_request, (list, tuple)) else [lora_request] * len(prompts)
         assert len(params) == len(prompts) == len(loras)
         CALLS.append({"generate": len(prompts), "loras": [r.lora_int_id if r else None for r in loras]})

@@ -1,0 +1,115 @@
+"""What every recipe does before and after its work: read the config, open the run directory, and turn
+expected failures into one `error: ...` line with exit status 2.
+
+    with start(argv) as run:        # parse + check the config, domain, processes, run store, tracking
+        ...                         # run.cfg, run.domain, run.dist, run.store, run.tracker
+
+Everything that can be checked without a model is checked here, before any model loads: the config
+(unknown keys, types, choices, `outer.trl_args` against TRL's config), the domain's options, the data
+split, the run directory's config. Ctrl-C and SIGTERM stop the run with one line saying that the same
+command resumes it (finished work is in the run store).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from seal.shared.config import ConfigError, SealConfig
+from seal.shared.config_parser import parse_config, to_dict
+from seal.shared.dist import Dist, init_dist
+from seal.shared.domain import DataError, Domain, make_domain
+from seal.shared.judge import JudgeError
+from seal.shared.models import ModelLoadError
+from seal.shared.store import RunDirError, RunStore
+from seal.shared.tracking import Tracker
+
+log = logging.getLogger("seal")
+
+EXPECTED = (ConfigError, DataError, RunDirError, ModelLoadError, JudgeError, FileNotFoundError)
+"""Failures a user can act on from the message alone: printed as one line, exit status 2. (Other
+exceptions are bugs and keep their traceback.)"""
+
+
+class Stopped(Exception):
+    """Ctrl-C or SIGTERM: the run stops where it is; the run store keeps what finished."""
+
+
+@dataclass
+class Run:
+    cfg: SealConfig
+    domain: Domain
+    dist: Dist
+    store: RunStore
+    tracker: Tracker
+    exit_code: int = 0
+
+
+def quiet_libraries(offline: bool) -> None:
+    """Third-party noise a user cannot act on, silenced narrowly: hub telemetry when offline, and
+    transformers' per-call notices at warning level (its real warnings stay)."""
+    if offline:
+        os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # its fork warning: we never fork tokenizers
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    # raised once per process by torch's checkpoint under TRL's gradient checkpointing on CPU; harmless
+    warnings.filterwarnings("ignore", message=r".*torch.utils.checkpoint: the use_reentrant parameter.*")
+
+
+@contextlib.contextmanager
+def start(argv: list[str], what: str = "run") -> Iterator[Run]:
+    """The recipe's body runs inside; expected errors and stops end it with a message and `run.exit_code`."""
+    from seal.teacher.trl_args import check_trl_args
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    run: Run | None = None
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        try:
+            cfg = parse_config(argv)
+        except ValueError as err:  # a config or YAML value the parser could not use
+            raise ConfigError(str(err)) from err
+        check_trl_args(cfg)
+        domain = make_domain(cfg.domain)
+        dist = init_dist(cpu=cfg.teacher.device == "cpu")
+        logging.getLogger().setLevel(cfg.log_level.upper() if dist.is_main else "WARNING")
+        quiet_libraries(offline=os.environ.get("HF_HUB_OFFLINE") == "1" or cfg.teacher.name == "embedded")
+        if cfg.threads:
+            import torch
+
+            torch.set_num_threads(cfg.threads)
+        store = RunStore(cfg.output_dir, to_dict(cfg), rank=dist.rank)
+        tracker = Tracker(cfg.report_to == "wandb", store.path, to_dict(cfg), cfg.wandb, dist.is_main)
+        run = Run(cfg, domain, dist, store, tracker)
+        yield run
+    except EXPECTED as err:
+        print(f"error: {err}", file=sys.stderr)
+        _set_exit(run, 2)
+    except (KeyboardInterrupt, Stopped):
+        where = f" in {run.store.path}" if run is not None else ""
+        print(f"\nstopped: finished work is kept{where}; run the same command to resume the {what}.",
+              file=sys.stderr)
+        _set_exit(run, 130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if run is not None:
+            run.tracker.finish()
+
+
+def _set_exit(run: Run | None, code: int) -> None:
+    if run is None:
+        raise SystemExit(code)
+    run.exit_code = code
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise Stopped()

@@ -1,0 +1,184 @@
+"""The rows of a run directory's tables, typed: what one phase hands the next, and what JSONL holds.
+
+Each record class names its fields once and converts to and from the JSON object of one table line
+(`to_json`/`from_json`); the run store writes and reads them (`RunStore.append`, `RunStore.iter(table,
+cls)`), and so do tracking and the report. Field names are the JSON keys, so run directories written
+before these classes existed read back unchanged. Optional context fields that are None (a training
+round's `round`, an evaluation's `condition`) are left out of the JSON.
+
+Two contracts with domains follow from this: `SelfEdit.items` is stored as JSON, so a domain's parsed
+items must survive `json.dumps` (lists, dicts, strings, numbers); and every row of `Score.details`
+carries the student's raw answer under `prediction`, which the reward records keep as `answers`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+
+class Record:
+    """JSON conversion for the record dataclasses below."""
+
+    OPTIONAL: tuple[str, ...] = ()
+    """Fields left out of the JSON when None."""
+
+    def to_json(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        return {k: v for k, v in out.items() if not (k in self.OPTIONAL and v is None)}
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in row.items() if k in names})
+
+
+@dataclass
+class SelfEditRecord(Record):
+    """A sampled self-edit (`self_edits`, `eval_self_edits`): its text and how it parsed."""
+
+    instance: str
+    index: int
+    text: str
+    status: str
+    """ok | invalid"""
+    reason: str | None = None
+    """Why an invalid self-edit could not be used."""
+    items: list[Any] = field(default_factory=list)
+    """The parsed content (must survive JSON)."""
+    round: int | None = None
+    """The training round that sampled it (self_edits)."""
+    condition: str | None = None
+    """The evaluation condition that sampled it (eval_self_edits)."""
+    sample_seconds: float | None = None
+
+    OPTIONAL = ("round", "condition", "sample_seconds")
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.instance, self.index
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass
+class RewardRecord(Record):
+    """One inner loop of a training round (`records`): a (self-edit, seed) absorbed and scored.
+
+    An unusable self-edit gets one record with `seed` None, status `invalid` and reward 0; an inner
+    loop that failed (a non-finite loss) has status `failed` and reward 0."""
+
+    round: int
+    instance: str
+    index: int
+    seed: int | None
+    status: str
+    """ok | invalid | failed"""
+    baseline: float | None
+    score: float | None
+    reward: float
+    """score − baseline (0 unless ok)."""
+    reason: str | None = None
+    train: dict[str, Any] | None = None
+    """steps, tokens, first_loss, last_loss of the inner loop."""
+    seconds: dict[str, float] | None = None
+    """absorb, score (wall time per adapter)."""
+    answers: list[str] | None = None
+    """The student's raw answers to the instance's queries after the update."""
+
+    OPTIONAL = ("train", "seconds", "answers")
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.instance, self.index
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass
+class EvalRecord(Record):
+    """One held-out cell (`eval_records`): a condition's score on an instance for one self-edit and seed."""
+
+    condition: str
+    setting: str
+    """single (one adapter per instance) | cpt (one adapter for all held-out instances)"""
+    instance: str
+    index: int | None
+    seed: int | None
+    score: float | None
+    status: str
+    """ok | invalid (scored as the no-update baseline) | failed (scored 0)"""
+    reason: str | None = None
+
+    OPTIONAL = ("reason",)
+
+    @property
+    def key(self) -> tuple[str, str, str, int | None, int | None]:
+        return self.condition, self.setting, self.instance, self.index, self.seed
+
+
+@dataclass
+class BaselineRecord(Record):
+    """A student's no-update score on an instance (`baselines`), keyed by the student's weights."""
+
+    student: str
+    """The fingerprint of the student's base weights."""
+    instance: str
+    score: float
+    details: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class RoundRecord(Record):
+    """One finished outer-loop round (`rounds`)."""
+
+    round: int
+    mean_reward: float | None
+    """Mean over self-edits of the seed-averaged reward."""
+    fraction_positive: float | None
+    self_edits: int
+    kept: int
+    """Self-edits the teacher was trained on (GRPO: every scored completion)."""
+    sft_steps: int = 0
+    sft_first_loss: float | None = None
+    sft_last_loss: float | None = None
+    algorithm: str | None = None
+    """grpo for GRPO rounds; absent for ReST-EM rounds."""
+    steps: int | None = None
+    """GRPO optimizer steps."""
+    logged_rewards: list[float] | None = None
+    """GRPO: the mean reward TRL logged at each step."""
+
+    OPTIONAL = ("algorithm", "steps", "logged_rewards")
+
+
+@dataclass
+class GrpoRewardRecord(Record):
+    """One completion scored by GRPO's reward function (`grpo_rewards`)."""
+
+    round: int
+    attempt: str
+    """Tells this process's records from those of a killed earlier attempt at the round."""
+    call: int
+    instance: str
+    text: str
+    reward: float
+    reason: str | None = None
+
+
+def mean_or_nan(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def edit_rewards(records: Sequence[RewardRecord]) -> dict[tuple[str, int], float]:
+    """Mean reward over seeds for each (instance, self-edit index); invalid and failed ones count as 0."""
+    sums: dict[tuple[str, int], list[float]] = {}
+    for r in records:
+        sums.setdefault(r.key, []).append(r.reward if r.reward is not None else 0.0)
+    return {k: sum(v) / len(v) for k, v in sums.items()}

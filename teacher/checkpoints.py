@@ -1,0 +1,143 @@
+"""Where each round's teacher lives, and how a teacher update is published there atomically.
+
+Round r's teacher is the configured model for r = 0 and `RUN/teachers/round{r}/` after that: a full,
+merged checkpoint that loads like any model. An update trains in a scratch folder beside its target,
+writes the completion marker last and renames into place, so a killed update leaves no checkpoint that
+looks finished (`is_complete`), and a restarted run redoes only what is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from seal.shared.config import ModelConfig, OuterConfig, SealConfig
+from seal.shared.models import load_model
+from seal.shared.store import RunStore
+
+DONE_MARKER = "seal_teacher_update.json"
+
+
+def teacher_checkpoint(store: RunStore, round_: int) -> Path:
+    return store.path / "teachers" / f"round{round_}"
+
+
+def teacher_config(cfg: SealConfig, store: RunStore, round_: int) -> ModelConfig:
+    """The teacher of round r: the configured model for r=0, else the checkpoint written by round r-1."""
+    if round_ == 0:
+        return cfg.teacher
+    return dataclasses.replace(cfg.teacher, name=str(teacher_checkpoint(store, round_)))
+
+
+def write_update_marker(model_dir: Path, examples: int, losses: list[float]) -> None:
+    """Written last, inside the staging folder: a checkpoint without it is incomplete."""
+    (model_dir / DONE_MARKER).write_text(json.dumps({"examples": examples, "losses": losses}))
+
+
+def is_complete(path: Path) -> bool:
+    return (path / DONE_MARKER).is_file()
+
+
+def read_update(path: Path) -> dict[str, Any]:
+    return json.loads((path / DONE_MARKER).read_text())
+
+
+def teacher_peft_config(outer: OuterConfig):
+    """LoRA for the teacher update (None: full finetuning)."""
+    from peft import LoraConfig
+
+    if not outer.lora:
+        return None
+    targets: Any = outer.target_modules
+    return LoraConfig(r=outer.lora_r, lora_alpha=outer.lora_alpha, lora_dropout=outer.lora_dropout,
+                      target_modules="all-linear" if targets == ["all-linear"] else targets, task_type="CAUSAL_LM")
+
+
+@contextlib.contextmanager
+def staging_area(target: Path, is_main: bool = True) -> Iterator[Path]:
+    """A scratch folder beside `target` on the main process (stale ones from killed updates are removed
+    first); a private temporary folder on the other ranks, which never publish."""
+    if is_main:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for stale in target.parent.glob(f".{target.name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    else:
+        scratch = Path(tempfile.mkdtemp(prefix="seal-rank-"))
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def publish(trainer, tokenizer, teacher: ModelConfig, lora: bool, scratch: Path, target: Path, examples: int,
+            losses: list[float]) -> None:
+    """Save through the trainer — every rank calls it, so ZeRO-3 gathers its partitioned weights — then,
+    on the main process, merge a LoRA adapter into a fresh copy of the base weights (merging the trained
+    model in place is wrong under ZeRO-3, whose local tensors are empty shards), write the completion
+    marker and rename into place."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    saved = scratch / ("adapter" if lora else "model")
+    trainer.save_model(str(saved))
+    if trainer.accelerator.is_main_process:
+        if lora:
+            weights = load_file(str(saved / "adapter_model.safetensors"))
+            if not weights or not all(t.numel() for t in weights.values()):
+                raise RuntimeError(f"the saved teacher adapter in {saved} is empty: the trainer did not gather "
+                                   "its weights (DeepSpeed ZeRO-3 needs the trainer's own save_model)")
+            base = _load_unpartitioned(teacher, trainer)
+            merged = PeftModel.from_pretrained(base, saved).merge_and_unload()
+            staging = scratch / "model"
+            merged.save_pretrained(staging, safe_serialization=True)
+        else:
+            staging = saved
+        tokenizer.save_pretrained(staging)
+        write_update_marker(staging, examples=examples, losses=losses)
+        if target.exists():  # an incomplete copy from a killed run
+            shutil.rmtree(target)
+        staging.rename(target)
+    trainer.accelerator.wait_for_everyone()
+
+
+def _load_unpartitioned(teacher: ModelConfig, trainer):
+    """The base weights as a plain CPU model. Under ZeRO-3, transformers would build it inside
+    `deepspeed.zero.Init`, whose collectives need every rank — while only the main process merges (a
+    deadlock seen on gloo): switch the global ZeRO-3 config off for this load and back on after it."""
+    from transformers.integrations.deepspeed import (
+        is_deepspeed_zero3_enabled,
+        set_hf_deepspeed_config,
+        unset_hf_deepspeed_config,
+    )
+
+    zero3 = is_deepspeed_zero3_enabled()
+    if zero3:
+        unset_hf_deepspeed_config()
+    try:
+        model, _ = load_model(dataclasses.replace(teacher, device="cpu"))
+    finally:
+        if zero3 and getattr(trainer.args, "hf_deepspeed_config", None) is not None:
+            set_hf_deepspeed_config(trainer.args.hf_deepspeed_config)
+    return model
+
+
+def copy_checkpoint(teacher_cfg: ModelConfig, target: Path) -> None:
+    """Write the unchanged teacher as the next round's checkpoint (so every round has one to load)."""
+    model, tokenizer = load_model(teacher_cfg)
+    staging = target.with_name(f".{target.name}-copy")
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    write_update_marker(staging, examples=0, losses=[])
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)

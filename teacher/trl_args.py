@@ -1,0 +1,62 @@
+"""`outer.trl_args`: extra arguments for TRL's trainer config (`SFTConfig` for ReST-EM, `GRPOConfig` for GRPO).
+
+They are checked when the run starts (`check_trl_args`), before any model loads: a name the trainer
+config does not have is an error that suggests the nearest ones, and a name SEAL derives from its own
+config (the learning rate, the seed, the output folder, ...) is refused with the SEAL key to set
+instead, so one value never has two sources. Everything else (`gradient_checkpointing`, `packing`,
+`use_vllm`, `loss_type`, ...) reaches the trainer config as given, and TRL validates its value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any
+
+from seal.shared.config import ConfigError, OuterConfig, SealConfig
+
+# TRL argument -> the SEAL key it is derived from (None: SEAL's own plumbing, not a user setting)
+_DERIVED_COMMON = {"learning_rate": "outer.lr", "seed": "seed", "output_dir": None, "report_to": "report_to",
+                   "save_strategy": None, "logging_steps": None, "disable_tqdm": None, "use_cpu": "teacher.device"}
+DERIVED = {
+    "sft": {**_DERIVED_COMMON, "num_train_epochs": "outer.epochs", "per_device_train_batch_size": "outer.batch_size",
+            "gradient_accumulation_steps": "outer.grad_accum", "lr_scheduler_type": "outer.lr_scheduler",
+            "max_length": "outer.max_length", "data_seed": "seed", "completion_only_loss": None},
+    "grpo": {**_DERIVED_COMMON, "num_generations": "sampling.k", "per_device_train_batch_size":
+             "outer.grpo_prompts_per_step", "max_steps": "outer.grpo_steps", "beta": "outer.grpo_beta",
+             "max_completion_length": "sampling.max_new_tokens", "temperature": "sampling.temperature",
+             "top_p": "sampling.top_p"},
+}
+
+
+def trainer_config_class(kind: str):
+    if kind == "sft":
+        from trl import SFTConfig
+
+        return SFTConfig
+    from trl import GRPOConfig
+
+    return GRPOConfig
+
+
+def check_trl_args(cfg: SealConfig) -> None:
+    """Refuse `outer.trl_args` that the chosen algorithm's TRL config would reject or that SEAL sets."""
+    if not cfg.outer.trl_args:
+        return
+    kind = "grpo" if cfg.outer.algorithm == "grpo" else "sft"
+    cls = trainer_config_class(kind)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    for key in cfg.outer.trl_args:
+        if key in DERIVED[kind]:
+            seal_key = DERIVED[kind][key]
+            hint = f"set {seal_key} instead" if seal_key else "SEAL sets it"
+            raise ConfigError(f"outer.trl_args.{key}: {cls.__name__}.{key} is derived from the SEAL config ({hint})")
+        if key not in names:
+            close = difflib.get_close_matches(key, sorted(names), n=3)
+            raise ConfigError(f"outer.trl_args.{key}: {cls.__name__} has no argument {key!r}"
+                              + (f" (did you mean {', '.join(close)}?)" if close else ""))
+
+
+def trainer_kwargs(kind: str, outer: OuterConfig, derived: dict[str, Any]) -> dict[str, Any]:
+    """SEAL's arguments for the trainer config, plus `outer.trl_args` (checked at start-up)."""
+    return {**derived, **outer.trl_args}
