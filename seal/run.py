@@ -57,12 +57,16 @@ def quiet_libraries(offline: bool) -> None:
     if offline:
         os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # its fork warning: we never fork tokenizers
+    import torch
     import transformers
+
+    if not torch.cuda.is_available():  # DeepSpeed (imported by TRL and accelerate) warns while guessing otherwise
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    # raised once per process by torch's checkpoint under TRL's gradient checkpointing on CPU; harmless
-    warnings.filterwarnings("ignore", message=r".*torch.utils.checkpoint: the use_reentrant parameter.*")
+    # TRL (trl/models/utils.py) reads transformers' deprecated `is_gradient_checkpointing` alias itself
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 @contextlib.contextmanager
@@ -73,6 +77,7 @@ def start(argv: list[str], what: str = "run") -> Iterator[Run]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     run: Run | None = None
     previous = signal.signal(signal.SIGTERM, _stop)
+    quiet_libraries(offline=os.environ.get("HF_HUB_OFFLINE") == "1")
     try:
         try:
             cfg = parse_config(argv)
@@ -80,9 +85,11 @@ def start(argv: list[str], what: str = "run") -> Iterator[Run]:
             raise ConfigError(str(err)) from err
         check_trl_args(cfg)
         domain = make_domain(cfg.domain)
+        domain.preflight()
         dist = init_dist(cpu=cfg.teacher.device == "cpu")
         logging.getLogger().setLevel(cfg.log_level.upper() if dist.is_main else "WARNING")
-        quiet_libraries(offline=os.environ.get("HF_HUB_OFFLINE") == "1" or cfg.teacher.name == "embedded")
+        if cfg.teacher.name == "embedded" and (cfg.student is None or cfg.student.name == "embedded"):
+            os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # nothing of this run comes from the hub
         if cfg.threads:
             import torch
 

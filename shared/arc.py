@@ -99,17 +99,40 @@ class ArcOptions:
             raise ValueError(f"domain.views must be in 1..{len(GEOMETRIC)}")
 
 
+def _grid(value: Any, where: str) -> np.ndarray:
+    """A grid as ARC defines it: a non-empty rectangular list of rows of colours 0-9, at most 30x30."""
+    if (not isinstance(value, list) or not value or not all(isinstance(r, list) and r for r in value)
+            or len({len(r) for r in value}) != 1
+            or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 9 for r in value for c in r)):
+        raise DataError(f"{where}: not a grid (a rectangular list of rows of colours 0-9): {str(value)[:80]}")
+    grid = np.array(value, dtype=np.int64)
+    if max(grid.shape) > MAX_SIDE:
+        raise DataError(f"{where}: a {grid.shape[0]}x{grid.shape[1]} grid exceeds ARC's {MAX_SIDE}x{MAX_SIDE}")
+    return grid
+
+
 def _task(tid: str, data: dict[str, Any], solutions: list | None = None) -> ArcTask:
     try:
-        train = [(np.array(p["input"]), np.array(p["output"])) for p in data["train"]]
+        train = [(_grid(p["input"], f"ARC task {tid} train {i} input"),
+                  _grid(p["output"], f"ARC task {tid} train {i} output")) for i, p in enumerate(data["train"])]
         tests = data["test"]
-        inputs = [np.array(t["input"]) for t in tests]
-        outputs = [np.array(t["output"]) for t in tests] if solutions is None else [np.array(s) for s in solutions]
-    except (KeyError, TypeError, ValueError) as err:
+        inputs = [_grid(t["input"], f"ARC task {tid} test {i} input") for i, t in enumerate(tests)]
+        outputs = [_grid(t["output"] if solutions is None else solutions[i], f"ARC task {tid} test {i} output")
+                   for i, t in enumerate(tests)]
+    except (KeyError, TypeError, IndexError) as err:
         raise DataError(f"ARC task {tid}: malformed ({err})") from err
     if len(outputs) != len(inputs):
         raise DataError(f"ARC task {tid}: {len(inputs)} test inputs but {len(outputs)} solutions")
     return ArcTask(tid, train, inputs, outputs)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path} is not UTF-8 text: {err}") from err
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path} is not valid JSON: {err}") from err
 
 
 class ArcDomain(Domain):
@@ -156,13 +179,19 @@ class ArcDomain(Domain):
             raise DataError(f"data file not found: {path}")
         if name != "all":
             raise DataError(f"{path}: a challenges file has the single split 'all'")
-        challenges = json.loads(path.read_text())
+        challenges = _read_json(path)
         sol_path = path.with_name(path.name.replace("challenges", "solutions"))
-        solutions = json.loads(sol_path.read_text()) if sol_path != path and sol_path.is_file() else None
+        solutions = _read_json(sol_path) if sol_path != path and sol_path.is_file() else None
+        if not isinstance(challenges, dict) or (solutions is not None and not isinstance(solutions, dict)):
+            raise DataError(f"{path}: expected a mapping of task id to task (Kaggle's ARC layout)")
         tasks = []
         for tid, data in challenges.items():
             if solutions is None and not all("output" in t for t in data.get("test", [])):
                 raise DataError(f"{path}: task {tid} has no test outputs and no solutions file {sol_path}")
+            if not isinstance(data, dict):
+                raise DataError(f"{path}: task {tid} is not a mapping with 'train' and 'test'")
+            if solutions is not None and tid not in solutions:
+                raise DataError(f"{sol_path}: no solutions for task {tid}")
             tasks.append(_task(tid, data, None if solutions is None else solutions[tid]))
         return tasks
 
@@ -187,6 +216,9 @@ class ArcDomain(Domain):
         config = _first_json_object(text)
         if config is None:
             raise SelfEditError("no JSON object in the self-edit")
+        for section in ("data_generation", "training"):
+            if not isinstance(config.get(section, {}), dict):
+                raise SelfEditError(f"{section} must be a JSON object, got {config[section]!r:.40}")
         flat = {**config.get("data_generation", {}), **config.get("training", {}),
                 **{k: v for k, v in config.items() if k not in ("data_generation", "training")}}
         o = self.options

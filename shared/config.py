@@ -8,12 +8,92 @@ prints this schema). Each field's docstring is the string right under it.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Annotated, Any, Sequence
 
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the key."""
+
+
+def resolve_path(key: str, value: str) -> str:
+    """`~` and `$VAR`/`${VAR}` expanded; an empty path or a variable that is not set is an error (a sweep's
+    `runs/$WANDB_RUN_ID` outside a sweep would otherwise become a folder literally named `$WANDB_RUN_ID`)."""
+    if not value.strip():
+        raise ConfigError(f"{key}: empty path")
+    expanded = os.path.expanduser(os.path.expandvars(value))
+    unset = re.findall(r"\$\{?(\w+)", expanded)
+    if unset:
+        raise ConfigError(f"{key}: environment variable {', '.join(unset)} in {value!r} is not set")
+    return expanded
+
+
+# ---------------------------------------------------------------- value constraints, declared on the fields
+# A field typed `Annotated[int, Bound(1)]` is checked by the parser after its type: every value a user can
+# give is either in range or refused with a one-line error naming the key (floats must also be finite).
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A closed or open numeric range."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def check(self, key: str, value: Any) -> None:
+        if value is None:
+            return
+        low_ok = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        high_ok = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        if not (low_ok and high_ok):
+            raise ConfigError(f"{key}: must be {self}, got {value!r}")
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+@dataclass(frozen=True)
+class NonEmpty:
+    """A list with at least one item."""
+
+    def check(self, key: str, value: Any) -> None:
+        if value is not None and not value:
+            raise ConfigError(f"{key}: must list at least one value")
+
+    def __str__(self) -> str:
+        return "non-empty"
+
+
+@dataclass(frozen=True)
+class Unique:
+    """A list without repeated items (a repeated seed would count one inner loop twice)."""
+
+    def check(self, key: str, value: Any) -> None:
+        if value is not None and len(set(map(str, value))) != len(value):
+            raise ConfigError(f"{key}: repeated values in {value!r}")
+
+    def __str__(self) -> str:
+        return "no repeats"
+
+
+Count = Annotated[int, Bound(1)]
+NonNegative = Annotated[int, Bound(0)]
+Rate = Annotated[float, Bound(0, low_open=True)]
+"""A strictly positive float: learning rates, temperatures, epochs."""
+Dropout = Annotated[float, Bound(0, 1, high_open=True)]
+Share = Annotated[float, Bound(0, 1, low_open=True)]
+"""A fraction in (0, 1]: top_p, top_fraction."""
+Seeds = Annotated[list[int], NonEmpty(), Unique()]
+Modules = Annotated[list[str], NonEmpty(), Unique()]
+DTYPES = ("float32", "bfloat16", "float16")
+_DEVICE = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?)$")
 
 
 def check_choice(key: str, value: str, options: Sequence[str]) -> None:
@@ -37,6 +117,13 @@ class ModelConfig:
     """Wrap prompts in the tokenizer's chat template; None: use it when the tokenizer has one."""
     revision: str | None = None
     """Hugging Face revision (branch, tag or commit) of `name`; None: the default branch."""
+
+    def __post_init__(self):
+        check_choice("dtype", self.dtype, DTYPES)
+        if not _DEVICE.match(self.device):
+            raise ConfigError(f"device: expected cpu, cuda, cuda:N, mps or auto, got {self.device!r}")
+        if not self.name:
+            raise ConfigError("name: empty; use `embedded`, a Hugging Face model name or a local path")
 
 
 @dataclass
@@ -65,13 +152,13 @@ class SamplingConfig:
     """hf (transformers generate) | vllm (offline engine, GPU)"""
     vllm: dict[str, Any] = field(default_factory=dict)
     """Engine arguments for vllm.LLM (gpu_memory_utilization, tensor_parallel_size, ...)."""
-    k: int = 5
+    k: Count = 5
     """Self-edits sampled per training instance in each round (>= 1; GRPO: the group size)."""
-    temperature: float = 1.0
-    """Sampling temperature."""
-    top_p: float = 0.95
+    temperature: Rate = 1.0
+    """Sampling temperature (> 0: self-edits are sampled)."""
+    top_p: Share = 0.95
     """Nucleus sampling: keep the smallest token set whose probability reaches top_p (1.0: off)."""
-    max_new_tokens: int = 512
+    max_new_tokens: Count = 512
     """Cap on the tokens of one self-edit."""
     seed: int = 0
     """Base of the per-round, per-instance sampling seeds."""
@@ -84,29 +171,29 @@ class SamplingConfig:
 class InnerConfig:
     """The student's inner loop: a fresh LoRA per self-edit (paper: r=32, alpha=64, lr 1e-3, 10 epochs, batch 1)."""
 
-    lora_r: int = 32
+    lora_r: Count = 32
     """LoRA rank of each self-edit's adapter."""
-    lora_alpha: int = 64
+    lora_alpha: Count = 64
     """LoRA alpha (the update is scaled by lora_alpha / lora_r)."""
-    lora_dropout: float = 0.0
+    lora_dropout: Dropout = 0.0
     """Dropout on the LoRA input, in [0, 1)."""
-    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    target_modules: Modules = field(default_factory=lambda: ["all-linear"])
     """Module names that get a LoRA (e.g. [q_proj, v_proj]); [all-linear]: every linear layer."""
-    lr: float = 1e-3
+    lr: Rate = 1e-3
     """Learning rate (AdamW); used when the self-edit does not choose one."""
-    epochs: int = 10
+    epochs: Count = 10
     """Passes over the self-edit's training sequences; used when the self-edit does not choose a number."""
-    batch_size: int = 1
+    batch_size: Count = 1
     """Training sequences per optimizer step."""
-    max_length: int = 512
+    max_length: Annotated[int, Bound(2)] = 512
     """Each training sequence is truncated to this many tokens (no padding to it)."""
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    seeds: Seeds = field(default_factory=lambda: [0, 1, 2])
     """One inner loop per seed; the reward is the mean over seeds."""
-    weight_decay: float = 0.0
+    weight_decay: Annotated[float, Bound(0)] = 0.0
     """AdamW weight decay."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: Annotated[float, Bound(0)] = 1.0
     """Clip each adapter's gradient to this norm; 0: no clipping."""
-    parallel_adapters: int | None = None
+    parallel_adapters: Count | None = None
     """Self-edits trained together in one pass (K); None: chosen from free memory (at most 16)."""
     score_backend: str = "hf"
     """hf (batched transformers generate) | vllm (multi-LoRA vLLM engine, GPU)"""
@@ -134,52 +221,50 @@ class OuterConfig:
 
     algorithm: str = "rest_em"
     """rest_em | grpo"""
-    rounds: int = 1
+    rounds: NonNegative = 1
     """Outer-loop rounds (>= 0; 0: the teacher is not trained)."""
     filter: str = "best_of_k"
     """ReST-EM only. Which self-edits the teacher is trained on: best_of_k (the paper) | best_of_k_positive |
     all_positive | top_fraction."""
-    top_fraction: float = 0.25
+    top_fraction: Share = 0.25
     """ReST-EM only. Fraction of self-edits kept by filter top_fraction, in (0, 1]."""
     lora: bool = True
     """LoRA on the teacher, merged after each round; false: full finetuning."""
-    lora_r: int = 64
+    lora_r: Count = 64
     """LoRA rank on the teacher."""
-    lora_alpha: int = 128
+    lora_alpha: Count = 128
     """LoRA alpha on the teacher."""
-    lora_dropout: float = 0.0
+    lora_dropout: Dropout = 0.0
     """Dropout on the teacher's LoRA input, in [0, 1)."""
-    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    target_modules: Modules = field(default_factory=lambda: ["all-linear"])
     """Teacher modules that get a LoRA; [all-linear]: every linear layer."""
-    lr: float = 3e-4
+    lr: Rate = 3e-4
     """Teacher learning rate (both algorithms)."""
-    epochs: float = 2.0
+    epochs: Rate = 2.0
     """ReST-EM only. SFT epochs over the kept self-edits per round (may be fractional)."""
-    batch_size: int = 1
+    batch_size: Count = 1
     """ReST-EM only. SFT sequences per device per step."""
-    grad_accum: int = 1
+    grad_accum: Count = 1
     """ReST-EM only. SFT gradient accumulation steps."""
-    max_length: int = 2048
+    max_length: Annotated[int, Bound(2)] = 2048
     """ReST-EM only. SFT sequences (prompt + self-edit) are truncated to this many tokens."""
     lr_scheduler: str = "constant"
     """ReST-EM only. transformers lr_scheduler_type for the SFT (constant, linear, cosine, ...)."""
-    grpo_steps: int = 4
+    grpo_steps: Count = 4
     """GRPO only. Optimizer steps per round (each step: k self-edits per prompt, every one through the inner
     loop)."""
-    grpo_prompts_per_step: int = 1
+    grpo_prompts_per_step: Count = 1
     """GRPO only. Training instances (prompts) per device per optimizer step."""
-    grpo_beta: float = 0.04
+    grpo_beta: Annotated[float, Bound(0)] = 0.04
     """GRPO only. KL coefficient against the round's starting teacher."""
     trl_args: dict[str, Any] = field(default_factory=dict)
-    """Passed to GRPOConfig as is (e.g. use_vllm, vllm_mode, loss_type, scale_rewards); TRL validates them."""
+    """Extra arguments for TRL's trainer config: SFTConfig (ReST-EM) or GRPOConfig (GRPO), e.g.
+    gradient_checkpointing, use_vllm, loss_type. Checked at start-up: names the config lacks, and names SEAL
+    derives from its own keys (learning_rate is outer.lr), are refused."""
 
     def __post_init__(self):
         check_choice("outer.algorithm", self.algorithm, ("rest_em", "grpo"))
         check_choice("outer.filter", self.filter, FILTERS)
-        if not 0 < self.top_fraction <= 1:
-            raise ConfigError("outer.top_fraction must be in (0, 1]")
-        if self.rounds < 0:
-            raise ConfigError("outer.rounds must be >= 0")
 
 
 ALGORITHM_KEYS: dict[str, tuple[str, ...]] = {
@@ -195,21 +280,21 @@ class EvalConfig:
 
     enabled: bool = True
     """Run the held-out evaluation after the rounds."""
-    k: int = 1
+    k: Count = 1
     """Self-edits sampled per held-out instance for each teacher condition."""
-    seeds: list[int] = field(default_factory=lambda: [0])
+    seeds: Seeds = field(default_factory=lambda: [0])
     """One inner loop per seed for each evaluation self-edit (each seed is recorded as its own score)."""
-    temperature: float | None = None
+    temperature: Rate | None = None
     """Sampling temperature for evaluation self-edits; None: sampling.temperature."""
-    conditions: list[str] = field(default_factory=lambda: ["no_update", "context_only", "base_teacher",
-                                                            "round_teachers"])
+    conditions: Annotated[list[str], NonEmpty(), Unique()] = field(
+        default_factory=lambda: ["no_update", "context_only", "base_teacher", "round_teachers"])
     """no_update | context_only | base_teacher | round_teachers | file | oracle (best of the domain's
     option grid per instance, where the domain has one)"""
     self_edits_file: str | None = None
     """JSONL of {instance or title, text}: self-edits written by any other model (condition `file`)."""
     cpt: bool = True
     """Also train one adapter on all held-out instances' sequences and ask every question."""
-    cpt_epochs: int | None = None
+    cpt_epochs: Count | None = None
     """Epochs for the CPT adapter; None: inner.epochs."""
 
 
@@ -246,7 +331,7 @@ class SealConfig:
     """wandb run settings (used when report_to: wandb)."""
     log_level: str = "info"
     """debug | info | warning | error (case-insensitive)."""
-    threads: int | None = None
+    threads: Count | None = None
     """torch CPU threads; None keeps torch's default."""
     mode: str = "self"
     """self: the teacher edits itself (student == teacher); teacher_student: a separate, fixed student."""
@@ -268,7 +353,7 @@ class SealConfig:
     """Held-out evaluation."""
 
     def __post_init__(self) -> None:
-        self.output_dir = os.path.expandvars(self.output_dir)
+        self.output_dir = resolve_path("output_dir", self.output_dir)
         check_choice("report_to", self.report_to, ("none", "wandb"))
         check_choice("log_level", self.log_level.lower(), ("debug", "info", "warning", "error"))
         bad = [c for c in self.eval.conditions if c not in EVAL_CONDITIONS]
@@ -289,7 +374,5 @@ class SealConfig:
                               "it cannot be combined with inner.score_backend: vllm")
         if "name" not in self.domain:
             raise ConfigError("domain.name is required (e.g. knowledge)")
-        if not self.inner.seeds:
-            raise ConfigError("inner.seeds must list at least one seed")
-        if self.sampling.k < 1:
-            raise ConfigError("sampling.k must be at least 1")
+        if self.eval.self_edits_file:
+            self.eval.self_edits_file = resolve_path("eval.self_edits_file", self.eval.self_edits_file)

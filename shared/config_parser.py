@@ -12,13 +12,14 @@ import dataclasses
 import functools
 import inspect
 import itertools
+import math
 import os
 import re
 import textwrap
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 
@@ -47,6 +48,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if nullable:
             return None
         raise ConfigError(f"{key}: null is not allowed here")
+    if typing.get_origin(inner) is Annotated:  # a type with value constraints (Bound, NonEmpty, ...)
+        base, *checks = typing.get_args(inner)
+        value = _coerce(value, base, key)
+        for check in checks:
+            check.check(key, value)
+        return value
     if _is_dataclass_type(inner):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
@@ -74,14 +81,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if inner is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if inner is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -91,7 +103,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Instantiate dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError."""
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - names)
     if unknown:
@@ -104,7 +116,9 @@ def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         kwargs[name] = _coerce(value, hints[name], key)
     try:
         return cls(**kwargs)
-    except ConfigError:
+    except ConfigError as err:  # from __post_init__: name the section when the message does not
+        if prefix and not str(err).startswith(prefix):
+            raise ConfigError(f"{prefix}.{err}") from err
         raise
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{prefix or cls.__name__}: {err}") from err
@@ -166,14 +180,32 @@ def parse_overrides(argv: list[str]) -> tuple[str | None, list[tuple[str, Any]]]
     return config_path, overrides
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key repeated in one mapping (YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1} "
+                                  f"(YAML would keep only the last value)")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.load(p.read_text(), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {p} is not UTF-8 text: {err}") from err
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {p} is not valid YAML: {err}") from err
+    except ConfigError as err:
+        raise ConfigError(f"config file {p}: {err}") from err
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -203,13 +235,21 @@ def parse_config(argv: list[str], cls: type = SealConfig) -> Any:
 _SECRET_KEY = re.compile(r"(^|_)(api_key|key|token|secret|password)$", re.IGNORECASE)
 
 
+# a secret in a URL: the password of user:password@host, or a query parameter named like a key
+_URL_SECRET = re.compile(r"(?i)(://[^/@:\s]+:)[^/@\s]+(@)|([?&](?:[\w-]*_)?(?:api_key|apikey|key|token|secret|"
+                         r"password|sig|signature|access_token)=)[^&#\s]+")
+
+
 def redacted(data: Any) -> Any:
-    """A copy with every value under a secret-looking key replaced, for dumps and trackers."""
+    """A copy with every value under a secret-looking key replaced, and secrets inside URLs (query
+    parameters, user:password@) masked, for dumps and trackers."""
     if isinstance(data, dict):
         return {k: ("<redacted>" if _SECRET_KEY.search(str(k)) and v else redacted(v))
                 for k, v in data.items()}
     if isinstance(data, list):
         return [redacted(v) for v in data]
+    if isinstance(data, str) and "://" in data:
+        return _URL_SECRET.sub(lambda m: f"{m[1]}<redacted>{m[2]}" if m[1] else f"{m[3]}<redacted>", data)
     return data
 
 
@@ -270,6 +310,9 @@ def type_name(tp: Any) -> str:
         return "None"
     if tp is Any:
         return "any"
+    if typing.get_origin(tp) is Annotated:
+        base, *checks = typing.get_args(tp)
+        return f"{type_name(base)} ({', '.join(map(str, checks))})"
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -315,7 +358,7 @@ def _fields_help(cls: type, prefix: str, parent: Any, indent: int, title_indent:
     """Lines for every key of dataclass `cls` under `prefix` (its leaf keys first, then each nested dataclass
     as a titled section expanded to its keys)."""
     title_indent = indent if title_indent is None else title_indent
-    hints, docs = typing.get_type_hints(cls), field_docs(cls)
+    hints, docs = typing.get_type_hints(cls, include_extras=True), field_docs(cls)
     leaves: list[str] = []
     sections: list[str] = []
     for f in dataclasses.fields(cls):

@@ -146,6 +146,11 @@ class Domain(ABC):
         q = self.queries(instance)
         return self.grade(instance, generate(q.prompts, max_new_tokens=q.max_new_tokens, stop=q.stop))
 
+    def preflight(self) -> None:
+        """Check, before any model loads, what the domain will need later (e.g. the judge's endpoint);
+        raise an error naming what is wrong. Nothing by default."""
+        return None
+
     def describe(self, instance: Any) -> str:
         return self.instance_id(instance)
 

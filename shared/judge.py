@@ -19,6 +19,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from seal.shared.config_parser import redacted
 from seal.shared.models import cache_dir
 
 log = logging.getLogger("seal")
@@ -78,6 +79,11 @@ class Judge:
                 fh.write(json.dumps({"key": key, "verdict": verdict}) + "\n")
         return self.verdicts[key]
 
+    def ping(self) -> None:
+        """One small grading request (cached once it succeeds), so an unreachable judge, a refused key
+        or an endpoint that does not speak the chat API fails before any model loads."""
+        self.grade("What is 2 + 2?", "4", "4")
+
     def _ask(self, prompt: str) -> float:
         body = json.dumps({"model": self.cfg.model, "messages": [{"role": "user", "content": prompt}],
                            "temperature": 0, "max_tokens": 4}).encode()
@@ -98,10 +104,11 @@ class Judge:
             except urllib.error.HTTPError as err:
                 last = f"HTTP {err.code}"
                 if err.code != 429 and err.code < 500:
-                    raise JudgeError(f"judge at {self.endpoint} refused the request: HTTP {err.code}") from None
+                    raise JudgeError(f"judge at {redacted(self.endpoint)} refused the request: "
+                                     f"HTTP {err.code}") from None
             except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as err:
                 last = type(err).__name__ if not isinstance(err, urllib.error.URLError) else str(err.reason)
             except (KeyError, IndexError, TypeError, json.JSONDecodeError) as err:
-                raise JudgeError(f"judge at {self.endpoint} sent an unexpected reply ({err})") from None
+                raise JudgeError(f"judge at {redacted(self.endpoint)} sent an unexpected reply ({err})") from None
             log.warning("judge attempt %d/%d failed: %s", attempt + 1, self.cfg.retries + 1, last)
-        raise JudgeError(f"judge at {self.endpoint} failed after {self.cfg.retries + 1} attempts: {last}")
+        raise JudgeError(f"judge at {redacted(self.endpoint)} failed after {self.cfg.retries + 1} attempts: {last}")

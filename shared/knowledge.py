@@ -63,6 +63,9 @@ _ANSWER = re.compile(r"(?is)^(.*?)\n?\s*(?:answer|a)\s*\d*\s*[:.)]\s*(.*)$")
 class Question:
     question: str
     answer: str
+    """The first gold answer (what self-QA examples and the judge show)."""
+    answers: list[str] = field(default_factory=list)
+    """Every gold answer; empty means [answer]."""
 
 
 @dataclass
@@ -93,37 +96,57 @@ class KnowledgeOptions:
             get_grader(self.grader)
 
 
-def _passages_from_records(records: list[dict[str, Any]], origin: str) -> list[Passage]:
-    """Grouped layout `{title, context, questions:[{question, answer}]}` or flat SQuAD rows, grouped by context."""
+def _passages_from_records(records: list[Any], origin: str) -> list[Passage]:
+    """Grouped layout `{title, context, questions:[{question, answer}]}` or flat SQuAD rows, grouped by
+    context. A passage listed twice is one passage (its questions are not counted twice)."""
     passages: dict[str, Passage] = {}
     for i, rec in enumerate(records):
+        where = f"{origin}: record {i}"
         if not isinstance(rec, dict) or "context" not in rec:
-            raise DataError(f"{origin}: record {i} has no 'context' field (expected title, context, questions)")
-        title = str(rec.get("title", "")).replace("_", " ")
+            raise DataError(f"{where} has no 'context' field (expected title, context, questions)")
+        if not isinstance(rec["context"], str) or not rec["context"].strip():
+            raise DataError(f"{where}: 'context' must be non-empty text, got {rec['context']!r:.60}")
+        if not isinstance(rec.get("title", ""), str):
+            raise DataError(f"{where}: 'title' must be text, got {rec['title']!r:.60}")
+        title = rec.get("title", "").replace("_", " ")
         key = f"{title}\x00{rec['context']}"
         passage = passages.get(key)
         if passage is None:
             passage = passages[key] = Passage(id=str(rec.get("id", "")) if "questions" in rec else "",
                                               title=title, context=rec["context"])
         if "questions" in rec:
-            for q in rec["questions"]:
-                passage.questions.append(Question(q["question"], _first_answer(q.get("answer", q.get("answers")))))
-        elif "question" in rec:
-            passage.questions.append(Question(rec["question"], _first_answer(rec.get("answer", rec.get("answers")))))
+            if not isinstance(rec["questions"], list):
+                raise DataError(f"{where}: 'questions' must be a list of {{question, answer}} objects")
+            rows = rec["questions"]
+        else:
+            rows = [rec] if "question" in rec else []
+        for j, q in enumerate(rows):
+            question = _question(q, f"{where}, question {j}")
+            if all((question.question, question.answers) != (old.question, old.answers) for old in passage.questions):
+                passage.questions.append(question)
     out = list(passages.values())
     for i, p in enumerate(out):
         p.id = p.id or f"{i:05d}"
     return out
 
 
-def _first_answer(answer: Any) -> str:
-    if isinstance(answer, str):
-        return answer
+def _question(q: Any, where: str) -> Question:
+    if not isinstance(q, dict) or not isinstance(q.get("question"), str) or not q["question"].strip():
+        raise DataError(f"{where}: expected {{question: text, answer: text or list}}, got {q!r:.80}")
+    answers = _answers(q.get("answer", q.get("answers")), where)
+    return Question(q["question"], answers[0], answers)
+
+
+def _answers(answer: Any, where: str) -> list[str]:
+    """Every gold answer (SQuAD lists several); each must be non-empty text (an empty gold answer would
+    score an empty prediction as correct)."""
     if isinstance(answer, dict) and "text" in answer:  # datasets' squad: {"text": [...], "answer_start": [...]}
-        return _first_answer(answer["text"])
-    if isinstance(answer, list) and answer:
-        return _first_answer(answer[0])
-    raise DataError(f"cannot read a gold answer from {answer!r}")
+        answer = answer["text"]
+    values = answer if isinstance(answer, list) else [answer]
+    texts = [v.get("text") if isinstance(v, dict) else v for v in values]
+    if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+        raise DataError(f"{where}: needs a non-empty gold answer, got {answer!r:.80}")
+    return list(dict.fromkeys(texts))
 
 
 def _squad_v1(data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -144,6 +167,10 @@ class KnowledgeDomain(Domain):
     def __init__(self, options: KnowledgeOptions | None = None):
         super().__init__(options)
         self.judge = Judge(self.options.judge) if self.options.grader == "judge" else None
+
+    def preflight(self) -> None:
+        if self.judge is not None:
+            self.judge.ping()
 
     # ------------------------------------------------------------------ data
     def load(self, source: str, split: str) -> list[Passage]:
@@ -183,18 +210,32 @@ class KnowledgeDomain(Domain):
         if not path.is_file():
             raise DataError(f"data file not found: {path}")
         try:
-            if path.suffix == ".jsonl":
-                data: Any = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            else:
-                data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path} is not valid JSON: {err}") from err
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path} is not UTF-8 text: {err}") from err
+        if path.suffix == ".jsonl":
+            data: Any = []
+            for n, line in enumerate(text.splitlines(), 1):
+                if line.strip():
+                    try:
+                        data.append(json.loads(line))
+                    except json.JSONDecodeError as err:
+                        raise DataError(f"{path}:{n}: not valid JSON: {err}") from err
+        else:
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path} is not valid JSON: {err}") from err
         if isinstance(data, dict) and "data" in data and isinstance(data["data"], list):
             data = _squad_v1(data)
         if isinstance(data, list):
             return self._pick({"all": data}, name, str(path))
         if isinstance(data, dict):
-            return self._pick({k: v for k, v in data.items() if isinstance(v, list)}, name, str(path))
+            # a mapping of splits: each split's passages are numbered from 0, so the ids carry the split
+            # name (a held-out passage must not share an id, and so a cached baseline, with a training one)
+            records = self._pick({k: v for k, v in data.items() if isinstance(v, list)}, name, str(path))
+            return [{**r, "id": f"{name}-{r.get('id', f'{i:05d}')}"} if isinstance(r, dict) and "questions" in r
+                    else r for i, r in enumerate(records)]
         raise DataError(f"{path}: expected a list of passages or a mapping of splits")
 
     def _from_datasets(self, source: str, name: str) -> list[Passage]:
@@ -275,7 +316,8 @@ class KnowledgeDomain(Domain):
         for q, raw in zip(instance.questions, answers, strict=True):
             prediction = raw.strip().split("\n")[0].strip()
             # Every offline grade is kept so a run can be re-read under another grader.
-            grades = {name: grade(prediction, q.answer) for name, grade in GRADERS.items()}
+            golds = q.answers or [q.answer]  # as the SQuAD script: the best match over every gold answer
+            grades = {name: max(grade(prediction, gold) for gold in golds) for name, grade in GRADERS.items()}
             if self.judge is not None:
                 grades["judge"] = self.judge.grade(q.question, prediction, q.answer)
             details.append({"question": q.question, "gold": q.answer, "prediction": prediction,

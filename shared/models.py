@@ -112,9 +112,11 @@ def load_model(cfg: ModelConfig):
     if cfg.name != EMBEDDED and not Path(path).exists():
         if cfg.name.startswith(("/", ".", "~")) or os.environ.get("HF_HUB_OFFLINE") == "1":
             raise ModelLoadError(f"cannot load model {cfg.name!r}: no such local path (and no hub access)")
+    from safetensors import SafetensorError
+
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[cfg.dtype], revision=cfg.revision)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SafetensorError) as err:  # SafetensorError: a truncated or damaged weights file
         raise ModelLoadError(f"cannot load model {cfg.name!r}: {err}") from err
     model.to(resolve_device(cfg.device))
     model.eval()

@@ -1,7 +1,9 @@
 """The run directory: the resolved config and append-only JSONL tables.
 
-Every record is one line written with a single `write` on an O_APPEND descriptor and fsynced, so a
-killed process leaves at most one torn last line, which readers skip. A run directory remembers the
+Every record is one line appended to an O_APPEND descriptor and fsynced, all of it or nothing (a short
+write on a full disk is undone and reported), so a killed process leaves at most one torn last line,
+which readers skip and the next writer cuts. A line that is complete but not a record is damage that
+readers report with the file and line number. A run directory remembers the
 config that made it and refuses a different one (changing only where results go or how they are
 reported — `output_dir`, `threads`, `report_to`, `wandb`, `log_level` — or the `eval` section, whose
 records are keyed by condition, instance, self-edit and seed, is fine).
@@ -56,24 +58,48 @@ class RunStore:
         self.path = Path(path)
         self.rank = rank
         self._repaired: set[str] = set()
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise RunDirError(f"cannot create the run directory {self.path}: {err.strerror or err}") from err
         digest = config_digest(config)
         marker = self.path / "config.yaml"
         if marker.exists():
-            saved = yaml.safe_load(marker.read_text()) or {}
+            saved = self._read_marker(marker)
             if saved.get("digest") != digest:
                 diff = _diff(saved.get("config", {}), redacted(config))
                 raise RunDirError(
                     f"{self.path} holds a run with a different config ({'; '.join(diff[:6]) or 'digest differs'}). "
                     "Use another output_dir, or delete the directory to start over.")
-        elif rank == 0:  # other ranks only check: the main process writes the marker
-            self._write_atomic(marker, yaml.safe_dump({"digest": digest, "config": redacted(config)},
-                                                      sort_keys=False))
+        else:
+            results = sorted(p.name for p in self.path.iterdir() if p.suffix == ".jsonl" or p.name == "teachers")
+            if results:  # its identity is gone: results of an unknown config must not mix with new ones
+                raise RunDirError(f"{self.path} holds results ({', '.join(results[:3])}) but no config.yaml, so "
+                                  "the config that made them is unknown. Use another output_dir, or delete the "
+                                  "directory to start over.")
+            if rank == 0:  # other ranks only check: the main process writes the marker
+                self._write_atomic(marker, yaml.safe_dump({"digest": digest, "config": redacted(config)},
+                                                          sort_keys=False))
+
+    @staticmethod
+    def _read_marker(marker: Path) -> dict[str, Any]:
+        try:
+            saved = yaml.safe_load(marker.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise RunDirError(f"{marker} is damaged ({err}); restore it or delete the run directory") from err
+        if not isinstance(saved, dict) or "digest" not in saved:
+            raise RunDirError(f"{marker} is not a SEAL run marker (no digest); restore it or delete the run "
+                              "directory")
+        return saved
 
     def _write_atomic(self, path: Path, text: str) -> None:
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise RunDirError(f"cannot write {path}: {err.strerror or err}") from err
 
     def write_text(self, name: str, text: str) -> Path:
         path = self.path / name
@@ -84,20 +110,32 @@ class RunStore:
         return self.path / (f"{table}.jsonl" if self.rank == 0 else f"{table}.rank{self.rank}.jsonl")
 
     def append(self, table: str, record: Record | dict[str, Any]) -> None:
+        """One line, all of it or nothing: a short write (a full disk) is undone and raises RunDirError,
+        so the table never holds a fragment that the next record would be glued onto."""
         row = record.to_json() if isinstance(record, Record) else record
         line = (json.dumps(_clean(row), ensure_ascii=False) + "\n").encode()
         path = self._own(table)
-        if table not in self._repaired and path.exists() and path.stat().st_size:
-            with path.open("rb+") as fh:  # a writer killed mid-line leaves a torn tail: cut it before appending
-                fh.seek(-1, os.SEEK_END)
-                if fh.read(1) != b"\n":
-                    data = path.read_bytes()
-                    fh.truncate(data.rfind(b"\n") + 1)
-        self._repaired.add(table)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        if table not in self._repaired:
+            _cut_torn_tail(path)
+            self._repaired.add(table)
         try:
-            os.write(fd, line)
-            os.fsync(fd)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError as err:
+            raise RunDirError(f"cannot write {path}: {err.strerror or err}") from err
+        try:
+            start = os.fstat(fd).st_size
+            written = 0
+            try:
+                while written < len(line):
+                    n = os.write(fd, line[written:])
+                    if n <= 0:
+                        raise OSError(28, "No space left on device")
+                    written += n
+                os.fsync(fd)
+            except OSError as err:
+                os.ftruncate(fd, start)  # take the fragment back: the table stays whole lines
+                raise RunDirError(f"cannot append to {path} ({err.strerror or err}); everything before this "
+                                  "record is kept: free space and run the same command to resume") from err
         finally:
             os.close(fd)
 
@@ -121,10 +159,30 @@ class RunStore:
             if not path.exists():
                 continue
             with path.open("rb") as fh:
-                for raw in fh:
+                for n, raw in enumerate(fh, 1):
                     if not raw.endswith(b"\n"):
                         break  # torn final line of a killed writer
-                    yield json.loads(raw)
+                    try:
+                        row = json.loads(raw)
+                    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                        raise RunDirError(f"{path}:{n} is not a JSON record ({err}); the run directory is "
+                                          "damaged: remove that line (results after it may be lost) or start "
+                                          "over") from err
+                    if not isinstance(row, dict):
+                        raise RunDirError(f"{path}:{n} is not a JSON object")
+                    yield row
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """A writer killed mid-line leaves bytes after the last newline: a line that provably never finished
+    (every complete record ends with one). Cut them before appending."""
+    if not path.exists() or not path.stat().st_size:
+        return
+    with path.open("rb+") as fh:
+        fh.seek(-1, os.SEEK_END)
+        if fh.read(1) != b"\n":
+            data = path.read_bytes()
+            fh.truncate(data.rfind(b"\n") + 1)
 
 
 def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -6,11 +6,11 @@ reward), `rewards` (the one way a batch of self-edits goes through the student),
 held-out table), `records` (records and tables), `checkpoints` (round teachers on disk), `trl_args`.
 """
 
-from seal.teacher.evaluation import evaluate
+from seal.teacher.evaluation import evaluate, file_self_edits
 from seal.teacher.grpo import StudentReward, run_grpo
 from seal.teacher.records import format_rounds, write_eval_tables
 from seal.teacher.rest_em import completion_logprob, learn, run_rounds, select
 from seal.teacher.sampling import Samples, Teacher, derive_seed
 
-__all__ = ["Samples", "StudentReward", "Teacher", "completion_logprob", "derive_seed", "evaluate", "format_rounds",
-           "learn", "run_grpo", "run_rounds", "select", "write_eval_tables"]
+__all__ = ["Samples", "StudentReward", "Teacher", "completion_logprob", "derive_seed", "evaluate", "file_self_edits",
+           "format_rounds", "learn", "run_grpo", "run_rounds", "select", "write_eval_tables"]

@@ -29,6 +29,13 @@ def teacher_checkpoint(store: RunStore, round_: int) -> Path:
     return store.path / "teachers" / f"round{round_}"
 
 
+def remove_stale_staging(store: RunStore) -> None:
+    """Scratch folders (`teachers/.roundN-*`) left by updates killed before their clean-up; call on the
+    main process before any update of this run starts."""
+    for stale in (store.path / "teachers").glob(".round*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def teacher_config(cfg: SealConfig, store: RunStore, round_: int) -> ModelConfig:
     """The teacher of round r: the configured model for r=0, else the checkpoint written by round r-1."""
     if round_ == 0:

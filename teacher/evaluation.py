@@ -76,18 +76,25 @@ def _sample_condition(cfg: SealConfig, domain: Domain, store: RunStore, instance
             phase.update()
 
 
-def _file_edits(cfg: SealConfig, domain: Domain, heldout: Sequence[Any]) -> dict[tuple[str, int], str]:
+def file_self_edits(cfg: SealConfig, domain: Domain, heldout: Sequence[Any]) -> dict[tuple[str, int], str]:
+    """`eval.self_edits_file`, read and matched to the held-out instances (a bad file fails here, early)."""
     path = Path(cfg.eval.self_edits_file or "")
     if not path.is_file():
-        raise FileNotFoundError(f"eval.self_edits_file not found: {path}")
+        raise DataError(f"eval.self_edits_file not found: {path}")
     by_key: dict[str, list[str]] = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path} is not UTF-8 text: {err}") from err
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            by_key.setdefault(str(row.get("instance") or row["title"]), []).append(str(row["text"]))
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            if not isinstance(row.get("text"), str):
+                raise TypeError("'text' must be a string")
+            by_key.setdefault(str(row.get("instance") or row["title"]), []).append(row["text"])
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
             raise DataError(f"{path}:{n}: expected JSON with 'instance' or 'title' and 'text' ({err})") from err
     out = {}
     for inst in heldout:
@@ -102,7 +109,7 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
     """Run (or resume) the evaluation and return one row per condition (every rank calls this)."""
     dist = dist or Dist()
     conditions = cfg.eval.conditions
-    file_edits = _file_edits(cfg, domain, heldout) if "file" in conditions else {}  # a bad file fails first
+    file_edits = file_self_edits(cfg, domain, heldout) if "file" in conditions else {}  # a bad file fails first
     if cfg.mode == "teacher_student":
         student = load_student(cfg.inner, cfg.student, domain, dist)
         shared = None
@@ -126,7 +133,7 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
                 if (label, domain.instance_id(inst), j) not in have:
                     store.append("eval_self_edits", parse_record(domain, inst, text, j, condition=label))
     load_baselines(store, student)
-    record_baselines(store, student, dist.shard(heldout))
+    record_baselines(store, student, dist.shard(heldout), dist.is_main)
     dist.barrier()
 
     edits: dict[str, dict[str, list[SelfEditRecord]]] = {}

@@ -29,6 +29,7 @@ from seal.student.loading import load_student, make_student
 from seal.teacher.checkpoints import (
     is_complete,
     publish,
+    remove_stale_staging,
     staging_area,
     teacher_checkpoint,
     teacher_config,
@@ -129,6 +130,9 @@ def run_grpo(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence[A
 
     tracker, dist = tracker or Tracker.off(), dist or Dist()
     datasets.disable_progress_bars()
+    if dist.is_main:
+        remove_stale_staging(store)
+    dist.barrier()
     finished = {r.round: r for r in store.iter("rounds", RoundRecord)}
     fixed_student: Student | None = None
     for round_ in range(cfg.outer.rounds):

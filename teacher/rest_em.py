@@ -32,6 +32,7 @@ from seal.teacher.checkpoints import (
     copy_checkpoint,
     is_complete,
     publish,
+    remove_stale_staging,
     staging_area,
     teacher_checkpoint,
     teacher_config,
@@ -186,7 +187,7 @@ def reward_round(cfg: SealConfig, session: Session, store: RunStore, instances: 
     dist = dist or Dist()
     domain, student = session.domain, session.student
     load_baselines(store, student)
-    record_baselines(store, student, dist.shard(instances))
+    record_baselines(store, student, dist.shard(instances), dist.is_main)
     sample_round(cfg, session, store, instances, round_, dist)
     dist.barrier()
     load_baselines(store, student)
@@ -222,6 +223,9 @@ def run_rounds(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence
     from the merged checkpoint. Finished rounds and finished teacher updates are read back, not redone.
     Under N processes the inner loops are sharded and the teacher SFT runs data-parallel on all ranks."""
     tracker, dist = tracker or Tracker.off(), dist or Dist()
+    if dist.is_main:
+        remove_stale_staging(store)
+    dist.barrier()
     finished = {r.round: r for r in store.iter("rounds", RoundRecord)}
     student: Student | None = None
     for round_ in range(cfg.outer.rounds):

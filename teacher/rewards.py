@@ -24,15 +24,19 @@ def load_baselines(store: RunStore, student: Student) -> None:
         student.baselines[(rec.student, rec.instance)] = Score(rec.score, rec.details)
 
 
-def record_baselines(store: RunStore | None, student: Student, instances: Sequence[Any]) -> list[float]:
+def record_baselines(store: RunStore | None, student: Student, instances: Sequence[Any],
+                     is_main: bool = True) -> list[float]:
     """The student's no-update score on each instance; each newly measured one is appended to the store
     at once."""
-    def measured(instance: Any, score: Score) -> None:
-        if store is not None:
-            store.append("baselines", BaselineRecord(student.base_fingerprint, student.domain.instance_id(instance),
-                                                     score.value, score.details))
+    fp, domain = student.base_fingerprint, student.domain
+    missing = {domain.instance_id(i) for i in instances} - {iid for f, iid in student.baselines if f == fp}
+    with Phase("no-update baselines", len(missing), is_main and bool(missing)) as phase:
+        def measured(instance: Any, score: Score) -> None:
+            if store is not None:
+                store.append("baselines", BaselineRecord(fp, domain.instance_id(instance), score.value, score.details))
+            phase.update()
 
-    return [score.value for score in student.baseline_many(instances, measured)]
+        return [score.value for score in student.baseline_many(instances, measured)]
 
 
 def absorb_and_score(student: Student, store: RunStore | None, jobs: Sequence[Job],
@@ -40,7 +44,7 @@ def absorb_and_score(student: Student, store: RunStore | None, jobs: Sequence[Jo
                      is_main: bool = True) -> list[JobResult]:
     """Every job through the student (all ranks sharing a partitioned student call this together).
     `done` gets each chunk's results as soon as they are scored; progress is logged at least every 30 s."""
-    record_baselines(store, student, [job.instance for job in jobs])
+    record_baselines(store, student, [job.instance for job in jobs], is_main)
     with Phase(what, len(jobs), is_main) as phase:
         def chunk_done(results: list[JobResult]) -> None:
             if done is not None:

@@ -14,13 +14,23 @@ from typing import Any, Sequence
 import torch
 
 from seal.shared.config import SamplingConfig
-from seal.shared.domain import Domain
+from seal.shared.domain import DataError, Domain
 from seal.shared.models import format_prompt
 
 
 def derive_seed(*parts: Any) -> int:
     """A stable 31-bit seed from any printable parts (Python's hash() is salted per process)."""
     return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def check_fits(model, prompt_tokens: int, max_new_tokens: int, what: str) -> None:
+    """A prompt that, with the tokens to generate, exceeds the model's positions would be silently cut or
+    produce garbage; refuse it by name instead."""
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions and prompt_tokens + max_new_tokens > positions:
+        raise DataError(f"the teacher prompt for {what!r} has {prompt_tokens} tokens, which with "
+                        f"sampling.max_new_tokens {max_new_tokens} exceeds the teacher's {positions} positions: "
+                        "shorten the instance or lower sampling.max_new_tokens")
 
 
 @dataclass
@@ -54,6 +64,7 @@ class Teacher:
         prompt = self.prompt(instance)
         tok = self.tokenizer
         enc = tok(prompt, return_tensors="pt", add_special_tokens=not self.chat).to(self.model.device)
+        check_fits(self.model, enc["input_ids"].shape[1], self.cfg.max_new_tokens, self.domain.describe(instance))
         torch.manual_seed(derive_seed(self.cfg.seed, round_, self.domain.instance_id(instance)))
         # In self mode this is the student's model; its LoRA slots are only active inside Student calls.
         out = self.model.generate(**enc, do_sample=True, temperature=self.cfg.temperature, top_p=self.cfg.top_p,

@@ -58,5 +58,12 @@ def check_trl_args(cfg: SealConfig) -> None:
 
 
 def trainer_kwargs(kind: str, outer: OuterConfig, derived: dict[str, Any]) -> dict[str, Any]:
-    """SEAL's arguments for the trainer config, plus `outer.trl_args` (checked at start-up)."""
-    return {**derived, **outer.trl_args}
+    """SEAL's arguments for the trainer config, plus `outer.trl_args` (checked at start-up).
+
+    TRL's configs default `gradient_checkpointing` to True under that name, which transformers 5 has
+    deprecated in favour of `activation_checkpointing` (transformers/training_args.py warns when only the old
+    name is set): the same setting is passed under the new name, taking the user's value under either."""
+    kwargs = {**derived, **outer.trl_args}
+    checkpointing = kwargs.pop("gradient_checkpointing", True)
+    kwargs.setdefault("activation_checkpointing", checkpointing)
+    return kwargs

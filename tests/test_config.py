@@ -158,12 +158,12 @@ def test_help_exits_zero_and_lists_every_key(capsys, argv):
 
 def test_help_shows_types_defaults_and_docstrings(capsys):
     text = help_output(capsys, ["--help"])
-    assert entry(text, "inner.lr")[0] == "inner.lr: float = 0.001"
+    assert entry(text, "inner.lr")[0] == "inner.lr: float (> 0) = 0.001"
     head, doc = entry(text, "inner.max_length")
-    assert head == "inner.max_length: int = 512" and "truncated to this many tokens" in doc
+    assert head == "inner.max_length: int (>= 2) = 512" and "truncated to this many tokens" in doc
     head, doc = entry(text, "eval.temperature")
-    assert head == "eval.temperature: float | None = null" and "None: sampling.temperature" in doc
-    assert entry(text, "inner.seeds")[0] == "inner.seeds: list[int] = [0, 1, 2]"
+    assert head == "eval.temperature: float (> 0) | None = null" and "None: sampling.temperature" in doc
+    assert entry(text, "inner.seeds")[0] == "inner.seeds: list[int] (non-empty, no repeats) = [0, 1, 2]"
     assert entry(text, "sampling.vllm")[0] == "sampling.vllm: dict = {}"
     head, doc = entry(text, "outer.filter")
     assert head == "outer.filter: str = best_of_k" and doc.startswith("ReST-EM only.")

@@ -39,3 +39,86 @@ def test_appending_after_a_torn_line_cuts_it_and_ranks_have_their_own_files(tmp_
     other.append("records", {"a": 4})
     assert (tmp_path / "records.rank1.jsonl").exists()
     assert store.read("records") == [{"a": 1}, {"a": 3}, {"a": 4}]
+
+
+# ---------------------------------------------------------------- damage
+
+
+def test_a_full_disk_leaves_whole_lines_and_says_so(tmp_path, monkeypatch):
+    """A writer that returns short counts (what a full disk does) never leaves a fragment that the next
+    record would be glued onto; once space returns, appending and reading work."""
+    import os
+
+    store = RunStore(tmp_path, {"seed": 0})
+    store.append("records", {"a": 1})
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:5]) if len(data) > 5 else 0)
+    with pytest.raises(RunDirError, match="cannot append to .*records.jsonl .*free space and run the same command"):
+        store.append("records", {"a": 2, "long": "x" * 100})
+    monkeypatch.setattr(os, "write", real_write)
+    assert (tmp_path / "records.jsonl").read_bytes() == b'{"a": 1}\n'
+    store.append("records", {"a": 3})
+    assert store.read("records") == [{"a": 1}, {"a": 3}]
+
+
+def test_a_write_error_is_a_run_dir_error(tmp_path, monkeypatch):
+    import os
+
+    store = RunStore(tmp_path, {"seed": 0})
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "open", refuse)
+    with pytest.raises(RunDirError, match="cannot write .*records.jsonl: Permission denied"):
+        store.append("records", {"a": 1})
+
+
+def test_a_garbage_line_names_its_file_and_line(tmp_path):
+    store = RunStore(tmp_path, {"seed": 0})
+    store.append("records", {"a": 1})
+    with open(tmp_path / "records.jsonl", "ab") as fh:
+        fh.write(b"garbage\n")
+    with pytest.raises(RunDirError, match=r"records.jsonl:2 is not a JSON record"):
+        store.read("records")
+
+
+def test_deleting_config_yaml_does_not_disable_the_guard(tmp_path):
+    store = RunStore(tmp_path, {"seed": 0, "inner": {"lr": 1e-3}})
+    store.append("records", {"a": 1})
+    (tmp_path / "config.yaml").unlink()
+    with pytest.raises(RunDirError, match="holds results .* but no config.yaml"):
+        RunStore(tmp_path, {"seed": 0, "inner": {"lr": 5e-3}})
+    assert not (tmp_path / "config.yaml").exists()
+
+
+@pytest.mark.parametrize("text", ["{{{ not yaml", "- a list\n", "digest_missing: 1\n"])
+def test_a_damaged_config_yaml_is_a_clear_error(tmp_path, text):
+    (tmp_path / "config.yaml").write_text(text)
+    with pytest.raises(RunDirError, match="config.yaml"):
+        RunStore(tmp_path, {"seed": 0})
+
+
+def test_an_unwritable_run_directory_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(RunDirError, match="cannot create the run directory"):
+        RunStore(blocker / "run", {"seed": 0})
+
+
+def test_secrets_in_a_judge_url_are_redacted(tmp_path):
+    url = "https://user:pw123@judge.example/v1?api_key=sk-abc&model=x"
+    RunStore(tmp_path, {"domain": {"judge": {"url": url}}})
+    text = (tmp_path / "config.yaml").read_text()
+    assert "sk-abc" not in text and "pw123" not in text and "model=x" in text
+
+
+def test_stale_teacher_scratch_folders_are_removed_when_a_run_starts(tmp_path):
+    from seal.teacher.checkpoints import remove_stale_staging
+
+    store = RunStore(tmp_path, {"seed": 0})
+    stale = tmp_path / "teachers" / ".round1-abc123"
+    stale.mkdir(parents=True)
+    (tmp_path / "teachers" / "round1").mkdir()
+    remove_stale_staging(store)
+    assert not stale.exists() and (tmp_path / "teachers" / "round1").exists()
