@@ -17,13 +17,13 @@ import _no_shadow  # noqa: F401  (first: see its docstring)
 
 import sys
 
-from seal.run import start
+from seal.run import load_split, start
 from seal.teacher import evaluate, write_eval_tables
 
 
 def main(argv: list[str]) -> int:
     with start(argv, what="evaluation") as run:
-        heldout = run.domain.load(run.cfg.data.source, run.cfg.data.eval_split)
+        heldout = load_split(run, "eval")
         rows = evaluate(run.cfg, run.domain, run.store, heldout, run.dist)
         if run.dist.is_main:
             table = write_eval_tables(run.store, rows)

@@ -14,6 +14,7 @@ import _no_shadow  # noqa: F401  (first: see its docstring)
 # isort: split
 
 import argparse
+import csv
 import json
 import math
 import sys
@@ -98,12 +99,38 @@ def plot_length(rewards: dict, edits: list[SelfEditRecord], out: Path) -> Path |
     return save(fig, out / "reward_vs_length.png")
 
 
+def plot_continual(run: Path, out: Path) -> Path | None:
+    """Heatmaps of the continual run's mean matrix (rows: updates merged, columns: passages), and the
+    paper's beside it when the run was given the official results."""
+    path = run / "continual.json"
+    if not path.exists():
+        return None
+    import numpy as np
+
+    data = json.loads(path.read_text())
+    panels = [("ours (mean over sequences)", data["mean"])]
+    if data.get("paper_mean"):
+        panels.append(("paper (official results)", data["paper_mean"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
+    for ax, (title, matrix) in zip(axes[0], panels):
+        grid = np.array([[np.nan if v is None else 100 * v for v in row] for row in matrix], dtype=float)
+        image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=0, vmax=100)
+        for (i, j), v in np.ndenumerate(grid):
+            if not np.isnan(v):
+                ax.text(j, i, f"{v:.0f}", ha="center", va="center", color="white" if v < 50 else "black", fontsize=8)
+        ax.set_xticks(range(grid.shape[1]))
+        ax.set_yticks(range(grid.shape[0]))
+        ax.set(title=title, xlabel="passage (order of absorption)", ylabel="updates merged")
+        fig.colorbar(image, ax=ax, label="accuracy %")
+    return save(fig, out / "continual_heatmap.png")
+
+
 def eval_rows(run: Path) -> list[dict]:
     path = run / "eval.csv"
     if not path.exists():
         return []
-    header, *lines = path.read_text().splitlines()
-    return [dict(zip(header.split(","), line.split(","))) for line in lines]
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
 
 
 def main(argv: list[str]) -> int:
@@ -119,11 +146,13 @@ def main(argv: list[str]) -> int:
     records, edits = read(run, "records", RewardRecord), read(run, "self_edits", SelfEditRecord)
     rewards = round_rewards(records)
     plots = [p for p in (plot_rewards(rewards, out), plot_eval(eval_rows(run), out),
-                         plot_length(rewards, edits, out)) if p]
+                         plot_length(rewards, edits, out), plot_continual(run, out)) if p]
     lines = [f"# SEAL run report: {run.name}", ""]
     for r in read(run, "rounds", RoundRecord):
         lines.append(f"- round {r.round}: mean reward {r.mean_reward:+.3f}, "
                      f"{100 * r.fraction_positive:.0f}% positive, kept {r.kept} of {r.self_edits}")
+    if (run / "continual.md").exists():
+        lines += ["", "## Continual self-edits", "", (run / "continual.md").read_text().strip()]
     if (run / "eval.md").exists():
         lines += ["", "## Held-out evaluation", "", (run / "eval.md").read_text().strip()]
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]

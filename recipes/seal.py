@@ -17,7 +17,7 @@ import logging
 import sys
 import time
 
-from seal.run import start
+from seal.run import load_split, start
 from seal.teacher import evaluate, file_self_edits, format_rounds, run_grpo, run_rounds, write_eval_tables
 
 log = logging.getLogger("seal")
@@ -26,8 +26,8 @@ log = logging.getLogger("seal")
 def main(argv: list[str]) -> int:
     with start(argv) as run:
         cfg, domain, dist, store = run.cfg, run.domain, run.dist, run.store
-        train = domain.load(cfg.data.source, cfg.data.train_split)
-        heldout = domain.load(cfg.data.source, cfg.data.eval_split) if cfg.eval.enabled else []
+        train = load_split(run, "train")
+        heldout = load_split(run, "eval") if cfg.eval.enabled else []
         if cfg.eval.enabled and "file" in cfg.eval.conditions:
             file_self_edits(cfg, domain, heldout)  # a bad file fails now, not after the rounds
         log.info("run directory %s: %d %s training instances, %d held-out, %d %s round(s), k=%d, seeds=%s, "

@@ -29,10 +29,11 @@ from seal.shared.judge import JudgeError
 from seal.shared.models import ModelLoadError
 from seal.shared.store import RunDirError, RunStore
 from seal.shared.tracking import Tracker
+from seal.teacher.served import ServedTeacherError
 
 log = logging.getLogger("seal")
 
-EXPECTED = (ConfigError, DataError, RunDirError, ModelLoadError, JudgeError, FileNotFoundError)
+EXPECTED = (ConfigError, DataError, RunDirError, ModelLoadError, JudgeError, ServedTeacherError, FileNotFoundError)
 """Failures a user can act on from the message alone: printed as one line, exit status 2. (Other
 exceptions are bugs and keep their traceback.)"""
 
@@ -70,8 +71,10 @@ def quiet_libraries(offline: bool) -> None:
 
 
 @contextlib.contextmanager
-def start(argv: list[str], what: str = "run") -> Iterator[Run]:
-    """The recipe's body runs inside; expected errors and stops end it with a message and `run.exit_code`."""
+def start(argv: list[str], what: str = "run", config_cls: type = SealConfig, subdir: str = "") -> Iterator[Run]:
+    """The recipe's body runs inside; expected errors and stops end it with a message and `run.exit_code`.
+    `config_cls`: the recipe's config (a SealConfig subclass); `subdir`: the run store lives in
+    `output_dir/subdir` (a recipe with its own results beside a seal.py run of the same config)."""
     from seal.teacher.trl_args import check_trl_args
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -80,7 +83,7 @@ def start(argv: list[str], what: str = "run") -> Iterator[Run]:
     quiet_libraries(offline=os.environ.get("HF_HUB_OFFLINE") == "1")
     try:
         try:
-            cfg = parse_config(argv)
+            cfg = parse_config(argv, config_cls)
         except ValueError as err:  # a config or YAML value the parser could not use
             raise ConfigError(str(err)) from err
         check_trl_args(cfg)
@@ -94,7 +97,7 @@ def start(argv: list[str], what: str = "run") -> Iterator[Run]:
             import torch
 
             torch.set_num_threads(cfg.threads)
-        store = RunStore(cfg.output_dir, to_dict(cfg), rank=dist.rank)
+        store = RunStore(os.path.join(cfg.output_dir, subdir), to_dict(cfg), rank=dist.rank)
         tracker = Tracker(cfg.report_to == "wandb", store.path, to_dict(cfg), cfg.wandb, dist.is_main)
         run = Run(cfg, domain, dist, store, tracker)
         yield run
@@ -110,6 +113,22 @@ def start(argv: list[str], what: str = "run") -> Iterator[Run]:
         signal.signal(signal.SIGTERM, previous)
         if run is not None:
             run.tracker.finish()
+
+
+def load_split(run: Run, which: str) -> list[Any]:
+    """The `train` or `eval` instances of the run's data source: the split's slice, then `data.offset`
+    (training only) and `data.train_limit` / `data.eval_limit`."""
+    data = run.cfg.data
+    if which == "train":
+        instances = run.domain.load(data.source, data.train_split)[data.offset:]
+        limit = data.train_limit
+    else:
+        instances = run.domain.load(data.source, data.eval_split)
+        limit = data.eval_limit
+    instances = instances[:limit] if limit is not None else instances
+    if not instances:
+        raise DataError(f"data.offset {data.offset} leaves no {which} instances of {data.source}")
+    return instances
 
 
 def _set_exit(run: Run | None, code: int) -> None:

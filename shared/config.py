@@ -136,12 +136,64 @@ class DataConfig:
     """Split the outer loop trains on: NAME or NAME[start:stop:step] (a Python slice, e.g. train[:50])."""
     eval_split: str = "heldout"
     """Split the held-out evaluation uses: NAME or NAME[start:stop:step]."""
-    train_limit: int | None = None
-    """Not read by the loops in this version; slice train_split instead (train[:N])."""
-    eval_limit: int | None = None
-    """Not read by the loops in this version; slice eval_split instead (heldout[:N])."""
-    offset: int = 0
-    """Not read by the loops in this version; slice the split instead (train[N:])."""
+    train_limit: Count | None = None
+    """Keep at most this many training instances (after the split's slice and `offset`); None: all."""
+    eval_limit: Count | None = None
+    """Keep at most this many held-out instances (after the split's slice); None: all."""
+    offset: NonNegative = 0
+    """Skip this many training instances first (after the split's slice)."""
+
+
+SERVED_APIS = ("chat", "completions")
+
+
+@dataclass
+class ServedConfig:
+    """A teacher behind an OpenAI-compatible endpoint (`vllm serve`, `trl vllm-serve`, an API model such as
+    GPT-4.1): read by sampling.backend openai and by the evaluation condition `served`. It is not trained here."""
+
+    url: str | None = None
+    """Base URL of the API, e.g. http://localhost:8000/v1 (vllm serve) or https://api.openai.com/v1; the route
+    (/chat/completions or /completions) is appended."""
+    model: str | None = None
+    """The model name the server answers to (vllm serve: the name it was started with; OpenAI: e.g. gpt-4.1)."""
+    api: str = "chat"
+    """chat: the domain's teacher prompt as one user message (the server applies the model's chat template) |
+    completions: the raw prompt text."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Name of the environment variable holding the key, sent as a Bearer token (empty: send no key). The key
+    itself never reaches configs, logs, errors, the cache or wandb."""
+    timeout_s: Annotated[float, Bound(0, low_open=True)] = 120.0
+    """Seconds one request may take (a whole self-edit: the reply is not streamed) before it counts as failed."""
+    retries: Annotated[int, Bound(0, 20)] = 4
+    """Further attempts after a connection error, a timeout, HTTP 429 or 5xx (other errors fail at once)."""
+    backoff_s: Annotated[float, Bound(0, 600)] = 1.0
+    """Wait before the first retry, doubled for each further one (on 429: at least the server's Retry-After,
+    up to 60 s)."""
+    concurrency: Annotated[int, Bound(1, 256)] = 8
+    """Requests in flight at once (a bounded thread pool; per process under a multi-process launch)."""
+    seed_per_request: bool = True
+    """Send each self-edit's seed (run seed, round, instance, sample index) in the request body, which vLLM and
+    OpenAI accept, so a resumed run draws the same texts where the server honours seeds."""
+    cache: str | None = None
+    """JSONL cache of replies, keyed by a hash of URL (secrets masked), model, api, prompt, seed, temperature,
+    top_p, max tokens and sample index, so a resumed run never pays twice; None: `served_samples.jsonl` in the
+    SEAL cache folder ($SEAL_CACHE)."""
+
+    def __post_init__(self):
+        check_choice("api", self.api, SERVED_APIS)
+        if self.url is not None:
+            if not re.match(r"(?i)^https?://[^/\s]", self.url):  # the URL is not echoed: it may hold a secret
+                raise ConfigError("url: expected a base URL starting with http:// or https://")
+            if re.search(r"/(chat/)?completions/?$", self.url):
+                raise ConfigError("url: give the API's base URL (e.g. http://localhost:8000/v1), without the "
+                                  "/chat/completions or /completions route (sampling.served.api picks it)")
+        if self.cache is not None:
+            self.cache = resolve_path("cache", self.cache)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.url and self.model)
 
 
 @dataclass
@@ -149,9 +201,12 @@ class SamplingConfig:
     """How the teacher samples self-edits (paper: k=5, temperature 1.0, top-p 0.95)."""
 
     backend: str = "hf"
-    """hf (transformers generate) | vllm (offline engine, GPU)"""
+    """hf (transformers generate) | vllm (offline engine, GPU) | openai (an OpenAI-compatible server, configured
+    under sampling.served; needs mode teacher_student and outer.rounds 0: a served teacher is not trained)"""
     vllm: dict[str, Any] = field(default_factory=dict)
     """Engine arguments for vllm.LLM (gpu_memory_utilization, tensor_parallel_size, ...)."""
+    served: ServedConfig = field(default_factory=ServedConfig)
+    """The OpenAI-compatible endpoint of sampling.backend openai and of the evaluation condition `served`."""
     k: Count = 5
     """Self-edits sampled per training instance in each round (>= 1; GRPO: the group size)."""
     temperature: Rate = 1.0
@@ -164,7 +219,10 @@ class SamplingConfig:
     """Base of the per-round, per-instance sampling seeds."""
 
     def __post_init__(self):
-        check_choice("sampling.backend", self.backend, ("hf", "vllm"))
+        check_choice("sampling.backend", self.backend, ("hf", "vllm", "openai"))
+        if self.backend == "openai" and not self.served.ready:
+            raise ConfigError("sampling.backend openai needs sampling.served.url (e.g. http://localhost:8000/v1) "
+                              "and sampling.served.model")
 
 
 @dataclass
@@ -289,7 +347,9 @@ class EvalConfig:
     conditions: Annotated[list[str], NonEmpty(), Unique()] = field(
         default_factory=lambda: ["no_update", "context_only", "base_teacher", "round_teachers"])
     """no_update | context_only | base_teacher | round_teachers | file | oracle (best of the domain's
-    option grid per instance, where the domain has one)"""
+    option grid per instance, where the domain has one) | served (eval.k self-edits per instance from the
+    OpenAI-compatible teacher under sampling.served, e.g. a `vllm serve` model or GPT-4.1, whatever
+    sampling.backend is; under sampling.backend openai, base_teacher is that served model too)"""
     self_edits_file: str | None = None
     """JSONL of {instance or title, text}: self-edits written by any other model (condition `file`)."""
     cpt: bool = True
@@ -298,7 +358,7 @@ class EvalConfig:
     """Epochs for the CPT adapter; None: inner.epochs."""
 
 
-EVAL_CONDITIONS = ("no_update", "context_only", "base_teacher", "round_teachers", "file", "oracle")
+EVAL_CONDITIONS = ("no_update", "context_only", "base_teacher", "round_teachers", "file", "oracle", "served")
 
 
 @dataclass
@@ -361,7 +421,19 @@ class SealConfig:
             raise ConfigError(f"eval.conditions: unknown {', '.join(bad)}; choose from {', '.join(EVAL_CONDITIONS)}")
         if "file" in self.eval.conditions and not self.eval.self_edits_file:
             raise ConfigError("eval.conditions has 'file' but eval.self_edits_file is not set")
+        if "served" in self.eval.conditions and not self.sampling.served.ready:
+            raise ConfigError("eval.conditions has 'served' but sampling.served.url and sampling.served.model are "
+                              "not both set (e.g. --sampling.served.url http://localhost:8000/v1 "
+                              "--sampling.served.model Qwen/Qwen2.5-7B-Instruct)")
         check_choice("mode", self.mode, ("self", "teacher_student"))
+        if self.sampling.backend == "openai" and self.mode == "self":
+            raise ConfigError("sampling.backend openai: in mode self the teacher is the student, whose weights absorb "
+                              "every self-edit, and a served model's weights are not ours; use mode teacher_student, "
+                              "or keep sampling.backend hf and add the evaluation condition `served`")
+        if self.sampling.backend == "openai" and self.outer.rounds > 0:
+            raise ConfigError("sampling.backend openai: a served teacher cannot be trained: set outer.rounds 0 and use "
+                              "it for evaluation, or serve the weights our update writes (teachers/roundN in the run "
+                              "directory of a run with sampling.backend hf or vllm) and evaluate them as `served`")
         if self.mode == "teacher_student" and self.student is None:
             raise ConfigError("mode teacher_student needs a `student:` section")
         if self.mode == "self" and self.student is not None:
@@ -376,3 +448,37 @@ class SealConfig:
             raise ConfigError("domain.name is required (e.g. knowledge)")
         if self.eval.self_edits_file:
             self.eval.self_edits_file = resolve_path("eval.self_edits_file", self.eval.self_edits_file)
+
+
+@dataclass
+class ContinualConfig:
+    """The paper's forgetting experiment (recipes/continual.py): K passages in sequence, each self-edited,
+    absorbed and merged into the weights, the model scored on every passage so far after each merge."""
+
+    passages: Count = 8
+    """K: passages per sequence (official: 8)."""
+    sequences: Count = 8
+    """S: independent random sequences (official: 8); each draws K passages from data.train_split."""
+    seed: int = 0
+    """Seed of the passage draws and of each step's sampling and adapter init."""
+    teacher: str = "evolving"
+    """evolving: the model being updated writes each self-edit (the paper) | fixed: the starting model does."""
+    paper_results: str | None = None
+    """Path of the official overall_results.json (knowledge-incorporation/results/continual_self_edits/); its
+    mean matrix is shown beside ours."""
+
+    def __post_init__(self):
+        check_choice("continual.teacher", self.teacher, ("evolving", "fixed"))
+
+
+@dataclass
+class ContinualRunConfig(SealConfig):
+    """A SealConfig with the `continual` section (recipes/continual.py)."""
+
+    continual: ContinualConfig = field(default_factory=ContinualConfig)
+    """The forgetting experiment's settings."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mode != "self":
+            raise ConfigError("recipes/continual.py updates one model in place: it needs mode self")

@@ -140,20 +140,27 @@ def format_prompt(tokenizer, text: str, chat: bool) -> str:
 
 
 def fingerprint(model) -> str:
-    """A cheap identity for a model's weights (keys the baseline cache): sums of a few tensors, not its path."""
+    """The identity of a model's base weights (keys the baseline cache): the shape and two sums of every
+    tensor, so an update that touches any weight gives a new fingerprint. LoRA slot weights (`lora_`)
+    are not base weights. Under DeepSpeed ZeRO-3 each partitioned tensor is gathered in turn (every rank
+    calls this together)."""
     import hashlib
 
     h = hashlib.sha256()
-    params = [p for n, p in model.named_parameters() if "lora_" not in n]
-    picks = params[:2] + params[len(params) // 2: len(params) // 2 + 2] + params[-2:]
-    gathered = contextlib.nullcontext()
-    if any(hasattr(p, "ds_id") for p in picks):  # partitioned by DeepSpeed ZeRO-3: gather (all ranks call this)
-        import deepspeed
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                continue
+            gathered = contextlib.nullcontext()
+            if hasattr(p, "ds_id"):
+                import deepspeed
 
-        gathered = deepspeed.zero.GatheredParameters(picks)
-    with torch.no_grad(), gathered:
-        for p in picks:
-            h.update(f"{tuple(p.shape)}:{p.double().sum().item():.12e}:{p.double().abs().sum().item():.12e}".encode())
+                gathered = deepspeed.zero.GatheredParameters([p])
+            with gathered:
+                t = p.detach()
+                # (names change when the LoRA slots wrap a layer; shapes and order do not)
+                h.update(f"{tuple(t.shape)}:{t.sum(dtype=torch.float64).item():.12e}:"
+                         f"{torch.linalg.vector_norm(t, 1, dtype=torch.float64).item():.12e}".encode())
     return h.hexdigest()[:16]
 
 

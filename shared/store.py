@@ -44,9 +44,57 @@ def _clean(value: Any) -> Any:
     return value
 
 
+ADDED_KEYS = ("sampling.served",)
+"""Config keys added after run directories existed: left out of the digest while they hold their default,
+so a run made before a key existed still resumes (the key could not have changed its results)."""
+
+
+NESTED_NON_RESULT_KEYS = ("sampling.served.url", "sampling.served.api_key_env", "sampling.served.timeout_s",
+                          "sampling.served.retries", "sampling.served.backoff_s", "sampling.served.concurrency",
+                          "sampling.served.cache")
+"""How a served teacher is reached, not what it samples (the model, route, seeds and sampling settings are
+in the digest): a run may resume against a server on another port or with other timeouts."""
+
+
 def config_digest(config: dict[str, Any]) -> str:
-    relevant = {k: v for k, v in config.items() if k not in NON_RESULT_KEYS}
+    relevant = _drop_nested({k: v for k, v in config.items() if k not in NON_RESULT_KEYS})
+    defaults = None
+    for dotted in ADDED_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = relevant
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            if defaults is None:
+                from seal.shared.config import SealConfig
+                from seal.shared.config_parser import to_dict
+
+                defaults = _drop_nested(to_dict(SealConfig()))
+            default = defaults
+            for part in dotted.split("."):
+                default = default.get(part) if isinstance(default, dict) else None
+            if node[leaf] == default:
+                relevant = _without(relevant, dotted.split("."))
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _drop_nested(tree: dict[str, Any]) -> dict[str, Any]:
+    for dotted in NESTED_NON_RESULT_KEYS:
+        node = tree
+        *parents, _ = dotted.split(".")
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and dotted.rsplit(".", 1)[1] in node:
+            tree = _without(tree, dotted.split("."))
+    return tree
+
+
+def _without(tree: dict[str, Any], path: list[str]) -> dict[str, Any]:
+    """A copy of `tree` without the key at `path`."""
+    head, *rest = path
+    if not rest:
+        return {k: v for k, v in tree.items() if k != head}
+    return {**tree, head: _without(tree[head], rest)}
 
 
 class RunStore:
@@ -64,15 +112,15 @@ class RunStore:
             raise RunDirError(f"cannot create the run directory {self.path}: {err.strerror or err}") from err
         digest = config_digest(config)
         marker = self.path / "config.yaml"
-        if marker.exists():
+        results = sorted(p.name for p in self.path.iterdir() if p.suffix == ".jsonl" or p.name == "teachers")
+        if marker.exists() and results:
             saved = self._read_marker(marker)
             if saved.get("digest") != digest:
                 diff = _diff(saved.get("config", {}), redacted(config))
                 raise RunDirError(
                     f"{self.path} holds a run with a different config ({'; '.join(diff[:6]) or 'digest differs'}). "
                     "Use another output_dir, or delete the directory to start over.")
-        else:
-            results = sorted(p.name for p in self.path.iterdir() if p.suffix == ".jsonl" or p.name == "teachers")
+        else:  # a new run, or one that stopped before its first result: (re)write the marker
             if results:  # its identity is gone: results of an unknown config must not mix with new ones
                 raise RunDirError(f"{self.path} holds results ({', '.join(results[:3])}) but no config.yaml, so "
                                   "the config that made them is unknown. Use another output_dir, or delete the "

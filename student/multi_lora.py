@@ -130,6 +130,33 @@ class LoRABank(nn.Module):
             row[layer.where.b[0]:layer.where.b[1]] = 0
         torch.random.set_rng_state(gen_state)
 
+    @torch.no_grad()
+    def merge(self, slot: int) -> None:
+        """Add one slot's update into the wrapped base weights (W += scaling · B A), as peft's
+        `merge_and_unload` does: the model keeps the update with the adapters off."""
+        row = self.weights[slot]
+        for _, layer in self.layers:
+            a = row[slice(*layer.where.a)].view(self.r, layer.base.in_features)
+            b = row[slice(*layer.where.b)].view(layer.base.out_features, self.r)
+            layer.base.weight += (self.scaling * (b @ a)).to(layer.base.weight.dtype)
+
+    @torch.no_grad()
+    def load_slot(self, slot: int, state: dict[str, torch.Tensor]) -> None:
+        """The inverse of `peft_state_dict`: set one slot from a saved adapter."""
+        row = self.weights[slot]
+        for name, layer in self.layers:
+            row[slice(*layer.where.a)] = state[f"base_model.model.{name}.lora_A.weight"].flatten().to(row)
+            row[slice(*layer.where.b)] = state[f"base_model.model.{name}.lora_B.weight"].flatten().to(row)
+
+    def base_weights(self) -> list[torch.Tensor]:
+        """Copies of the wrapped layers' base weights (to undo merges with `restore_base`)."""
+        return [layer.base.weight.detach().clone() for _, layer in self.layers]
+
+    @torch.no_grad()
+    def restore_base(self, saved: list[torch.Tensor]) -> None:
+        for (_, layer), weight in zip(self.layers, saved, strict=True):
+            layer.base.weight.copy_(weight)
+
     def peft_state_dict(self, slot: int) -> dict[str, torch.Tensor]:
         """One slot in peft's LoRA adapter layout (`base_model.model.<layer>.lora_A.weight`, ...)."""
         row = self.weights[slot].detach()

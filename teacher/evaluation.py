@@ -1,7 +1,8 @@
 """Held-out evaluation: the paper's conditions side by side, as a table with mean ± standard error.
 
 Conditions (rows): no update; the instance's own context only (passage only); context + self-edits
-from the base teacher; from each ReST-EM round's teacher; from a file written by any other model.
+from the base teacher; from each ReST-EM round's teacher; from a file written by any other model; from a
+served teacher behind an OpenAI-compatible endpoint (`served`: a `vllm serve` model, GPT-4.1, ...).
 Settings (columns): *single* (one fresh adapter per instance, the paper's main table) and *cpt*
 (one adapter trained on every held-out instance's sequences at once, then every question asked).
 The student that absorbs is always the run's base student, so rows differ only in their self-edits.
@@ -17,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from seal.shared.config import SealConfig
+from seal.shared.config import SealConfig, ServedConfig
 from seal.shared.dist import Dist
 from seal.shared.domain import DataError, Domain, Example, SelfEdit, TrainingPlan
 from seal.shared.models import load_model, load_tokenizer, resolve, uses_chat_template
@@ -30,6 +31,7 @@ from seal.teacher.checkpoints import is_complete, teacher_checkpoint, teacher_co
 from seal.teacher.records import parse_record, table_rows
 from seal.teacher.rewards import absorb_and_score, load_baselines, record_baselines
 from seal.teacher.sampling import Teacher, derive_seed
+from seal.teacher.served import ServedTeacher
 from seal.teacher.vllm_sampling import VLLMTeacher
 
 log = logging.getLogger("seal")
@@ -38,14 +40,17 @@ Plans = dict[str, list[tuple[int | None, TrainingPlan | None]]]
 
 
 def condition_teachers(cfg: SealConfig, store: RunStore) -> list[tuple[str, Any]]:
-    """(label, teacher model config) for every teacher condition requested."""
-    out = []
+    """(label, teacher) for every teacher condition requested: a model config, or for `served` the
+    OpenAI-compatible endpoint (`sampling.served`)."""
+    out: list[tuple[str, Any]] = []
     if "base_teacher" in cfg.eval.conditions:
         out.append(("base_teacher", teacher_config(cfg, store, 0)))
     if "round_teachers" in cfg.eval.conditions:
         for r in range(1, cfg.outer.rounds + 1):
             if is_complete(teacher_checkpoint(store, r)):
                 out.append((f"round{r}_teacher", teacher_config(cfg, store, r)))
+    if "served" in cfg.eval.conditions:
+        out.append(("served", cfg.sampling.served))
     return out
 
 
@@ -58,7 +63,13 @@ def _sample_condition(cfg: SealConfig, domain: Domain, store: RunStore, instance
                        temperature=cfg.eval.temperature if cfg.eval.temperature is not None
                        else cfg.sampling.temperature)
     teacher: Any
-    if cfg.sampling.backend == "vllm":
+    step = 1  # instances per sample() call
+    if isinstance(teacher_cfg, ServedConfig) or cfg.sampling.backend == "openai":
+        # the server holds the teacher (under backend openai, base_teacher is the served model too); enough
+        # instances per call to keep `concurrency` requests in flight
+        teacher = ServedTeacher(sampling, domain)
+        step = max(1, cfg.sampling.served.concurrency // cfg.eval.k)
+    elif cfg.sampling.backend == "vllm":
         tok = load_tokenizer(teacher_cfg)
         teacher = VLLMTeacher(resolve(teacher_cfg.name), tok, sampling, domain, uses_chat_template(teacher_cfg, tok))
     else:
@@ -66,14 +77,15 @@ def _sample_condition(cfg: SealConfig, domain: Domain, store: RunStore, instance
         teacher = Teacher(model, tok, sampling, domain, uses_chat_template(teacher_cfg, tok))
     with Phase(f"evaluation: sampling {cfg.eval.k} self-edit(s) per held-out instance from {label}", len(missing),
                is_main) as phase:
-        for inst in missing:
-            samples = teacher.sample([inst], cfg.eval.k)[0]
-            iid = domain.instance_id(inst)
-            for j, text in enumerate(samples.texts):
-                if (label, iid, j) not in have:
-                    store.append("eval_self_edits", parse_record(domain, inst, text, j, condition=label))
-                    have.add((label, iid, j))
-            phase.update()
+        for start in range(0, len(missing), step):
+            chunk = missing[start:start + step]
+            for inst, samples in zip(chunk, teacher.sample(chunk, cfg.eval.k)):
+                iid = domain.instance_id(inst)
+                for j, text in enumerate(samples.texts):
+                    if (label, iid, j) not in have:
+                        store.append("eval_self_edits", parse_record(domain, inst, text, j, condition=label))
+                        have.add((label, iid, j))
+                phase.update()
 
 
 def file_self_edits(cfg: SealConfig, domain: Domain, heldout: Sequence[Any]) -> dict[tuple[str, int], str]:
@@ -204,9 +216,11 @@ def _cpt(cfg: SealConfig, domain: Domain, store: RunStore, student: Student, hel
     """One adapter on every held-out instance's sequences (all of its self-edits), then every question;
     each rank trains every N-th seed."""
     examples: list[Example] = []
-    for items in plans.values():
-        for _, plan in items:
-            examples += plan.examples if plan is not None else []
+    by_id = {domain.instance_id(i): i for i in heldout}
+    for iid, items in plans.items():
+        usable = [plan for _, plan in items if plan is not None]
+        for plan in usable or [domain.plan(by_id[iid], None)]:  # no usable self-edit: the passage alone
+            examples += plan.examples
     merged = TrainingPlan(examples=list(dict.fromkeys(examples)), epochs=cfg.eval.cpt_epochs)
     seeds = dist.shard([s for s in cfg.eval.seeds
                         if not all((label, "cpt", domain.instance_id(i), None, s) in done for i in heldout)])

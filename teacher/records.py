@@ -135,8 +135,10 @@ def _mean_se(values: Sequence[float]) -> tuple[float, float, int]:
 
 
 def table_rows(records: Sequence[EvalRecord], labels: Sequence[str], cpt: bool) -> list[dict[str, Any]]:
-    """Per condition and setting: mean ± SE over (instance, seed), each averaged over that instance's
-    self-edits (the oracle takes the best of them instead)."""
+    """Per condition and setting: mean ± SE over instances (`n` counts instances). Each instance's value is
+    the mean over seeds of its (seed) cell, a cell being the mean over the instance's self-edits (the
+    oracle takes the best of them instead). Seeds are averaged before the SE: an instance's seeds share
+    its questions, so treating them as independent would understate the error."""
     cells: dict[tuple[str, str], dict[tuple[str, Any], list[float]]] = {}
     for r in records:
         cells.setdefault((r.condition, r.setting), {}).setdefault((r.instance, r.seed), []).append(r.score)
@@ -145,8 +147,11 @@ def table_rows(records: Sequence[EvalRecord], labels: Sequence[str], cpt: bool) 
         row: dict[str, Any] = {"condition": label}
         for setting in ("single", "cpt") if cpt else ("single",):
             source = ("no_update", "single") if label == "no_update" else (label, setting)
-            pick = max if label == "oracle" else (lambda v: sum(v) / len(v))
-            values = [pick(v) for v in cells.get(source, {}).values()]
+            pick = max if label == "oracle" else mean_or_nan
+            per_instance: dict[str, list[float]] = {}
+            for (instance, _), scores in cells.get(source, {}).items():
+                per_instance.setdefault(instance, []).append(pick(scores))
+            values = [mean_or_nan(seeds) for seeds in per_instance.values()]
             row[f"{setting}_mean"], row[f"{setting}_se"], row[f"{setting}_n"] = _mean_se(values)
         rows.append(row)
     return rows

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import torch
 
-from seal.shared.config import ModelConfig, OuterConfig, SealConfig
+from seal.shared.config import ConfigError, ModelConfig, OuterConfig, SealConfig
 from seal.shared.dist import Dist
 from seal.shared.domain import Domain, SelfEdit
 from seal.shared.models import load_model, load_tokenizer, resolve, uses_chat_template
@@ -41,6 +41,7 @@ from seal.teacher.checkpoints import (
 from seal.teacher.records import finish_round, format_table, parse_record, reward_record, round_stats, summary_rows
 from seal.teacher.rewards import absorb_and_score, load_baselines, record_baselines
 from seal.teacher.sampling import Teacher, derive_seed
+from seal.teacher.served import ServedTeacher
 from seal.teacher.trl_args import trainer_kwargs
 from seal.teacher.vllm_sampling import VLLMTeacher
 
@@ -127,7 +128,7 @@ class Session:
 
     domain: Domain
     teacher: Any
-    """A `Teacher` (transformers) or a `VLLMTeacher`."""
+    """A `Teacher` (transformers), a `VLLMTeacher` or a `ServedTeacher` (an OpenAI-compatible endpoint)."""
     student: Student
     teacher_cfg: ModelConfig
 
@@ -135,9 +136,19 @@ class Session:
 def build_session(cfg: SealConfig, domain: Domain, teacher_cfg: ModelConfig | None = None,
                   student: Student | None = None, dist: Dist | None = None) -> Session:
     """Load the models. In self mode the teacher samples from the student's base weights; in
-    teacher_student mode an existing (fixed) student can be passed in and is kept."""
+    teacher_student mode an existing (fixed) student can be passed in and is kept. With sampling.backend
+    openai the teacher is a `ServedTeacher` (teacher_student mode only; no teacher weights are loaded)."""
     teacher_cfg = teacher_cfg or cfg.teacher
-    vllm_teacher = cfg.sampling.backend == "vllm"
+    backend = cfg.sampling.backend
+    if backend == "openai":  # the server holds the teacher: no transformers copy, and it cannot be the student
+        if cfg.mode == "self":  # refused by the config already
+            raise ConfigError("sampling.backend openai needs mode teacher_student: in mode self the teacher is "
+                              "the student")
+        if student is None:
+            student = load_student(cfg.inner, cfg.student, domain, dist)
+        return Session(domain=domain, teacher=ServedTeacher(cfg.sampling, domain), student=student,
+                       teacher_cfg=teacher_cfg)
+    vllm_teacher = backend == "vllm"
     if cfg.mode == "self" or not vllm_teacher:
         teacher_model, teacher_tok = load_model(teacher_cfg)
     else:  # the vLLM engine holds the teacher: no transformers copy needed

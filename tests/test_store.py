@@ -14,7 +14,7 @@ def test_append_and_read_skip_a_torn_last_line(tmp_path):
 
 
 def test_a_run_dir_refuses_another_config(tmp_path):
-    RunStore(tmp_path, {"seed": 0, "inner": {"lr": 1e-3}, "output_dir": "a"})
+    RunStore(tmp_path, {"seed": 0, "inner": {"lr": 1e-3}, "output_dir": "a"}).append("records", {"a": 1})
     RunStore(tmp_path, {"seed": 0, "inner": {"lr": 1e-3}, "output_dir": "b", "threads": 4})  # same results
     RunStore(tmp_path, {"seed": 0, "inner": {"lr": 1e-3}, "eval": {"conditions": ["file"]}})  # more evaluation
     with pytest.raises(RunDirError, match=r"inner.lr: 0.001 -> 0.003"):
@@ -95,6 +95,7 @@ def test_deleting_config_yaml_does_not_disable_the_guard(tmp_path):
 @pytest.mark.parametrize("text", ["{{{ not yaml", "- a list\n", "digest_missing: 1\n"])
 def test_a_damaged_config_yaml_is_a_clear_error(tmp_path, text):
     (tmp_path / "config.yaml").write_text(text)
+    (tmp_path / "records.jsonl").write_text('{"a": 1}\n')
     with pytest.raises(RunDirError, match="config.yaml"):
         RunStore(tmp_path, {"seed": 0})
 
@@ -122,3 +123,48 @@ def test_stale_teacher_scratch_folders_are_removed_when_a_run_starts(tmp_path):
     (tmp_path / "teachers" / "round1").mkdir()
     remove_stale_staging(store)
     assert not stale.exists() and (tmp_path / "teachers" / "round1").exists()
+
+
+def test_a_directory_without_results_takes_the_new_config(tmp_path):
+    """A run that stopped before its first result (e.g. a model path typo) does not own the directory."""
+    RunStore(tmp_path, {"seed": 0, "teacher": {"name": "typo"}})
+    RunStore(tmp_path, {"seed": 0, "teacher": {"name": "right"}}).append("records", {"a": 1})
+    assert "right" in (tmp_path / "config.yaml").read_text()
+    with pytest.raises(RunDirError, match="different config"):
+        RunStore(tmp_path, {"seed": 0, "teacher": {"name": "typo"}})
+
+
+def test_a_run_made_before_a_key_existed_still_resumes(tmp_path):
+    """Keys added later (ADDED_KEYS) at their default leave the digest as it was."""
+    from seal.shared.config import SealConfig
+    from seal.shared.config_parser import to_dict
+    from seal.shared.store import ADDED_KEYS
+
+    new = to_dict(SealConfig())
+    old = to_dict(SealConfig())
+    for dotted in ADDED_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = old
+        for part in parents:
+            node = node[part]
+        node.pop(leaf)
+    RunStore(tmp_path, old).append("records", {"a": 1})
+    RunStore(tmp_path, new)  # resumes
+    changed = to_dict(SealConfig())
+    changed["sampling"]["served"]["model"] = "other"
+    with pytest.raises(RunDirError):
+        RunStore(tmp_path, changed)
+
+
+def test_a_served_teacher_may_move_to_another_port_but_not_another_model(tmp_path):
+    from seal.shared.config import SealConfig
+    from seal.shared.config_parser import to_dict
+
+    cfg = to_dict(SealConfig())
+    cfg["sampling"]["served"].update(url="http://a:8000/v1", model="m")
+    RunStore(tmp_path, cfg).append("records", {"a": 1})
+    cfg["sampling"]["served"].update(url="http://b:9000/v1", timeout_s=5.0, concurrency=2)
+    RunStore(tmp_path, cfg)
+    cfg["sampling"]["served"]["model"] = "other"
+    with pytest.raises(RunDirError, match="sampling.served.model"):
+        RunStore(tmp_path, cfg)

@@ -210,5 +210,5 @@ def test_teacher_samples_k_seeded_self_edits_without_the_adapter(tiny_model_dir)
     again = teacher.sample(insts)
     assert [s.texts for s in again] == [s.texts for s in first]
     assert teacher.sample(insts, round_=1)[0].texts != first[0].texts
-    with pytest.raises(ValueError, match="sampling.backend: expected 'hf' or 'vllm'"):
+    with pytest.raises(ValueError, match="sampling.backend: expected one of 'hf', 'vllm', 'openai'"):
         SamplingConfig(backend="tpu")
