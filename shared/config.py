@@ -239,6 +239,12 @@ class InnerConfig:
     """Module names that get a LoRA (e.g. [q_proj, v_proj]); [all-linear]: every linear layer."""
     lr: Rate = 1e-3
     """Learning rate (AdamW); used when the self-edit does not choose one."""
+    lr_scheduler: str = "constant"
+    """constant | linear | cosine: the learning rate over each adapter's own steps, as transformers'
+    schedulers of those names (constant with warmup_steps: constant_with_warmup). The official knowledge
+    inner loop uses linear, ARC test-time training cosine."""
+    warmup_steps: NonNegative = 0
+    """Linear warm-up steps before the schedule (ARC test-time training: 11)."""
     epochs: Count = 10
     """Passes over the self-edit's training sequences; used when the self-edit does not choose a number."""
     batch_size: Count = 1
@@ -263,6 +269,7 @@ class InnerConfig:
 
     def __post_init__(self):
         check_choice("inner.score_backend", self.score_backend, ("hf", "vllm"))
+        check_choice("inner.lr_scheduler", self.lr_scheduler, ("constant", "linear", "cosine"))
 
 
 FILTERS = ("best_of_k", "best_of_k_positive", "all_positive", "top_fraction")

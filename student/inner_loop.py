@@ -94,6 +94,20 @@ def auto_slots(model, inner: InnerConfig, cap: int = 16) -> int:
     return max(1, min(cap, int(free * 0.25 // per_adapter)))
 
 
+def lr_factor(kind: str, step: int, total: int, warmup: int) -> float:
+    """The multiplier of the learning rate at optimizer step `step` (0-based) of `total`, as transformers'
+    `get_scheduler(kind, num_warmup_steps=warmup, num_training_steps=total)` gives it
+    (transformers/optimization.py: linear warm-up, then constant, linear decay to 0, or a half cosine)."""
+    if step < warmup:
+        return step / max(1, warmup)
+    if kind == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    if kind == "linear":
+        return max(0.0, 1.0 - progress)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
 def lora_bank(model, inner: InnerConfig) -> LoRABank:
     """The K adapter slots over `model`'s targeted linear layers (wrapped in place); the base weights are
     frozen first, since the slots are all a student ever trains."""
@@ -231,9 +245,7 @@ class Student:
         schedules = [self._schedule(d, p, s) if d else [] for d, p, s in zip(data, plans, seeds)]
         for slot, seed in enumerate(seeds):
             self.bank.reset(slot, seed)
-        lr = torch.zeros(self.slots, 1, device=self.device)
-        for slot, p in enumerate(plans):
-            lr[slot] = p.lr if p.lr is not None else self.inner.lr
+        base_lr = [p.lr if p.lr is not None else self.inner.lr for p in plans]
         optimizer = SlotAdamW(self.bank)
         losses: list[list[float]] = [[] for _ in range(k)]
         tokens = [0] * k
@@ -264,6 +276,10 @@ class Student:
                 mask = torch.zeros(self.slots, 1, device=self.device)
                 trained = [i for i, ok in zip(active, finite.tolist()) if ok]
                 mask[trained] = 1  # slots without rows this step keep weights and moments (AdamW would decay them)
+                lr = torch.zeros(self.slots, 1, device=self.device)
+                for i in trained:  # each adapter follows the schedule over its own number of steps
+                    lr[i] = base_lr[i] * lr_factor(self.inner.lr_scheduler, step, len(schedules[i]),
+                                                   self.inner.warmup_steps)
                 optimizer.step(lr, self.inner.weight_decay, self.inner.max_grad_norm, mask)
                 for i, loss, ok in zip(active, slot_loss.tolist(), finite.tolist()):
                     if ok:

@@ -232,3 +232,30 @@ def test_the_numeric_fields_of_the_loops_all_declare_a_range():
     declared = {key for key, tp in leaf_fields(SealConfig) if constraints(tp)}
     assert required <= declared, required - declared
     assert all(isinstance(c, (Bound, NonEmpty, Unique)) for _, tp in leaf_fields(SealConfig) for c in constraints(tp))
+
+
+def test_a_passage_too_long_for_the_teacher_is_named_not_silently_cut(tiny_model_dir):
+    from seal.shared import DataError, KnowledgeDomain, Passage, Question, SamplingConfig
+    from seal.shared.config import ModelConfig
+    from seal.shared.models import load_model
+    from seal.teacher import Teacher
+
+    model, tok = load_model(ModelConfig(name=str(tiny_model_dir)))
+    huge = Passage("huge-1", "Huge", "word " * 5000, [Question("q?", "a")])
+    teacher = Teacher(model, tok, SamplingConfig(k=1, max_new_tokens=16), KnowledgeDomain(), chat=True)
+    with pytest.raises(DataError, match=r"teacher prompt for 'Huge' has \d+ tokens.*exceeds the teacher's 512"):
+        teacher.sample([huge])
+
+
+def test_a_truncated_weights_file_is_a_model_load_error(tiny_model_dir, tmp_path):
+    import shutil
+
+    from seal.shared.config import ModelConfig
+    from seal.shared.models import ModelLoadError, load_model
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ModelLoadError, match="cannot load model"):
+        load_model(ModelConfig(name=str(broken)))

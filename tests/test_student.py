@@ -80,8 +80,8 @@ def test_many_adapters_at_once_equal_one_at_a_time(tiny_model_dir):
              TrainingPlan(examples=[Example("", TEXTS[0])], epochs=5, lr=3e-2)]
     seeds = [0, 1, 2, 3]
     insts = KnowledgeDomain().load("builtin", "train[:4]")
-    student = make_student(tiny_model_dir, lr=3e-2)
-    together = student.absorb_many(plans, seeds)
+    student = make_student(tiny_model_dir, lr=3e-2, lr_scheduler="linear", warmup_steps=1)
+    together = student.absorb_many(plans, seeds)  # plans of different lengths: each its own schedule
     w_together = student.bank.weights.detach().clone()
     answers_together = [s.details for s in student.score_many(insts)]
     for i, (p, s) in enumerate(zip(plans, seeds)):
@@ -94,11 +94,15 @@ def test_many_adapters_at_once_equal_one_at_a_time(tiny_model_dir):
     assert [t.steps for t in together] == [3 * 2, 3 * 1, 3 * 2, 5]
 
 
-def test_one_slot_trains_like_peft_lora_with_torch_adamw(tiny_model_dir):
-    """Our LoRA forward, loss and optimizer against peft's LoRA layers and torch.optim.AdamW."""
+@pytest.mark.parametrize("scheduler, warmup", [("constant", 0), ("linear", 0), ("cosine", 2)])
+def test_one_slot_trains_like_peft_lora_with_torch_adamw(tiny_model_dir, scheduler, warmup):
+    """Our LoRA forward, loss, optimizer and schedule against peft's LoRA layers, torch.optim.AdamW and
+    transformers' scheduler of the same name."""
     from peft import LoraConfig, get_peft_model
+    from transformers import get_scheduler
 
-    student = make_student(tiny_model_dir, epochs=2, batch_size=1, lr=1e-2, max_grad_norm=1.0)
+    student = make_student(tiny_model_dir, epochs=2, batch_size=1, lr=1e-2, max_grad_norm=1.0,
+                           lr_scheduler=scheduler, warmup_steps=warmup)
     p = plan()
     student.bank.reset(0, 5)
     init = student.bank.peft_state_dict(0)
@@ -111,13 +115,16 @@ def test_one_slot_trains_like_peft_lora_with_torch_adamw(tiny_model_dir):
     params = [q for n, q in ref.named_parameters() if "lora_" in n]
     opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)
     data = student.encode(p)
+    batches = student._schedule(data, p, seed=5)
+    sched = get_scheduler(scheduler, opt, num_warmup_steps=warmup, num_training_steps=len(batches))
     ref.train()
-    for batch in student._schedule(data, p, seed=5):
+    for batch in batches:
         (j,) = batch
         ids = torch.tensor([data[j][0]])
         ref(input_ids=ids, labels=ids).loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        sched.step()
         opt.zero_grad()
     ref_state = {n.replace(".default", ""): q for n, q in ref.named_parameters() if "lora_" in n}
     assert ref_state.keys() == ours.keys()
