@@ -351,6 +351,10 @@ class EvalConfig:
     """One inner loop per seed for each evaluation self-edit (each seed is recorded as its own score)."""
     temperature: Rate | None = None
     """Sampling temperature for evaluation self-edits; None: sampling.temperature."""
+    student: str = "base"
+    """Who absorbs a round teacher's self-edits in mode self: base (the run's base model, so rows differ only
+    in their self-edits) | round (the round-r model itself, the paper's θ' <- SFT(θ, SE): it writes and
+    absorbs; its own no-update score is its baseline). teacher_student mode always uses its fixed student."""
     conditions: Annotated[list[str], NonEmpty(), Unique()] = field(
         default_factory=lambda: ["no_update", "context_only", "base_teacher", "round_teachers"])
     """no_update | context_only | base_teacher | round_teachers | file | oracle (best of the domain's
@@ -426,6 +430,7 @@ class SealConfig:
         bad = [c for c in self.eval.conditions if c not in EVAL_CONDITIONS]
         if bad:
             raise ConfigError(f"eval.conditions: unknown {', '.join(bad)}; choose from {', '.join(EVAL_CONDITIONS)}")
+        check_choice("eval.student", self.eval.student, ("base", "round"))
         if "file" in self.eval.conditions and not self.eval.self_edits_file:
             raise ConfigError("eval.conditions has 'file' but eval.self_edits_file is not set")
         if "served" in self.eval.conditions and not self.sampling.served.ready:

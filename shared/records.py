@@ -53,8 +53,10 @@ class SelfEditRecord(Record):
     condition: str | None = None
     """The evaluation condition that sampled it (eval_self_edits)."""
     sample_seconds: float | None = None
+    eval_key: str | None = None
+    """The evaluation settings it was sampled under (eval_self_edits; see `teacher.evaluation.eval_key`)."""
 
-    OPTIONAL = ("round", "condition", "sample_seconds")
+    OPTIONAL = ("round", "condition", "sample_seconds", "eval_key")
 
     @property
     def key(self) -> tuple[str, int]:
@@ -115,8 +117,10 @@ class EvalRecord(Record):
     status: str
     """ok | invalid (scored as the no-update baseline) | failed (scored 0)"""
     reason: str | None = None
+    eval_key: str | None = None
+    """The evaluation settings it was measured under (see `teacher.evaluation.eval_key`)."""
 
-    OPTIONAL = ("reason",)
+    OPTIONAL = ("reason", "eval_key")
 
     @property
     def key(self) -> tuple[str, str, str, int | None, int | None]:

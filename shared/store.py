@@ -44,49 +44,57 @@ def _clean(value: Any) -> Any:
     return value
 
 
-ADDED_KEYS = ("sampling.served",)
+ADDED_KEYS = ("sampling.served", "inner.lr_scheduler", "inner.warmup_steps")
 """Config keys added after run directories existed: left out of the digest while they hold their default,
 so a run made before a key existed still resumes (the key could not have changed its results)."""
 
 
 NESTED_NON_RESULT_KEYS = ("sampling.served.url", "sampling.served.api_key_env", "sampling.served.timeout_s",
                           "sampling.served.retries", "sampling.served.backoff_s", "sampling.served.concurrency",
-                          "sampling.served.cache")
+                          "sampling.served.cache", "continual.paper_results")
 """How a served teacher is reached, not what it samples (the model, route, seeds and sampling settings are
-in the digest): a run may resume against a server on another port or with other timeouts."""
+in the digest): a run may resume against a server on another port or with other timeouts. And what is only
+shown beside the results (the paper's continual matrix)."""
 
 
 def config_digest(config: dict[str, Any]) -> str:
-    relevant = _drop_nested({k: v for k, v in config.items() if k not in NON_RESULT_KEYS})
-    defaults = None
+    """A hash of what can change results: the config without NON_RESULT_KEYS, with the nested non-result
+    keys set to their defaults, and without the keys added later (ADDED_KEYS) while at their defaults —
+    so a run directory made before a key existed keeps its digest."""
+    defaults = _defaults()
+    relevant = {k: v for k, v in config.items() if k not in NON_RESULT_KEYS}
+    for dotted in NESTED_NON_RESULT_KEYS:
+        if _get(relevant, dotted) is not _MISSING:
+            relevant = _with(relevant, dotted.split("."), _get(defaults, dotted))
     for dotted in ADDED_KEYS:
-        *parents, leaf = dotted.split(".")
-        node = relevant
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) and leaf in node:
-            if defaults is None:
-                from seal.shared.config import SealConfig
-                from seal.shared.config_parser import to_dict
-
-                defaults = _drop_nested(to_dict(SealConfig()))
-            default = defaults
-            for part in dotted.split("."):
-                default = default.get(part) if isinstance(default, dict) else None
-            if node[leaf] == default:
-                relevant = _without(relevant, dotted.split("."))
+        value = _get(relevant, dotted)
+        if value is not _MISSING and value == _get(defaults, dotted):
+            relevant = _without(relevant, dotted.split("."))
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _drop_nested(tree: dict[str, Any]) -> dict[str, Any]:
-    for dotted in NESTED_NON_RESULT_KEYS:
-        node = tree
-        *parents, _ = dotted.split(".")
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) and dotted.rsplit(".", 1)[1] in node:
-            tree = _without(tree, dotted.split("."))
+_MISSING = object()
+
+
+def _defaults() -> dict[str, Any]:
+    from seal.shared.config import ContinualRunConfig
+    from seal.shared.config_parser import to_dict
+
+    return to_dict(ContinualRunConfig())  # every section's defaults (SealConfig's and `continual`)
+
+
+def _get(tree: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return _MISSING
+        tree = tree[part]
     return tree
+
+
+def _with(tree: dict[str, Any], path: list[str], value: Any) -> dict[str, Any]:
+    """A copy of `tree` with the key at `path` set to `value`."""
+    head, *rest = path
+    return {**tree, head: value if not rest else _with(tree[head], rest, value)}
 
 
 def _without(tree: dict[str, Any], path: list[str]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ Under N processes each rank samples every N-th held-out instance and runs every 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import replace
@@ -55,7 +56,8 @@ def condition_teachers(cfg: SealConfig, store: RunStore) -> list[tuple[str, Any]
 
 
 def _sample_condition(cfg: SealConfig, domain: Domain, store: RunStore, instances: Sequence[Any], label: str,
-                      teacher_cfg, have: set[tuple[str, str, int]], is_main: bool, shared_model=None) -> None:
+                      teacher_cfg, have: set[tuple[str, str, int]], is_main: bool, key: str,
+                      shared_model=None) -> None:
     missing = [i for i in instances if not all((label, domain.instance_id(i), j) in have for j in range(cfg.eval.k))]
     if not missing:
         return
@@ -83,7 +85,8 @@ def _sample_condition(cfg: SealConfig, domain: Domain, store: RunStore, instance
                 iid = domain.instance_id(inst)
                 for j, text in enumerate(samples.texts):
                     if (label, iid, j) not in have:
-                        store.append("eval_self_edits", parse_record(domain, inst, text, j, condition=label))
+                        store.append("eval_self_edits", parse_record(domain, inst, text, j, condition=label,
+                                                                     eval_key=key))
                         have.add((label, iid, j))
                 phase.update()
 
@@ -122,6 +125,11 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
     dist = dist or Dist()
     conditions = cfg.eval.conditions
     file_edits = file_self_edits(cfg, domain, heldout) if "file" in conditions else {}  # a bad file fails first
+    key, legacy = eval_key(cfg, store, file_edits, dist)
+
+    def current(r: SelfEditRecord | EvalRecord) -> bool:  # measured under this evaluation's settings
+        return (r.eval_key or legacy) == key
+
     if cfg.mode == "teacher_student":
         student = load_student(cfg.inner, cfg.student, domain, dist)
         shared = None
@@ -131,9 +139,9 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
         shared = (model, tok)
 
     # 1. Self-edits for every teacher condition (one teacher in memory at a time).
-    have = {(r.condition, r.instance, r.index) for r in store.iter("eval_self_edits", SelfEditRecord)}
+    have = {(r.condition, r.instance, r.index) for r in store.iter("eval_self_edits", SelfEditRecord) if current(r)}
     for label, teacher_cfg in condition_teachers(cfg, store):
-        _sample_condition(cfg, domain, store, dist.shard(heldout), label, teacher_cfg, have, dist.is_main,
+        _sample_condition(cfg, domain, store, dist.shard(heldout), label, teacher_cfg, have, dist.is_main, key,
                           shared if label == "base_teacher" else None)
     given = {"oracle": [(inst, j, text) for inst in heldout for j, text in enumerate(domain.oracle_self_edits(inst))]
              if "oracle" in conditions else [],
@@ -143,24 +151,27 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
         for label, rows in given.items():
             for inst, j, text in rows:
                 if (label, domain.instance_id(inst), j) not in have:
-                    store.append("eval_self_edits", parse_record(domain, inst, text, j, condition=label))
+                    store.append("eval_self_edits", parse_record(domain, inst, text, j, condition=label,
+                                                                 eval_key=key))
     load_baselines(store, student)
     record_baselines(store, student, dist.shard(heldout), dist.is_main)
     dist.barrier()
 
     edits: dict[str, dict[str, list[SelfEditRecord]]] = {}
-    for r in store.iter("eval_self_edits", SelfEditRecord):
+    for r in filter(current, store.iter("eval_self_edits", SelfEditRecord)):
         edits.setdefault(r.condition, {}).setdefault(r.instance, []).append(r)
     load_baselines(store, student)
 
     # 2. The base student absorbs each condition's plans.
-    done = {r.key for r in store.iter("eval_records", EvalRecord)}
+    done = {r.key for r in store.iter("eval_records", EvalRecord) if current(r)}
     labels = ["no_update"] if "no_update" in conditions else []
     labels += ["context_only"] if "context_only" in conditions else []
     labels += [label for label, _ in condition_teachers(cfg, store)]
     labels += ["file"] if "file" in conditions else []
     labels += ["oracle"] if "oracle" in conditions else []
+    base_student = student
     for label in labels:
+        student = absorbing_student(cfg, domain, store, heldout, label, base_student, dist)
         plans = _plans(domain, heldout, label, edits.get(label, {}))
         jobs: list[Job] = []
         for inst in heldout:
@@ -168,12 +179,13 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
             base = student.baselines[(student.base_fingerprint, iid)].value
             if label == "no_update":
                 if ("no_update", "single", iid, None, None) not in done and dist.is_main:
-                    store.append("eval_records", EvalRecord(label, "single", iid, None, None, base, "ok"))
+                    store.append("eval_records", EvalRecord(label, "single", iid, None, None, base, "ok",
+                                                            eval_key=key))
                 continue
             for j, plan in plans.get(iid, []):
                 for seed in cfg.eval.seeds:
                     # as recorded for an unusable self-edit; a job's result replaces score and status
-                    cell = EvalRecord(label, "single", iid, j, seed, base, "invalid")
+                    cell = EvalRecord(label, "single", iid, j, seed, base, "invalid", eval_key=key)
                     if cell.key in done:
                         continue
                     if plan is None:  # unusable: the student stays as it was
@@ -191,9 +203,45 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
         if label != "no_update":
             absorb_and_score(student, store, dist.shard(jobs), record, f"evaluation: {label}", dist.is_main)
         if cfg.eval.cpt and label not in ("no_update", "oracle"):
-            _cpt(cfg, domain, store, student, heldout, label, plans, done, dist)
+            _cpt(cfg, domain, store, student, heldout, label, plans, done, dist, key)
     dist.barrier()
-    return table_rows(list(store.iter("eval_records", EvalRecord)), labels, cfg.eval.cpt)
+    return table_rows([r for r in store.iter("eval_records", EvalRecord) if current(r)], labels, cfg.eval.cpt)
+
+
+def absorbing_student(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence[Any], label: str,
+                      base: Student, dist: Dist) -> Student:
+    """The student that absorbs a condition's self-edits: the base student, or with `eval.student: round`
+    in mode self the round-r model for `round{r}_teacher` (its baselines measured and stored first)."""
+    if cfg.mode != "self" or cfg.eval.student != "round" or not (label.startswith("round") and
+                                                                label.endswith("_teacher")):
+        return base
+    round_cfg = teacher_config(cfg, store, int(label[len("round"):-len("_teacher")]))
+    model, tok = load_model(round_cfg)
+    student = make_student(model, tok, cfg.inner, round_cfg, domain)
+    load_baselines(store, student)
+    record_baselines(store, student, dist.shard(heldout), dist.is_main)
+    dist.barrier()
+    load_baselines(store, student)
+    return student
+
+
+def eval_key(cfg: SealConfig, store: RunStore, file_edits: dict[tuple[str, int], str],
+             dist: Dist) -> tuple[str, str]:
+    """(key, legacy key). The key names the evaluation settings that change samples or scores but sit
+    outside the run's config digest (the `eval` section may change between evaluations of one run):
+    the sampling temperature, self-edits per instance, CPT epochs and the content of the self-edits file.
+    Rows carry it, and an evaluation reuses only its own. Rows written before keys existed belong to the
+    first evaluation that finds them (recorded in eval_settings.json), as they did before."""
+    settings = {"temperature": cfg.eval.temperature if cfg.eval.temperature is not None else cfg.sampling.temperature,
+                "k": cfg.eval.k, "cpt_epochs": cfg.eval.cpt_epochs or cfg.inner.epochs, "student": cfg.eval.student,
+                "file": sorted(f"{iid}/{j}/{text}" for (iid, j), text in file_edits.items())}
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    marker = store.path / "eval_settings.json"
+    if marker.exists():
+        return key, json.loads(marker.read_text())["legacy_key"]
+    if dist.is_main:
+        store.write_text("eval_settings.json", json.dumps({"legacy_key": key, "settings": settings}) + "\n")
+    return key, key
 
 
 def _plans(domain: Domain, heldout: Sequence[Any], label: str, edits: dict[str, list[SelfEditRecord]]) -> Plans:
@@ -212,7 +260,7 @@ def _plans(domain: Domain, heldout: Sequence[Any], label: str, edits: dict[str, 
 
 
 def _cpt(cfg: SealConfig, domain: Domain, store: RunStore, student: Student, heldout: Sequence[Any], label: str,
-         plans: Plans, done: set, dist: Dist) -> None:
+         plans: Plans, done: set, dist: Dist, key: str | None = None) -> None:
     """One adapter on every held-out instance's sequences (all of its self-edits), then every question;
     each rank trains every N-th seed."""
     examples: list[Example] = []
@@ -231,7 +279,7 @@ def _cpt(cfg: SealConfig, domain: Domain, store: RunStore, student: Student, hel
             log.warning("evaluation %s cpt seed %s failed: %s", label, seed, stats.error)
             return
         for inst, score in zip(heldout, scores):
-            cell = EvalRecord(label, "cpt", domain.instance_id(inst), None, seed, score.value, "ok")
+            cell = EvalRecord(label, "cpt", domain.instance_id(inst), None, seed, score.value, "ok", eval_key=key)
             if cell.key not in done:
                 store.append("eval_records", cell)
 

@@ -87,3 +87,50 @@ def test_report_reads_every_rank_of_a_multi_process_run(tmp_path):
     (tmp_path / "eval.csv").write_text('condition,single_mean\n"a,b",0.5\n')
     assert report.eval_rows(tmp_path) == [{"condition": "a,b", "single_mean": "0.5"}]
 
+
+
+@pytest.mark.slow
+def test_b3_re_evaluating_under_other_settings_does_not_reuse_old_samples(tiny_model_dir, tmp_path):
+    """The eval section is outside the run digest (a finished run may be evaluated again), so its rows
+    carry the settings they were made under, and another eval.temperature samples afresh."""
+    import json
+
+    from tests.test_outer import REPO, args_for, run
+
+    out = tmp_path / "ev"
+
+    def evaluate(*extra):
+        cmd = [a if a != str(REPO / "recipes" / "seal.py") else str(REPO / "recipes" / "evaluate.py")
+               for a in args_for(tiny_model_dir, out, "--outer.rounds", "0", "--eval.conditions",
+                                 "[no_update, base_teacher]", "--eval.cpt", "false", *extra)]
+        return run(cmd, tmp_path)
+
+    def rows(name):
+        return [json.loads(line) for line in (out / f"{name}.jsonl").read_text().splitlines()]
+
+    evaluate()
+    first = rows("eval_self_edits")
+    evaluate()  # the same settings: nothing new
+    assert rows("eval_self_edits") == first
+    evaluate("--eval.temperature", "0.3")
+    edits = rows("eval_self_edits")
+    assert len(edits) == 2 * len(first) and len({r["eval_key"] for r in edits}) == 2
+    cells = [r for r in rows("eval_records") if r["condition"] == "base_teacher"]
+    assert len({r["eval_key"] for r in cells}) == 2
+
+
+@pytest.mark.slow
+def test_in_self_mode_the_round_model_can_absorb_its_own_self_edits(tiny_model_dir, tmp_path):
+    """`eval.student: round`: the paper's evaluation, where the round-r model writes and absorbs."""
+    import json
+
+    from tests.test_outer import args_for, run
+
+    out = tmp_path / "run"
+    run(args_for(tiny_model_dir, out, "--outer.epochs", "4", "--eval.student", "round", "--eval.cpt", "false",
+                 "--eval.conditions", "[no_update, round_teachers]"), tmp_path)
+    baselines = [json.loads(line) for line in (out / "baselines.jsonl").read_text().splitlines()]
+    heldout = {r["instance"] for r in baselines if r["instance"].startswith("heldout")}
+    students = {r["student"] for r in baselines if r["instance"] in heldout}
+    assert len(heldout) == 2 and len(students) == 2  # the base model's and the round-1 model's baselines
+    assert "round1_teacher" in (out / "eval.md").read_text()
