@@ -30,29 +30,42 @@ from seal.shared.judge import Judge, JudgeConfig
 
 _PASSAGE = "{title}\n{context}"
 
-# Self-edit prompts (data, not code). The wording follows the paper's public prompts.
+# Self-edit prompts (data, not code). The five paper formats are the official texts verbatim
+# (knowledge-incorporation/src/data_generation/make_squad_data.py, MAKE_SQUAD_DATA_TEMPLATES_BASE); the
+# `-lines` / `-dashes` / `-pairs` variants are ours: they ask small models for one item per line, a `---`
+# between rewrites, and explicit Question/Answer lines, which our 135M demo model follows more reliably.
+_IMPLICATIONS = ("Let's read the following passage and produce a {size}list of implications derived directly or "
+                 "indirectly from the content.")
 FORMATS: dict[str, str] = {
-    "implications": (
-        "Let's read the following passage and produce a list of implications derived directly or "
-        "indirectly from the content.\n\nPassage:\n" + _PASSAGE + "\n\nImplications:\n"),
-    "implications-long": (
+    "implications": _IMPLICATIONS.format(size="") + "\n\nPassage:\n" + _PASSAGE + "\n\nImplications:\n",
+    "implications-long": _IMPLICATIONS.format(size="long ") + "\n\nPassage:\n" + _PASSAGE + "\n\nImplications:\n",
+    "implications-very-long": (_IMPLICATIONS.format(size="very long ") + "\n\nPassage:\n" + _PASSAGE
+                               + "\n\nImplications:\n"),
+    "rewrite": ("Let's read the following passage and rewrite it in a few different ways, each one separated by "
+                "a newline.\n\nPassage:\n" + _PASSAGE + "\n\nRewritten passages:\n"),
+    "self-qa": ("Let's read the following passage and rewrite it in a question-answer format.\n\nPassage:\n"
+                + _PASSAGE + "\n\nQuestion 1: "),
+    "implications-long-lines": (
         "Let's read the following passage and produce a long list of implications derived directly or "
         "indirectly from the content. Write each implication as a full sentence on its own line.\n\n"
         "Passage:\n" + _PASSAGE + "\n\nImplications:\n"),
-    "implications-very-long": (
+    "implications-very-long-lines": (
         "Let's read the following passage and produce a very long list of implications derived directly "
         "or indirectly from the content, covering every fact, name and number in it. Write each "
         "implication as a full sentence on its own line.\n\nPassage:\n" + _PASSAGE + "\n\nImplications:\n"),
-    "rewrite": (
+    "rewrite-dashes": (
         "Let's read the following passage and rewrite it in a few different ways, each one separated by "
         "a line with ---.\n\nPassage:\n" + _PASSAGE + "\n\nRewrite:\n"),
-    "self-qa": (
+    "self-qa-pairs": (
         "Let's read the following passage and write question and answer pairs about every fact in it. "
         "Write each pair as two lines, 'Question: ...' and 'Answer: ...'.\n\nPassage:\n" + _PASSAGE +
         "\n\nQuestions and answers:\n"),
 }
+QA_FORMATS = ("line", "official")
 
 QA_PROMPT = "Let's answer a question directly and concisely.\nQuestion: Topic: {title}\n{question}\nAnswer:"
+"""The official QA template (knowledge-incorporation/src/utils.py, SQUAD_ANSWER_TEMPLATE_BASE) ends with
+"Answer:\n"; `qa_format: official` adds that newline, `line` (ours) leaves it off and stops at the first."""
 
 _LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022]+|\(?\d{1,3}[.)]|[a-z][.)](?=\s))\s*")
 _QA_SPLIT = re.compile(r"(?im)^\s*(?:\d+[.)]\s*)?(?:question\s*\d*|q\d*)\s*[:.)]\s*")
@@ -79,19 +92,36 @@ class Passage:
 @dataclass
 class KnowledgeOptions:
     format: str = "implications"
-    """implications | implications-long | implications-very-long | rewrite | self-qa"""
+    """implications | implications-long | implications-very-long | rewrite | self-qa (the official prompt
+    texts) | implications-long-lines | implications-very-long-lines | rewrite-dashes | self-qa-pairs (ours)"""
+    split: str = "seal"
+    """How a self-edit becomes training items. official: split on `---`, then one item per line with a
+    leading preamble line dropped, `Question N:` blocks for self-QA, nothing dropped or capped
+    (utils.py build_train_sequences). seal: the same splits, then list markers stripped, items under
+    min_item_words and repeats dropped, at most max_items."""
+    qa_format: str = "line"
+    """How the student is asked and graded. official: the prompt ends "Answer:\n", greedy decoding up to
+    answer_max_new_tokens stops only at end of sequence, the whole answer is graded. line: the prompt ends
+    "Answer:", decoding stops at the first newline, that line is graded."""
     grader: str = "contains"
     """contains | exact_match | f1 | judge (an LLM judge, configured under `judge`)"""
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     include_passage: bool = True
     """Append the raw passage as one more training sequence (the paper does)."""
     max_items: int = 32
+    """split seal: at most this many items per self-edit."""
     min_item_words: int = 3
+    """split seal: items with fewer words are dropped."""
     answer_max_new_tokens: int = 24
+    """Tokens the student may generate per answer (official: 64)."""
 
     def __post_init__(self):
         if self.format not in FORMATS:
             raise ValueError(f"unknown self-edit format {self.format!r}; choose one of {', '.join(FORMATS)}")
+        if self.split not in ("official", "seal"):
+            raise ValueError(f"split: expected 'official' or 'seal', got {self.split!r}")
+        if self.qa_format not in QA_FORMATS:
+            raise ValueError(f"qa_format: expected 'line' or 'official', got {self.qa_format!r}")
         if self.grader != "judge":
             get_grader(self.grader)
 
@@ -158,6 +188,23 @@ def _squad_v1(data: dict[str, Any]) -> list[dict[str, Any]]:
                          "questions": [{"question": qa["question"], "answer": qa["answers"]}
                                        for qa in para["qas"]]})
     return rows
+
+
+def official_items(text: str) -> list[str]:
+    """The official split (knowledge-incorporation/src/utils.py, build_train_sequences with split_newlines):
+    `---` segments, then a self-QA completion (one with `Question N:` and `Answer:`) as one item per
+    question from the raw text, anything else as one item per non-empty line, a leading preamble line
+    dropped when the list proper starts at "1."; nothing else is dropped or capped."""
+    segments = [seg.strip() for seg in text.split("---") if seg.strip()] or [text.strip()]
+    if re.search(r"Question\s+\d+:", text) and re.search(r"Answer\s*:", text):
+        items = [item.strip() for item in re.split(r"\n(?=Question\s+\d+:)", text.strip()) if item.strip()]
+        if items and not items[0].startswith("Question"):  # the prompt ended with "Question 1: "
+            items[0] = "Question 1: " + items[0]
+        return items
+    lines = [line.strip() for seg in segments for line in seg.splitlines() if line.strip()]
+    if len(lines) > 1 and lines[1].startswith("1."):
+        lines = lines[1:]
+    return lines
 
 
 class KnowledgeDomain(Domain):
@@ -265,9 +312,11 @@ class KnowledgeDomain(Domain):
         fragments shorter than `min_item_words` and repeats (small models loop)."""
         if not text or not text.strip():
             raise SelfEditError("empty self-edit")
+        if self.options.split == "official":
+            return SelfEdit(text=text, items=official_items(text))
         if re.search(r"(?m)^\s*-{3,}\s*$", text):
             raw = re.split(r"(?m)^\s*-{3,}\s*$", text)
-        elif len(_QA_SPLIT.findall(text)) >= 1 and self.options.format == "self-qa":
+        elif len(_QA_SPLIT.findall(text)) >= 1 and self.options.format.startswith("self-qa"):
             raw = [self._qa_item(block) for block in _QA_SPLIT.split(text)[1:]]
         else:
             raw = text.splitlines()
@@ -303,18 +352,20 @@ class KnowledgeDomain(Domain):
 
     # ------------------------------------------------------------------ scoring
     def qa_prompt(self, instance: Passage, question: Question) -> str:
-        return QA_PROMPT.format(title=instance.title, question=question.question)
+        prompt = QA_PROMPT.format(title=instance.title, question=question.question)
+        return prompt + "\n" if self.options.qa_format == "official" else prompt
 
     def queries(self, instance: Passage) -> Queries:
         if not instance.questions:
             raise DataError(f"passage {instance.id} ({instance.title}) has no questions to score")
         return Queries(prompts=[self.qa_prompt(instance, q) for q in instance.questions],
-                       max_new_tokens=self.options.answer_max_new_tokens, stop="\n")
+                       max_new_tokens=self.options.answer_max_new_tokens,
+                       stop=None if self.options.qa_format == "official" else "\n")
 
     def grade(self, instance: Passage, answers: Sequence[str]) -> Score:
         details = []
         for q, raw in zip(instance.questions, answers, strict=True):
-            prediction = raw.strip().split("\n")[0].strip()
+            prediction = raw.strip() if self.options.qa_format == "official" else raw.strip().split("\n")[0].strip()
             # Every offline grade is kept so a run can be re-read under another grader.
             golds = q.answers or [q.answer]  # as the SQuAD script: the best match over every gold answer
             grades = {name: max(grade(prediction, gold) for gold in golds) for name, grade in GRADERS.items()}

@@ -135,4 +135,44 @@ def test_options_are_checked():
         make_domain({"name": "knowledge", "colour": "red"})
     with pytest.raises(ValueError, match="unknown domain 'chess'"):
         make_domain({"name": "chess"})
-    assert set(FORMATS) == {"implications", "implications-long", "implications-very-long", "rewrite", "self-qa"}
+    paper = {"implications", "implications-long", "implications-very-long", "rewrite", "self-qa"}
+    assert paper <= set(FORMATS) and set(FORMATS) - paper == {"implications-long-lines",
+                                                                "implications-very-long-lines", "rewrite-dashes",
+                                                                "self-qa-pairs"}
+
+
+def test_the_paper_formats_are_the_official_prompt_texts():
+    passage = KnowledgeDomain().load("builtin", "train[:1]")[0]
+    prompt = KnowledgeDomain(KnowledgeOptions(format="self-qa")).teacher_prompt(passage)
+    assert prompt == ("Let's read the following passage and rewrite it in a question-answer format.\n\n"
+                      f"Passage:\n{passage.title}\n{passage.context}\n\nQuestion 1: ")
+    assert KnowledgeDomain().teacher_prompt(passage).endswith(f"{passage.context}\n\nImplications:\n")
+
+
+@pytest.mark.parametrize("text, items", [
+    ("Sure, here they are:\n1. The lamp is white.\n2. It was built in 1874.",
+     ["1. The lamp is white.", "2. It was built in 1874."]),  # the preamble line is dropped
+    ("A.\nB\n---\nC", ["A.", "B", "C"]),  # short lines are kept: nothing is filtered
+    ("Who built it?\nAnswer: Hesper.\nQuestion 2: When?\nAnswer: 1874.",
+     ["Question 1: Who built it?\nAnswer: Hesper.", "Question 2: When?\nAnswer: 1874."]),
+])
+def test_the_official_split(text, items):
+    from seal.shared.knowledge import official_items
+
+    assert official_items(text) == items
+    domain = KnowledgeDomain(KnowledgeOptions(split="official"))
+    passage = domain.load("builtin", "train[:1]")[0]
+    assert domain.parse(passage, text).items == items
+
+
+def test_the_official_qa_format_asks_with_a_newline_and_grades_the_whole_answer():
+    domain = KnowledgeDomain(KnowledgeOptions(qa_format="official", answer_max_new_tokens=64, grader="contains"))
+    passage = domain.load("builtin", "train[:1]")[0]
+    queries = domain.queries(passage)
+    assert queries.stop is None and queries.max_new_tokens == 64
+    assert all(p.endswith("\nAnswer:\n") for p in queries.prompts)
+    gold = passage.questions[0].answer
+    answers = [f"Let me think.\nIt is {gold}."] + [""] * (len(passage.questions) - 1)
+    assert domain.grade(passage, answers).details[0]["score"] == 1.0  # the gold is on the second line
+    line = KnowledgeDomain(KnowledgeOptions(grader="contains"))
+    assert line.grade(passage, answers).details[0]["score"] == 0.0
