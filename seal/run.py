@@ -128,6 +128,10 @@ def load_split(run: Run, which: str) -> list[Any]:
     instances = instances[:limit] if limit is not None else instances
     if not instances:
         raise DataError(f"data.offset {data.offset} leaves no {which} instances of {data.source}")
+    needed = (data.per_round or 0) * run.cfg.outer.rounds
+    if which == "train" and needed > len(instances):
+        raise DataError(f"data.per_round {data.per_round} × outer.rounds {run.cfg.outer.rounds} needs {needed} "
+                        f"training instances; {data.source} {data.train_split} has {len(instances)}")
     return instances
 
 

@@ -142,6 +142,12 @@ class DataConfig:
     """Keep at most this many held-out instances (after the split's slice); None: all."""
     offset: NonNegative = 0
     """Skip this many training instances first (after the split's slice)."""
+    per_round: Count | None = None
+    """Training instances per outer-loop round, new ones every round: round r takes instances
+    [r*per_round, (r+1)*per_round) of the training split shuffled with shuffle_seed (the paper: 50 SQuAD
+    passages per round, drawn across articles). None: every round uses the whole training split."""
+    shuffle_seed: int = 42
+    """Seed of that shuffle (the official make_squad_data.py shuffles with random.seed(42))."""
 
 
 SERVED_APIS = ("chat", "completions")

@@ -11,6 +11,7 @@ edits elsewhere.
 from __future__ import annotations
 
 import importlib
+import random
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -91,6 +92,15 @@ def parse_split(split: str) -> tuple[str, slice]:
     if m["step"] == "0":
         raise DataError(f"split {split!r}: step must be positive")
     return m["name"], slice(to_int(m["start"]), to_int(m["stop"]), to_int(m["step"]))
+
+
+def round_instances(per_round: int | None, shuffle_seed: int, train: Sequence[Any], round_: int) -> list[Any]:
+    """The training instances of outer-loop round `round_` (`data.per_round`): a new slice of one seeded
+    shuffle every round, so rounds never share an instance; the whole split when per_round is None."""
+    if per_round is None:
+        return list(train)
+    shuffled = random.Random(shuffle_seed).sample(list(train), len(train))
+    return shuffled[round_ * per_round: (round_ + 1) * per_round]
 
 
 class Domain(ABC):

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 from seal.shared.config import ConfigError, SealConfig
 from seal.shared.dist import Dist
-from seal.shared.domain import Domain, SelfEditError
+from seal.shared.domain import Domain, SelfEditError, round_instances
 from seal.shared.models import load_model, uses_chat_template
 from seal.shared.records import GrpoRewardRecord, RoundRecord
 from seal.shared.store import RunStore
@@ -140,6 +140,7 @@ def run_grpo(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence[A
         if round_ in finished and is_complete(target):
             continue
         teacher_cfg = teacher_config(cfg, store, round_)
+        instances = round_instances(cfg.data.per_round, cfg.data.shuffle_seed, train, round_)
         logged: list[float] = []
         attempt = None
         if not is_complete(target):
@@ -151,7 +152,7 @@ def run_grpo(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence[A
                     fixed_student = load_student(cfg.inner, cfg.student, domain, dist)
                 student = fixed_student
             load_baselines(store, student)
-            reward = StudentReward(domain, student, train, cfg.inner.seeds, store, round_,
+            reward = StudentReward(domain, student, instances, cfg.inner.seeds, store, round_,
                                    attempt=dist.share(uuid.uuid4().hex[:8]))  # one attempt id for all ranks
             attempt = reward.attempt
             # a killed GRPO round restarts from its first step (TRL state is not checkpointed mid-round)
@@ -163,7 +164,7 @@ def run_grpo(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence[A
             with staging_area(target, dist.is_main) as scratch:
                 args = grpo_args(cfg, str(scratch / "trainer"), on_cpu, seed, ["wandb"] if tracker.enabled else [])
                 trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args,
-                                      train_dataset=grpo_dataset(domain, train, chat), processing_class=tok,
+                                      train_dataset=grpo_dataset(domain, instances, chat), processing_class=tok,
                                       peft_config=teacher_peft_config(cfg.outer))
                 with quiet_trainer(trainer, f"GRPO round {round_}", dist.is_main):
                     trainer.train()

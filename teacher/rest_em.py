@@ -21,7 +21,7 @@ import torch
 
 from seal.shared.config import ConfigError, ModelConfig, OuterConfig, SealConfig
 from seal.shared.dist import Dist
-from seal.shared.domain import Domain, SelfEdit
+from seal.shared.domain import Domain, SelfEdit, round_instances
 from seal.shared.models import load_model, load_tokenizer, resolve, uses_chat_template
 from seal.shared.records import RewardRecord, RoundRecord, SelfEditRecord, edit_rewards
 from seal.shared.store import RunStore
@@ -242,18 +242,19 @@ def run_rounds(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence
     for round_ in range(cfg.outer.rounds):
         if round_ in finished and is_complete(teacher_checkpoint(store, round_ + 1)):
             continue
+        instances = round_instances(cfg.data.per_round, cfg.data.shuffle_seed, train, round_)
         session = build_session(cfg, domain, teacher_config(cfg, store, round_), student, dist)
         student = session.student if cfg.mode == "teacher_student" else None
-        records = reward_round(cfg, session, store, train, round_, dist)
+        records = reward_round(cfg, session, store, instances, round_, dist)
         if dist.is_main:
-            summary = format_table(summary_rows(domain, train, records))
+            summary = format_table(summary_rows(domain, instances, records))
             store.write_text(f"summary_round{round_}.md", summary + "\n")
             print(f"\nRound {round_}: baseline and reward per instance ({domain.name}, k={cfg.sampling.k}, "
                   f"seeds={cfg.inner.seeds})\n{summary}\n", flush=True)
         rewards = edit_rewards(records)
         keep = select(rewards, {r.key for r in records if r.ok}, cfg.outer.filter, cfg.outer.top_fraction)
         texts = {r.key: r.text for r in store.iter("self_edits", SelfEditRecord) if r.round == round_}
-        by_id = {domain.instance_id(i): i for i in train}
+        by_id = {domain.instance_id(i): i for i in instances}
         pairs = [(domain.teacher_prompt(by_id[iid]), texts[(iid, idx)]) for iid, idx in keep]
         stats = round_stats(round_, list(rewards.values()), len(pairs))
         target = teacher_checkpoint(store, round_ + 1)

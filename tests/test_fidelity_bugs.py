@@ -134,3 +134,22 @@ def test_in_self_mode_the_round_model_can_absorb_its_own_self_edits(tiny_model_d
     students = {r["student"] for r in baselines if r["instance"] in heldout}
     assert len(heldout) == 2 and len(students) == 2  # the base model's and the round-1 model's baselines
     assert "round1_teacher" in (out / "eval.md").read_text()
+
+
+def test_each_round_draws_new_instances_from_one_seeded_shuffle():
+    from seal.shared.domain import round_instances
+
+    pool = list(range(20))
+    rounds = [round_instances(5, 42, pool, r) for r in range(3)]
+    assert all(len(r) == 5 for r in rounds) and len(set(sum(rounds, []))) == 15  # never the same twice
+    assert rounds[0] != pool[:5] and rounds == [round_instances(5, 42, pool, r) for r in range(3)]
+    assert round_instances(None, 42, pool, 1) == pool
+
+
+def test_too_few_instances_for_the_rounds_is_an_error_before_any_model_loads():
+    from seal.run import load_split
+    from seal.shared import DataError
+
+    cfg = parse_config(["--data.per_round", "10", "--outer.rounds", "2", "--data.train_split", "train[:12]"])
+    with pytest.raises(DataError, match=r"data.per_round 10 × outer.rounds 2 needs 20 training instances"):
+        load_split(SimpleNamespace(cfg=cfg, domain=KnowledgeDomain()), "train")
