@@ -89,6 +89,10 @@ def start(argv: list[str], what: str = "run", config_cls: type = SealConfig, sub
         check_trl_args(cfg)
         domain = make_domain(cfg.domain)
         domain.preflight()
+        if cfg.sampling.backend == "openai" or (cfg.eval.enabled and "served" in cfg.eval.conditions):
+            from seal.teacher.served import ServedTeacher
+
+            ServedTeacher(cfg.sampling, domain).check()  # the endpoint and its model, before any model loads
         dist = init_dist(cpu=cfg.teacher.device == "cpu")
         logging.getLogger().setLevel(cfg.log_level.upper() if dist.is_main else "WARNING")
         if cfg.teacher.name == "embedded" and (cfg.student is None or cfg.student.name == "embedded"):

@@ -202,6 +202,34 @@ class ServedTeacher:
         raise ServedTeacherError(f"served teacher at {self.where} failed after {attempts} attempt"
                                  f"{'s' if attempts > 1 else ''}: {last}")
 
+    def check(self) -> None:
+        """Before any model loads: the endpoint answers `GET {url}/models` (vLLM's server and OpenAI's API
+        both list their models there) and, when it lists any, serves `sampling.served.model`. A server
+        without that route (404) is taken on trust; its first request will tell."""
+        served = self.served
+        secret = os.environ.get(served.api_key_env, "") if served.api_key_env else ""
+        headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+        request = urllib.request.Request(served.url.rstrip("/") + "/models", headers=headers, method="GET")
+        try:
+            with urllib.request.urlopen(request, timeout=served.timeout_s) as resp:
+                listing = json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            if err.code == 404:
+                return
+            raise ServedTeacherError(f"served teacher at {self.base_url} refused GET /models: HTTP {err.code}"
+                                     f"{self._hint(err.code, secret)}") from None
+        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError) as err:
+            reason = err.reason if isinstance(err, urllib.error.URLError) else err
+            raise ServedTeacherError(f"served teacher at {self.base_url}: cannot connect "
+                                     f"({_scrub(str(reason), secret)})") from None
+        except json.JSONDecodeError:
+            return
+        models = [m.get("id") for m in listing.get("data", []) if isinstance(m, dict)] if isinstance(listing, dict) \
+            else []
+        if models and served.model not in models:
+            raise ServedTeacherError(f"served teacher at {self.base_url} does not serve sampling.served.model "
+                                     f"{served.model!r} (it serves: {', '.join(map(str, models[:8]))})")
+
     def _hint(self, code: int, secret: str) -> str:
         served = self.served
         if code in (401, 403):

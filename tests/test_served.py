@@ -45,6 +45,12 @@ def self_edit(body: dict) -> str:
 
 
 class FakeOpenAI(BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/v1/models":
+            self.reply(200, {"object": "list", "data": [{"id": "fake", "object": "model"}]})
+        else:
+            self.reply(404, {"error": {"message": "not found"}})
+
     def do_POST(self):
         state = STATE
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -341,7 +347,16 @@ def test_recipe_prints_one_error_line_for_an_unreachable_server(tiny_model_dir, 
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900, env=dict(os.environ))
     assert proc.returncode == 2, proc.stderr[-4000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: served teacher at http://127.0.0.1:9/v1/chat/completions failed after 1 attempt: "
-                           "cannot connect"), proc.stderr[-2000:]
+    assert last.startswith("error: served teacher at http://127.0.0.1:9/v1: cannot connect"), proc.stderr[-2000:]
+    assert "Loading weights" not in proc.stderr  # refused before any model loads
     assert "Traceback" not in proc.stderr
 
+
+def test_the_endpoint_and_its_model_are_checked_before_any_model_loads(server, tmp_path, domain):
+    ServedTeacher(sampling(server, tmp_path), domain).check()  # serves "fake"
+    wrong = sampling(server, tmp_path)
+    wrong.served.model = "Qwen/Qwen2.5-7B"
+    with pytest.raises(ServedTeacherError, match=r"does not serve sampling.served.model 'Qwen/Qwen2.5-7B' "
+                                                 r"\(it serves: fake\)"):
+        ServedTeacher(wrong, domain).check()
+    assert STATE.requests == []  # GETs only: no sampling request was spent
