@@ -53,8 +53,10 @@ class Run:
 
 
 def quiet_libraries(offline: bool) -> None:
-    """Third-party noise a user cannot act on, silenced narrowly: hub telemetry when offline, and
-    transformers' per-call notices at warning level (its real warnings stay)."""
+    """Third-party noise a user cannot act on: hub telemetry when offline, transformers' logger at error
+    level (its warnings are per-call notices about generation and loading defaults that SEAL sets on
+    purpose) and its progress bars, and one deprecation that TRL itself triggers (by its exact message).
+    Python warnings from everything else stay visible."""
     if offline:
         os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # its fork warning: we never fork tokenizers

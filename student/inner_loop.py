@@ -334,8 +334,11 @@ class Student:
         """Score of the unmodified base model; measured once per (base weights, instance)."""
         key = (self.base_fingerprint, self.domain.instance_id(instance))
         if key not in self.baselines:
-            with self.adapters_off():
-                self.baselines[key] = self.domain.evaluate(instance, self.generate)
+            if self.scorer is not None:  # the same engine and decoding as the adapted scores it is subtracted from
+                self.baselines[key] = self.scorer.score([instance], None, [None])[0]
+            else:
+                with self.adapters_off():
+                    self.baselines[key] = self.domain.evaluate(instance, self.generate)
         return self.baselines[key]
 
     def baseline_many(self, instances: Sequence[Any],

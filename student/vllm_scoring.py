@@ -28,10 +28,11 @@ class VLLMScorer:
         self.workdir = Path(tempfile.mkdtemp(prefix="seal-vllm-adapters-"))
         self.next_id = 1  # vLLM caches adapters by integer id: a new adapter needs a new id
 
-    def score(self, instances: Sequence[Any], save_adapter, slots: Sequence[int]) -> list[Score]:
-        """instances[i] answered by adapter slot slots[i]; `save_adapter(slot, path)` writes a slot."""
-        requests = {}
-        for slot in dict.fromkeys(slots):
+    def score(self, instances: Sequence[Any], save_adapter, slots: Sequence[int | None]) -> list[Score]:
+        """instances[i] answered by adapter slot slots[i] (None: the base model, no adapter);
+        `save_adapter(slot, path)` writes a slot."""
+        requests: dict[int | None, Any] = {None: None}
+        for slot in dict.fromkeys(s for s in slots if s is not None):
             path = self.workdir / f"adapter-{self.next_id}"
             save_adapter(slot, path)
             requests[slot] = self.LoRARequest(f"seal-{self.next_id}", self.next_id, str(path))

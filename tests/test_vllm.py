@@ -98,3 +98,23 @@ def test_real_vllm_teacher_and_multi_lora_scoring(tiny_model_dir, tmp_path):
     scorer = VLLMScorer(resolve("embedded"), tok, domain, True, 8, 2, {"gpu_memory_utilization": 0.3})
     scores = scorer.score(insts, student.save_adapter, [0, 1])
     assert len(scores) == 2 and all(0 <= s.value <= 1 for s in scores)
+
+
+def test_b4_with_vllm_scoring_the_baseline_comes_from_vllm_too(fake_vllm, tiny_model_dir):
+    """The reward subtracts the baseline from the adapted score: both from one engine and decoding."""
+    from seal.student.vllm_scoring import VLLMScorer
+
+    model, tok = load_model(ModelConfig(name=str(tiny_model_dir)))
+    domain = KnowledgeDomain()
+    scorer = VLLMScorer(str(tiny_model_dir), tok, domain, True, max_lora_rank=8, max_loras=2,
+                        engine_args={"gpu_memory_utilization": 0.5})
+    student = Student(model, tok, InnerConfig(lora_r=8, lora_alpha=16, epochs=1, parallel_adapters=2), domain,
+                      chat=True, scorer=scorer)
+    inst = domain.load("builtin", "train[:1]")[0]
+    calls = len(fake_vllm.CALLS)
+    base = student.baseline(inst)
+    (call,) = fake_vllm.CALLS[calls:]
+    assert call["loras"] == [None] * len(inst.questions)  # the base model, through the vLLM engine
+    with student.adapters_off():
+        assert [d["prediction"] for d in base.details] == \
+            [d["prediction"] for d in domain.evaluate(inst, student.generate).details]
