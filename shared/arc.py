@@ -89,6 +89,10 @@ class ArcOptions:
     max_grid_size: int = MAX_SIDE
     """Load only tasks whose grids all fit in this many rows and columns (CPU recipes use small ones)."""
     max_train_pairs: int = 10
+    require_all_keys: bool = False
+    """The official schema: every data_generation boolean and training.strategy, learning_rate and
+    num_train_epochs must be given (self-edit.py trains nothing otherwise), so `{}` is unusable; false:
+    missing keys take their defaults."""
     oracle_lrs: list[float] = field(default_factory=lambda: [1e-4, 1e-3])
     oracle_epochs: list[int] = field(default_factory=lambda: [1, 3])
 
@@ -221,6 +225,12 @@ class ArcDomain(Domain):
                 raise SelfEditError(f"{section} must be a JSON object, got {config[section]!r:.40}")
         flat = {**config.get("data_generation", {}), **config.get("training", {}),
                 **{k: v for k, v in config.items() if k not in ("data_generation", "training")}}
+        if self.options.require_all_keys:
+            missing = [f"data_generation.{k}" for k in AUGMENTATION_KEYS if k not in config.get("data_generation", {})]
+            missing += [f"training.{k}" for k in ("strategy", "learning_rate", "num_train_epochs")
+                        if k not in config.get("training", {})]
+            if missing:
+                raise SelfEditError(f"missing keys: {', '.join(missing)}")
         o = self.options
         families = []
         for key, family in AUGMENTATION_KEYS.items():

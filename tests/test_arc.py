@@ -158,3 +158,18 @@ def test_oracle_grid_parses_and_the_domain_is_registered():
     candidates = domain.oracle_self_edits(task)
     assert len(candidates) == 4 * 2 * 2 * 2
     assert all(domain.parse(task, c) for c in candidates)
+
+
+def test_the_official_schema_requires_every_key():
+    from seal.shared import SelfEditError
+    from seal.shared.arc import ArcDomain, ArcOptions
+
+    strict = ArcDomain(ArcOptions(require_all_keys=True))
+    task = strict.load("arc-agi-1", "seal-train[:1]")[0]
+    with pytest.raises(SelfEditError, match="missing keys: data_generation.use_basic_augmentations"):
+        strict.parse(task, "{}")
+    full = ('{"data_generation": {"use_basic_augmentations": false, "use_size_augmentations": false, '
+            '"use_chain_augmentations": false, "use_repeat_augmentations": false}, "training": '
+            '{"strategy": "train_using_output_tokens", "learning_rate": 1e-4, "num_train_epochs": 1}}')
+    assert strict.parse(task, full).items
+    assert ArcDomain().parse(task, "{}").items  # lenient: defaults
