@@ -35,8 +35,24 @@ class Record:
         return cls(**{k: v for k, v in row.items() if k in names})
 
 
+class _SelfEditKeyed:
+    """Records about one self-edit: keyed by (instance id, self-edit index); usable when status is ok."""
+
+    instance: str
+    index: int
+    status: str
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.instance, self.index
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
 @dataclass
-class SelfEditRecord(Record):
+class SelfEditRecord(_SelfEditKeyed, Record):
     """A sampled self-edit (`self_edits`, `eval_self_edits`): its text and how it parsed."""
 
     instance: str
@@ -58,17 +74,9 @@ class SelfEditRecord(Record):
 
     OPTIONAL = ("round", "condition", "sample_seconds", "eval_key")
 
-    @property
-    def key(self) -> tuple[str, int]:
-        return self.instance, self.index
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
 
 @dataclass
-class RewardRecord(Record):
+class RewardRecord(_SelfEditKeyed, Record):
     """One inner loop of a training round (`records`): a (self-edit, seed) absorbed and scored.
 
     An unusable self-edit gets one record with `seed` None, status `invalid` and reward 0; an inner
@@ -93,14 +101,6 @@ class RewardRecord(Record):
     """The student's raw answers to the instance's queries after the update."""
 
     OPTIONAL = ("train", "seconds", "answers")
-
-    @property
-    def key(self) -> tuple[str, int]:
-        return self.instance, self.index
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
 
 
 @dataclass

