@@ -58,9 +58,14 @@ shown beside the results (the paper's continual matrix)."""
 
 
 def config_digest(config: dict[str, Any]) -> str:
-    """A hash of what can change results: the config without NON_RESULT_KEYS, with the nested non-result
-    keys set to their defaults, and without the keys added later (ADDED_KEYS) while at their defaults —
-    so a run directory made before a key existed keeps its digest."""
+    """A hash of what can change results (`result_config`)."""
+    return hashlib.sha256(json.dumps(result_config(config), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def result_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The config without NON_RESULT_KEYS, with the nested non-result keys set to their defaults, and without
+    the keys added later (ADDED_KEYS) while at their defaults — so a run directory made before a key existed
+    keeps its digest."""
     defaults = _defaults()
     relevant = {k: v for k, v in config.items() if k not in NON_RESULT_KEYS}
     for dotted in NESTED_NON_RESULT_KEYS:
@@ -70,7 +75,7 @@ def config_digest(config: dict[str, Any]) -> str:
         value = _get(relevant, dotted)
         if value is not _MISSING and value == _get(defaults, dotted):
             relevant = _without(relevant, dotted.split("."))
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return relevant
 
 
 _MISSING = object()
@@ -124,7 +129,7 @@ class RunStore:
         if marker.exists() and results:
             saved = self._read_marker(marker)
             if saved.get("digest") != digest:
-                diff = _diff(saved.get("config", {}), redacted(config))
+                diff = _diff(result_config(saved.get("config", {})), result_config(redacted(config)))
                 raise RunDirError(
                     f"{self.path} holds a run with a different config ({'; '.join(diff[:6]) or 'digest differs'}). "
                     "Use another output_dir, or delete the directory to start over.")
