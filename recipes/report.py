@@ -149,8 +149,9 @@ def main(argv: list[str]) -> int:
                          plot_length(rewards, edits, out), plot_continual(run, out)) if p]
     lines = [f"# SEAL run report: {run.name}", ""]
     for r in read(run, "rounds", RoundRecord):
-        lines.append(f"- round {r.round}: mean reward {r.mean_reward:+.3f}, "
-                     f"{100 * r.fraction_positive:.0f}% positive, kept {r.kept} of {r.self_edits}")
+        mean = "–" if r.mean_reward is None else f"{r.mean_reward:+.3f}"  # NaN is stored as null
+        positive = "–" if r.fraction_positive is None else f"{100 * r.fraction_positive:.0f}%"
+        lines.append(f"- round {r.round}: mean reward {mean}, {positive} positive, kept {r.kept} of {r.self_edits}")
     if (run / "continual.md").exists():
         lines += ["", "## Continual self-edits", "", (run / "continual.md").read_text().strip()]
     if (run / "eval.md").exists():

@@ -89,13 +89,12 @@ def start(argv: list[str], what: str = "run", config_cls: type = SealConfig, sub
         except ValueError as err:  # a config or YAML value the parser could not use
             raise ConfigError(str(err)) from err
         check_trl_args(cfg)
-        domain = make_domain(cfg.domain)
-        domain.preflight()
-        if cfg.sampling.backend == "openai" or (cfg.eval.enabled and "served" in cfg.eval.conditions):
-            from seal.teacher.served import ServedTeacher
-
-            ServedTeacher(cfg.sampling, domain).check()  # the endpoint and its model, before any model loads
+        try:
+            domain = make_domain(cfg.domain)
+        except ValueError as err:  # a domain option the domain itself refused
+            raise ConfigError(str(err)) from err
         dist = init_dist(cpu=cfg.teacher.device == "cpu")
+        preflight(cfg, domain, dist)
         logging.getLogger().setLevel(cfg.log_level.upper() if dist.is_main else "WARNING")
         if cfg.teacher.name == "embedded" and (cfg.student is None or cfg.student.name == "embedded"):
             os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # nothing of this run comes from the hub
@@ -139,6 +138,24 @@ def load_split(run: Run, which: str) -> list[Any]:
         raise DataError(f"data.per_round {data.per_round} × outer.rounds {run.cfg.outer.rounds} needs {needed} "
                         f"training instances; {data.source} {data.train_split} has {len(instances)}")
     return instances
+
+
+def preflight(cfg: SealConfig, domain: Domain, dist: Dist) -> None:
+    """What the run will need from outside, checked before any model loads, once (on the main process; every
+    rank stops with its message): the domain's own needs (the knowledge judge) and a served teacher."""
+    message = None
+    if dist.is_main:
+        try:
+            domain.preflight()
+            if cfg.sampling.backend == "openai" or (cfg.eval.enabled and "served" in cfg.eval.conditions):
+                from seal.teacher.served import ServedTeacher
+
+                ServedTeacher(cfg.sampling, domain).check()
+        except EXPECTED as err:
+            message = str(err)
+    message = dist.share(message)
+    if message is not None:
+        raise ConfigError(message)
 
 
 def _set_exit(run: Run | None, code: int) -> None:

@@ -190,10 +190,10 @@ class ArcDomain(Domain):
             raise DataError(f"{path}: expected a mapping of task id to task (Kaggle's ARC layout)")
         tasks = []
         for tid, data in challenges.items():
-            if solutions is None and not all("output" in t for t in data.get("test", [])):
-                raise DataError(f"{path}: task {tid} has no test outputs and no solutions file {sol_path}")
-            if not isinstance(data, dict):
+            if not isinstance(data, dict) or not isinstance(data.get("test", []), list):
                 raise DataError(f"{path}: task {tid} is not a mapping with 'train' and 'test'")
+            if solutions is None and not all(isinstance(t, dict) and "output" in t for t in data.get("test", [])):
+                raise DataError(f"{path}: task {tid} has no test outputs and no solutions file {sol_path}")
             if solutions is not None and tid not in solutions:
                 raise DataError(f"{sol_path}: no solutions for task {tid}")
             tasks.append(_task(tid, data, None if solutions is None else solutions[tid]))

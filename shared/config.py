@@ -437,6 +437,10 @@ class SealConfig:
         if bad:
             raise ConfigError(f"eval.conditions: unknown {', '.join(bad)}; choose from {', '.join(EVAL_CONDITIONS)}")
         check_choice("eval.student", self.eval.student, ("base", "round"))
+        if self.eval.student == "round" and self.inner.score_backend == "vllm":
+            raise ConfigError("eval.student round loads each round's model as a second student, which with "
+                              "inner.score_backend vllm would start a second vLLM engine beside the first: use "
+                              "eval.student base, or score with hf")
         if "file" in self.eval.conditions and not self.eval.self_edits_file:
             raise ConfigError("eval.conditions has 'file' but eval.self_edits_file is not set")
         if "served" in self.eval.conditions and not self.sampling.served.ready:

@@ -99,7 +99,8 @@ def round_instances(per_round: int | None, shuffle_seed: int, train: Sequence[An
     shuffle every round, so rounds never share an instance; the whole split when per_round is None."""
     if per_round is None:
         return list(train)
-    shuffled = random.Random(shuffle_seed).sample(list(train), len(train))
+    shuffled = list(train)
+    random.Random(shuffle_seed).shuffle(shuffled)  # as make_squad_data.py: random.seed(42); random.shuffle(...)
     return shuffled[round_ * per_round: (round_ + 1) * per_round]
 
 

@@ -19,6 +19,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from seal.shared.config import ConfigError
 from seal.shared.config_parser import redacted
 from seal.shared.models import cache_dir
 
@@ -54,7 +55,7 @@ class JudgeConfig:
 class Judge:
     def __init__(self, cfg: JudgeConfig):
         if not cfg.url:
-            raise ValueError("grader 'judge' needs domain.judge.url (an OpenAI-compatible base URL)")
+            raise ConfigError("domain.judge.url: grader 'judge' needs an OpenAI-compatible base URL")
         self.cfg = cfg
         self.endpoint = cfg.url.rstrip("/") + "/chat/completions"
         self.cache_path = Path(cfg.cache) if cfg.cache else cache_dir() / "judge_verdicts.jsonl"

@@ -236,6 +236,9 @@ class KnowledgeDomain(Domain):
                 p.id = f"{name}-{p.id}"
         elif source.endswith((".json", ".jsonl")) or Path(source).is_file():
             passages = _passages_from_records(self._read_file(Path(source), name), source)
+            if name != "all":  # a mapping of splits numbers each from 0: the split name keeps ids (and the
+                for p in passages:  # baselines cached by id) apart between training and held-out passages
+                    p.id = f"{name}-{p.id}"
         else:
             passages = self._from_datasets(source, name)
         passages = passages[window]
@@ -278,11 +281,7 @@ class KnowledgeDomain(Domain):
         if isinstance(data, list):
             return self._pick({"all": data}, name, str(path))
         if isinstance(data, dict):
-            # a mapping of splits: each split's passages are numbered from 0, so the ids carry the split
-            # name (a held-out passage must not share an id, and so a cached baseline, with a training one)
-            records = self._pick({k: v for k, v in data.items() if isinstance(v, list)}, name, str(path))
-            return [{**r, "id": f"{name}-{r.get('id', f'{i:05d}')}"} if isinstance(r, dict) and "questions" in r
-                    else r for i, r in enumerate(records)]
+            return self._pick({k: v for k, v in data.items() if isinstance(v, list)}, name, str(path))
         raise DataError(f"{path}: expected a list of passages or a mapping of splits")
 
     def _from_datasets(self, source: str, name: str) -> list[Passage]:
@@ -314,6 +313,8 @@ class KnowledgeDomain(Domain):
             raise SelfEditError("empty self-edit")
         if self.options.split == "official":
             return SelfEdit(text=text, items=official_items(text))
+        if FORMATS[self.options.format].endswith("Question 1: ") and not _QA_SPLIT.match(text):
+            text = "Question 1: " + text  # the prompt asked the first question's marker itself
         if re.search(r"(?m)^\s*-{3,}\s*$", text):
             raw = re.split(r"(?m)^\s*-{3,}\s*$", text)
         elif len(_QA_SPLIT.findall(text)) >= 1 and self.options.format.startswith("self-qa"):

@@ -62,6 +62,12 @@ def config_digest(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(result_config(config), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+RENAMED_FORMATS = ("implications-long", "implications-very-long", "rewrite", "self-qa")
+"""Knowledge formats whose names now stand for the official prompt texts (their earlier texts are the
+`-lines`, `-dashes`, `-pairs` formats): the digest marks them, so a run directory made under the old
+meaning is refused instead of mixing self-edits of two prompts."""
+
+
 def result_config(config: dict[str, Any]) -> dict[str, Any]:
     """The config without NON_RESULT_KEYS, with the nested non-result keys set to their defaults, and without
     the keys added later (ADDED_KEYS) while at their defaults — so a run directory made before a key existed
@@ -75,6 +81,10 @@ def result_config(config: dict[str, Any]) -> dict[str, Any]:
         value = _get(relevant, dotted)
         if value is not _MISSING and value == _get(defaults, dotted):
             relevant = _without(relevant, dotted.split("."))
+    domain = relevant.get("domain")
+    if isinstance(domain, dict) and domain.get("name", "knowledge") == "knowledge" \
+            and domain.get("format") in RENAMED_FORMATS:
+        relevant = _with(relevant, ["domain", "format"], f"{domain['format']} (official prompt)")
     return relevant
 
 

@@ -48,7 +48,8 @@ class ContinualStep(Record):
     instance: str
     text: str
     status: str
-    """ok | invalid (the self-edit could not be used: the passage alone was absorbed)"""
+    """ok | invalid (the self-edit could not be used: the passage alone was absorbed) | failed (training
+    diverged: nothing was merged)"""
     reason: str | None = None
     train: dict[str, Any] | None = None
 
@@ -64,10 +65,10 @@ class ContinualScore(Record):
     score: float
 
 
-def draw_sequences(domain: Domain, pool: Sequence[Any], k: int, s: int, seed: int) -> list[list[Any]]:
+def draw_sequences(pool: Sequence[Any], k: int, s: int, seed: int) -> list[list[Any]]:
     """S sequences of K distinct passages each, drawn from the pool with a seeded RNG per sequence."""
     if len(pool) < k:
-        raise ValueError(f"continual.passages is {k} but the training split holds {len(pool)} instances")
+        raise DataError(f"continual.passages is {k} but the training split holds {len(pool)} instances")
     return [random.Random(derive_seed(seed, "continual-draw", n)).sample(list(pool), k) for n in range(s)]
 
 
@@ -80,7 +81,7 @@ def run_continual(cfg: ContinualRunConfig, domain: Domain, store: RunStore, pool
     """Run (or resume) every sequence of this rank; returns the matrices of all ranks (on every rank)."""
     dist = dist or Dist()
     cc = cfg.continual
-    sequences = draw_sequences(domain, pool, cc.passages, cc.sequences, cc.seed)
+    sequences = draw_sequences(pool, cc.passages, cc.sequences, cc.seed)
     model, tok = load_model(cfg.teacher)
     student = make_student(model, tok, cfg.inner, cfg.teacher, domain)
     theta0 = student.bank.base_weights()
@@ -88,7 +89,7 @@ def run_continual(cfg: ContinualRunConfig, domain: Domain, store: RunStore, pool
     if cc.teacher == "fixed":  # the starting model, kept apart from the one being updated
         t_model, t_tok = load_model(cfg.teacher)
         fixed_teacher = Teacher(t_model, t_tok, cfg.sampling, domain, student.chat)
-    done = {(r.sequence, r.step) for r in store.iter("continual_steps", ContinualStep)}
+    done = {(r.sequence, r.step): r.status for r in store.iter("continual_steps", ContinualStep)}
     scored = {(r.sequence, r.row, r.column) for r in store.iter("continual_scores", ContinualScore)}
     mine = dist.shard(list(range(cc.sequences)))
     with Phase(f"continual: {len(mine)} sequence(s) of {cc.passages} merged updates", len(mine) * cc.passages,
@@ -109,8 +110,9 @@ def run_sequence(cfg: ContinualRunConfig, domain: Domain, store: RunStore, stude
     for k, passage in enumerate(passages):
         path = adapter_path(store, n, k)
         if (n, k) in done:  # recover θ_{k+1}: merge the saved adapter exactly as the first run did
-            student.bank.load_slot(0, load_file(str(path)))
-            student.bank.merge(0)
+            if done[(n, k)] != "failed":  # a diverged step merged nothing
+                student.bank.load_slot(0, load_file(str(path)))
+                student.bank.merge(0)
             phase.update()
             continue
         seed = derive_seed(cfg.continual.seed, "continual", n, k)
@@ -121,12 +123,16 @@ def run_sequence(cfg: ContinualRunConfig, domain: Domain, store: RunStore, stude
             status, reason = "ok", None
         except SelfEditError as err:
             edit, status, reason = None, "invalid", err.reason
-        stats = student.absorb(domain.plan(passage, edit), seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file(student.bank.peft_state_dict(0), str(tmp))
-        tmp.replace(path)  # the adapter is on disk before the step counts as done
-        student.bank.merge(0)
+        stats = student.absorb_many([domain.plan(passage, edit)], [seed])[0]
+        if stats.error:  # e.g. a non-finite loss: nothing is merged, and the same seed would diverge again
+            status, reason = "failed", stats.error
+            log.warning("continual: sequence %d step %d not merged: %s", n, k, stats.error)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            save_file(student.bank.peft_state_dict(0), str(tmp))
+            tmp.replace(path)  # the adapter is on disk before the step counts as done
+            student.bank.merge(0)
         score_rows(store, domain, student, n, k + 1, passages[: k + 1], scored)
         store.append("continual_steps", ContinualStep(n, k, domain.instance_id(passage), text, status, reason,
                                                       {"steps": stats.steps, "first_loss": stats.first_loss,

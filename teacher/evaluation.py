@@ -5,7 +5,8 @@ from the base teacher; from each ReST-EM round's teacher; from a file written by
 served teacher behind an OpenAI-compatible endpoint (`served`: a `vllm serve` model, GPT-4.1, ...).
 Settings (columns): *single* (one fresh adapter per instance, the paper's main table) and *cpt*
 (one adapter trained on every held-out instance's sequences at once, then every question asked).
-The student that absorbs is always the run's base student, so rows differ only in their self-edits.
+The student that absorbs is the run's base student, so rows differ only in their self-edits; with
+`eval.student: round` in mode self, the round-r model absorbs its own self-edits (the paper's evaluation).
 Every sample and score goes to the run store; a restarted evaluation skips what it holds.
 Under N processes each rank samples every N-th held-out instance and runs every N-th inner loop.
 """

@@ -222,10 +222,10 @@ class ServedTeacher:
             reason = err.reason if isinstance(err, urllib.error.URLError) else err
             raise ServedTeacherError(f"served teacher at {self.base_url}: cannot connect "
                                      f"({_scrub(str(reason), secret)})") from None
-        except json.JSONDecodeError:
+        except ValueError:  # not JSON (or not UTF-8): no listing to check against
             return
-        models = [m.get("id") for m in listing.get("data", []) if isinstance(m, dict)] if isinstance(listing, dict) \
-            else []
+        data = listing.get("data") if isinstance(listing, dict) else None
+        models = [m.get("id") for m in data if isinstance(m, dict)] if isinstance(data, list) else []
         if models and served.model not in models:
             raise ServedTeacherError(f"served teacher at {self.base_url} does not serve sampling.served.model "
                                      f"{served.model!r} (it serves: {', '.join(map(str, models[:8]))})")

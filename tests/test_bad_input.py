@@ -249,3 +249,22 @@ def test_a_truncated_weights_file_is_a_model_load_error(tiny_model_dir, tmp_path
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(ModelLoadError, match="cannot load model"):
         load_model(ModelConfig(name=str(broken)))
+
+
+def test_a_judge_grader_without_an_endpoint_is_one_error_line(capsys, tmp_path):
+    line = fails_early(["--domain", "{name: knowledge, grader: judge}"], capsys, tmp_path)
+    assert "domain.judge.url" in line
+
+
+def test_a_run_made_under_the_old_meaning_of_a_format_name_is_refused():
+    """Four format names now mean the official prompts: their digests change, the others' do not."""
+    import hashlib
+
+    from seal.shared.store import config_digest
+
+    def before(config):  # the digest as it was computed before the formats were renamed
+        return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    renamed = {"domain": {"name": "knowledge", "format": "self-qa"}}
+    same = {"domain": {"name": "knowledge", "format": "implications"}}
+    assert config_digest(renamed) != before(renamed) and config_digest(same) == before(same)

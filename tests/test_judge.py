@@ -100,5 +100,5 @@ def test_knowledge_domain_grades_with_the_judge(server, tmp_path):
 
 
 def test_judge_needs_a_url():
-    with pytest.raises(ValueError, match="needs domain.judge.url"):
+    with pytest.raises(ValueError, match="domain.judge.url: grader .judge. needs an OpenAI-compatible base URL"):
         KnowledgeDomain(KnowledgeOptions(grader="judge"))
