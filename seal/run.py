@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import signal
 import sys
 import warnings
@@ -129,6 +130,8 @@ def load_split(run: Run, which: str) -> list[Any]:
         limit = data.train_limit
     else:
         instances = run.domain.load(data.source, data.eval_split)
+        if data.eval_shuffle_seed is not None:  # as the official code: random.seed(s); random.shuffle(...)
+            random.Random(data.eval_shuffle_seed).shuffle(instances)
         limit = data.eval_limit
     instances = instances[:limit] if limit is not None else instances
     if not instances:

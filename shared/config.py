@@ -148,6 +148,9 @@ class DataConfig:
     passages per round, drawn across articles). None: every round uses the whole training split."""
     shuffle_seed: int = 42
     """Seed of that shuffle (the official make_squad_data.py shuffles with random.seed(42))."""
+    eval_shuffle_seed: int | None = None
+    """Shuffle the held-out split with this seed before eval_limit (the paper's 200 evaluation passages are
+    the first 200 of SQuAD dev after random.seed(42) and random.shuffle); None: keep the split's order."""
 
 
 SERVED_APIS = ("chat", "completions")

@@ -144,3 +144,17 @@ def test_too_few_instances_for_the_rounds_is_an_error_before_any_model_loads():
     cfg = parse_config(["--data.per_round", "10", "--outer.rounds", "2", "--data.train_split", "train[:12]"])
     with pytest.raises(DataError, match=r"data.per_round 10 × outer.rounds 2 needs 20 training instances"):
         load_split(SimpleNamespace(cfg=cfg, domain=KnowledgeDomain()), "train")
+
+
+def test_the_held_out_passages_can_be_drawn_as_the_official_code_draws_them():
+    """The paper's 200: the first of the dev passages after `random.seed(42); random.shuffle(passages)`."""
+    import random
+
+    from seal.run import load_split
+
+    cfg = parse_config(["--data.eval_shuffle_seed", "42", "--data.eval_limit", "3"])
+    drawn = load_split(SimpleNamespace(cfg=cfg, domain=KnowledgeDomain()), "eval")
+    official = KnowledgeDomain().load("builtin", "heldout")
+    random.seed(42)
+    random.shuffle(official)
+    assert [p.id for p in drawn] == [p.id for p in official[:3]]
