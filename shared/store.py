@@ -16,7 +16,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterator, TypeVar, overload
+from typing import Any, Iterator, Sequence, TypeVar, overload
 
 import yaml
 
@@ -184,8 +184,16 @@ class RunStore:
     def append(self, table: str, record: Record | dict[str, Any]) -> None:
         """One line, all of it or nothing: a short write (a full disk) is undone and raises RunDirError,
         so the table never holds a fragment that the next record would be glued onto."""
-        row = record.to_json() if isinstance(record, Record) else record
-        line = (json.dumps(_clean(row), ensure_ascii=False) + "\n").encode()
+        self.append_many(table, [record])
+
+    def append_many(self, table: str, records: Sequence[Record | dict[str, Any]]) -> None:
+        """Several lines in one write, all or nothing, so a kill cannot keep some of them: the records of
+        one chunk of inner loops go together (a resumed run then re-forms the chunks the first run had,
+        and trains them as it did, float summation order included)."""
+        rows = [r.to_json() if isinstance(r, Record) else r for r in records]
+        line = "".join(json.dumps(_clean(row), ensure_ascii=False) + "\n" for row in rows).encode()
+        if not line:
+            return
         path = self._own(table)
         if table not in self._repaired:
             _cut_torn_tail(path)

@@ -276,10 +276,11 @@ class Student:
                 mask = torch.zeros(self.slots, 1, device=self.device)
                 trained = [i for i, ok in zip(active, finite.tolist()) if ok]
                 mask[trained] = 1  # slots without rows this step keep weights and moments (AdamW would decay them)
-                lr = torch.zeros(self.slots, 1, device=self.device)
-                for i in trained:  # each adapter follows the schedule over its own number of steps
-                    lr[i] = base_lr[i] * lr_factor(self.inner.lr_scheduler, step, len(schedules[i]),
-                                                   self.inner.warmup_steps)
+                # each adapter follows the schedule over its own number of steps; one tensor per step (built
+                # on the host: per-slot writes into a device tensor would be one transfer each)
+                lr = torch.tensor([[base_lr[i] * lr_factor(self.inner.lr_scheduler, step, len(schedules[i]),
+                                                           self.inner.warmup_steps) if i in trained else 0.0]
+                                   for i in range(self.slots)], device=self.device)
                 optimizer.step(lr, self.inner.weight_decay, self.inner.max_grad_norm, mask)
                 for i, loss, ok in zip(active, slot_loss.tolist(), finite.tolist()):
                     if ok:

@@ -149,8 +149,9 @@ class LoRABank(nn.Module):
             row[slice(*layer.where.b)] = state[f"base_model.model.{name}.lora_B.weight"].flatten().to(row)
 
     def base_weights(self) -> list[torch.Tensor]:
-        """Copies of the wrapped layers' base weights (to undo merges with `restore_base`)."""
-        return [layer.base.weight.detach().clone() for _, layer in self.layers]
+        """Copies of the wrapped layers' base weights in host memory (to undo merges with `restore_base`;
+        on a GPU a second device copy of every targeted weight would halve what the model may use)."""
+        return [layer.base.weight.detach().to("cpu", copy=True) for _, layer in self.layers]
 
     @torch.no_grad()
     def restore_base(self, saved: list[torch.Tensor]) -> None:

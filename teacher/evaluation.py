@@ -196,10 +196,10 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
                         jobs.append(Job(inst, plan, seed, key=cell))
 
         def record(results: list[JobResult]) -> None:
-            for result in results:
-                outcome = (dict(score=0.0, status="failed", reason=result.error) if result.error
-                           else dict(score=result.score.value, status="ok"))
-                store.append("eval_records", replace(result.job.key, **outcome))
+            store.append_many("eval_records", [
+                replace(result.job.key, **(dict(score=0.0, status="failed", reason=result.error) if result.error
+                                           else dict(score=result.score.value, status="ok")))
+                for result in results])
 
         if label != "no_update":
             absorb_and_score(student, store, dist.shard(jobs), record, f"evaluation: {label}", dist.is_main)

@@ -219,8 +219,7 @@ def reward_round(cfg: SealConfig, session: Session, store: RunStore, instances: 
             jobs += [Job(instance, plan, seed, key=(iid, i)) for seed in cfg.inner.seeds if (iid, i, seed) not in done]
 
     def record(results: list[JobResult]) -> None:
-        for result in results:
-            store.append("records", reward_record(result, round_))
+        store.append_many("records", [reward_record(result, round_) for result in results])
 
     absorb_and_score(student, store, dist.shard(jobs), record, f"round {round_}: inner loops", dist.is_main)
     dist.barrier()

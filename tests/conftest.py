@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 from importlib import resources
 from pathlib import Path
 
@@ -94,3 +96,18 @@ def import_recipe(name: str):
     finally:
         sys.path[:] = [p for p in sys.path if p != str(REPO / "recipes")]
     return module
+
+
+@contextlib.contextmanager
+def loopback(handler):
+    """An HTTP server on 127.0.0.1 in a thread, serving `handler`; yields its base URL (`.../v1`)."""
+    from http.server import ThreadingHTTPServer
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

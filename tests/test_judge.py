@@ -2,12 +2,13 @@
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from seal.shared.judge import Judge, JudgeConfig, JudgeError
 from seal.shared.knowledge import KnowledgeDomain, KnowledgeOptions, Passage, Question
+from tests.conftest import loopback
 
 
 class FakeJudge(BaseHTTPRequestHandler):
@@ -47,13 +48,9 @@ class FakeJudge(BaseHTTPRequestHandler):
 def server():
     FakeJudge.failures, FakeJudge.requests = [], []
     FakeJudge.hang.clear()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeJudge)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    FakeJudge.hang.set()
-    httpd.shutdown()
-    httpd.server_close()
+    with loopback(FakeJudge) as url:
+        yield url
+        FakeJudge.hang.set()
 
 
 def config(url, tmp_path, **kw):

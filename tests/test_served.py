@@ -6,7 +6,7 @@ import os
 import subprocess
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -16,6 +16,7 @@ from seal.shared.knowledge import KnowledgeDomain
 from seal.shared.store import RunStore
 from seal.teacher.sampling import derive_seed
 from seal.teacher.served import ServedTeacher, ServedTeacherError
+from tests.conftest import loopback
 from tests.test_outer import args_for
 
 SECRET = "sk-seal-test-SECRET-4711"
@@ -96,13 +97,9 @@ class FakeOpenAI(BaseHTTPRequestHandler):
 def server():
     global STATE
     STATE = Fake()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeOpenAI)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    STATE.release.set()
-    httpd.shutdown()
-    httpd.server_close()
+    with loopback(FakeOpenAI) as url:
+        yield url
+        STATE.release.set()
 
 
 @pytest.fixture

@@ -168,3 +168,17 @@ def test_a_served_teacher_may_move_to_another_port_but_not_another_model(tmp_pat
     cfg["sampling"]["served"]["model"] = "other"
     with pytest.raises(RunDirError, match="sampling.served.model"):
         RunStore(tmp_path, cfg)
+
+
+def test_a_chunk_of_records_is_one_write(tmp_path, monkeypatch):
+    """A kill cannot keep part of a chunk: its records go to the table in a single write."""
+    import os
+
+    store = RunStore(tmp_path, {"seed": 0})
+    store.append("records", {"a": 0})
+    writes = []
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: writes.append(data) or real_write(fd, data))
+    store.append_many("records", [{"a": 1}, {"a": 2}, {"a": 3}])
+    assert len(writes) == 1 and writes[0].count(b"\n") == 3
+    assert store.read("records") == [{"a": i} for i in range(4)]
