@@ -224,9 +224,18 @@ class KnowledgeDomain(Domain):
         """Passages from `builtin`, a JSON/JSONL file, or a `datasets` name; split `NAME[start:stop:step]`.
 
         A JSON file may hold a list (the single split `all`), a mapping of split name to list, or the
-        official SQuAD v1.1 layout (`all`).
+        official SQuAD v1.1 layout (`all`). The split `articles[start:stop]` of such a file slices its
+        articles (titles, in order of first appearance) rather than its passages, so two article slices
+        never share an article: an offline train/evaluation split of the SQuAD dev file whose held-out
+        passages come from articles the teacher never trained on, as the paper's train/dev split.
         """
         name, window = parse_split(split)
+        by_article = name == "articles"
+        if by_article:
+            if source == "builtin" or not (source.endswith((".json", ".jsonl")) or Path(source).is_file()):
+                raise DataError(f"split {split!r} slices the articles of a single-list JSON file; {source!r} is "
+                                "not one (with the hub use its own splits, e.g. train and validation)")
+            name = "all"
         if source == "builtin":
             text = resources.files("seal.shared").joinpath("data/knowledge_sample.json").read_text()
             splits = {k: v for k, v in json.loads(text).items() if isinstance(v, list)}
@@ -241,7 +250,11 @@ class KnowledgeDomain(Domain):
                     p.id = f"{name}-{p.id}"
         else:
             passages = self._from_datasets(source, name)
-        passages = passages[window]
+        if by_article:
+            titles = list(dict.fromkeys(p.title for p in passages))[window]
+            passages = [p for p in passages if p.title in set(titles)]
+        else:
+            passages = passages[window]
         if not passages:
             raise DataError(f"{source} split {split!r} selects no passages")
         empty = [f"{p.id} ({p.title})" for p in passages if not p.questions]

@@ -158,3 +158,36 @@ def test_the_held_out_passages_can_be_drawn_as_the_official_code_draws_them():
     random.seed(42)
     random.shuffle(official)
     assert [p.id for p in drawn] == [p.id for p in official[:3]]
+
+
+def test_article_slices_of_one_file_never_share_an_article(tmp_path):
+    """Offline, the paper recipe's training and held-out passages come from different articles (SQuAD's
+    train and dev splits are article-disjoint; slicing passages of one file is not)."""
+    import json
+
+    from seal.run import load_split
+    from seal.shared import DataError
+
+    rows = [{"title": f"Article {a}", "context": f"Passage {a}.{i} text.", "questions": [
+        {"question": f"Q{a}.{i}?", "answer": "text"}]} for a in range(6) for i in range(a + 2)]
+    path = tmp_path / "dev.json"
+    path.write_text(json.dumps(rows))
+    cfg = parse_config(["--config", "recipes/knowledge/qwen2.5-7b.yaml", "--data.source", str(path),
+                        "--data.train_split", "articles[:3]", "--data.eval_split", "articles[3:]",
+                        "--data.per_round", "2", "--data.eval_limit", "5"])
+    run = SimpleNamespace(cfg=cfg, domain=KnowledgeDomain())
+    train, heldout = load_split(run, "train"), load_split(run, "eval")
+    assert {p.title for p in train} == {"Article 0", "Article 1", "Article 2"} and len(train) == 2 + 3 + 4
+    assert not {p.title for p in train} & {p.title for p in heldout} and len(heldout) == 5
+    everything = {p.id: p.context for p in KnowledgeDomain().load(str(path), "all")}
+    assert all(everything[p.id] == p.context for p in train + heldout)  # same ids as the whole file
+    with pytest.raises(DataError, match="slices the articles of a single-list JSON file"):
+        KnowledgeDomain().load("builtin", "articles[:2]")
+
+
+def test_the_paper_recipes_split_the_dev_file_by_article():
+    from seal.shared.config_parser import load_yaml
+
+    for recipe in ("qwen2.5-7b.yaml", "qwen2.5-7b-teaches-72b.yaml"):
+        data = load_yaml(f"recipes/knowledge/{recipe}")["data"]
+        assert (data["train_split"], data["eval_split"]) == ("articles[:24]", "articles[24:]"), recipe
