@@ -259,7 +259,12 @@ class InnerConfig:
     batch_size: Count = 1
     """Training sequences per optimizer step."""
     max_length: Annotated[int, Bound(2)] = 512
-    """Each training sequence is truncated to this many tokens (no padding to it)."""
+    """Each training sequence is truncated to this many tokens (no padding to it, unless train_on_padding)."""
+    train_on_padding: bool = False
+    """Pad every training sequence with EOS to max_length and keep the pads in the loss, as the official
+    TTT_server.py does (padding="max_length", labels = input_ids); the pads attend to their sequence's
+    text, as under its attention mask. It dilutes the text's share of each step's loss and costs
+    max_length tokens per sequence; off: train on the text only."""
     seeds: Seeds = field(default_factory=lambda: [0, 1, 2])
     """One inner loop per seed; the reward is the mean over seeds."""
     weight_decay: Annotated[float, Bound(0)] = 0.0
@@ -376,6 +381,16 @@ class EvalConfig:
     """Also train one adapter on all held-out instances' sequences and ask every question."""
     cpt_epochs: Count | None = None
     """Epochs for the CPT adapter; None: inner.epochs."""
+    cpt_k: Count | None = None
+    """Self-edits per held-out instance in the CPT corpus (the first cpt_k of those sampled; each brings
+    its own copy of the instance's context, as the official CPT.py); None: eval.k. The single-instance
+    setting always uses the first eval.k, so max(k, cpt_k) are sampled."""
+    cpt_lr: Rate | None = None
+    """Learning rate of the CPT adapter; None: inner.lr."""
+    cpt_batch_size: Count | None = None
+    """Sequences per optimizer step of the CPT adapter; None: inner.batch_size. The official 4 × grad-accum
+    2 is 8: transformers' Trainer normalises the accumulated loss over every token of the accumulated
+    micro-batches, so the two give the same step."""
 
 
 EVAL_CONDITIONS = ("no_update", "context_only", "base_teacher", "round_teachers", "file", "oracle", "served")

@@ -51,6 +51,8 @@ class TrainingPlan:
     loss_on_prompt: bool = True
     lr: float | None = None
     epochs: int | None = None
+    batch_size: int | None = None
+    """Sequences per optimizer step; None: inner.batch_size."""
 
 
 @dataclass

@@ -119,8 +119,10 @@ class EvalRecord(Record):
     reason: str | None = None
     eval_key: str | None = None
     """The evaluation settings it was measured under (see `teacher.evaluation.eval_key`)."""
+    checks: int | None = None
+    """How many checks (questions, test outputs) the score averages (CPT cells: for the pooled accuracy)."""
 
-    OPTIONAL = ("reason", "eval_key")
+    OPTIONAL = ("reason", "eval_key", "checks")
 
     @property
     def key(self) -> tuple[str, str, str, int | None, int | None]:

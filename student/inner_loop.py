@@ -30,7 +30,9 @@ from seal.shared.domain import Domain, Score, TrainingPlan
 from seal.shared.models import fingerprint, format_prompt
 from seal.student.multi_lora import LoRABank, SlotAdamW
 
-Encoded = list[tuple[list[int], list[int]]]
+Encoded = list[tuple[list[int], list[int], int]]
+"""Per training sequence: token ids, labels (-100: not learnt) and how many leading tokens are text; the
+rest, with `inner.train_on_padding`, are EOS pads that other tokens never attend to."""
 
 
 class InnerLoopError(RuntimeError):
@@ -172,8 +174,12 @@ class Student:
             completion_ids = tok(ex.completion, add_special_tokens=not prompt_ids)["input_ids"]
             ids = (prompt_ids + completion_ids + [tok.eos_token_id])[: self.inner.max_length]
             labels = list(ids) if plan.loss_on_prompt else [-100] * len(prompt_ids) + ids[len(prompt_ids):]
+            labels, text = labels[: len(ids)], len(ids)
+            if self.inner.train_on_padding:  # TTT_server.py: pad to max_length with EOS, pads in the labels
+                pads = [tok.eos_token_id] * (self.inner.max_length - len(ids))
+                ids, labels = ids + pads, labels + pads
             if any(label != -100 for label in labels[1:]):
-                out.append((ids, labels[: len(ids)]))
+                out.append((ids, labels, text))
         if not out:
             raise InnerLoopError("the training plan has no tokens to learn from")
         return out
@@ -182,36 +188,40 @@ class Student:
         """The paper's order for one self-edit: per epoch a seeded shuffle, cut into batches."""
         rng = torch.Generator().manual_seed(seed)
         epochs = plan.epochs if plan.epochs is not None else self.inner.epochs
-        bs, batches = self.inner.batch_size, []
+        bs, batches = plan.batch_size or self.inner.batch_size, []
         for _ in range(epochs):
             order = torch.randperm(len(data), generator=rng).tolist()
             batches += [order[i: i + bs] for i in range(0, len(order), bs)]
         return batches
 
-    def _rows(self, groups: Sequence[Sequence[tuple[list[int], list[int]]]]) -> dict[str, torch.Tensor]:
+    def _rows(self, groups: Sequence[Sequence[tuple[list[int], list[int], int]]]) -> dict[str, torch.Tensor]:
         """One packed row per group (an adapter's batch): its sequences back to back, positions restarting
         at each, attention block-diagonal and causal, so every sequence is computed exactly as if alone
         while no compute goes to padding inside an adapter's batch. Rows are right-padded to the longest."""
-        width = max(sum(len(ids) for ids, _ in g) for g in groups)
+        width = max(sum(len(ids) for ids, _, _ in g) for g in groups)
         n = len(groups)
         ids = torch.full((n, width), self.tokenizer.pad_token_id, dtype=torch.long)
         labels = torch.full((n, width), -100, dtype=torch.long)
         positions = torch.zeros((n, width), dtype=torch.long)
         segment = torch.full((n, width), -1, dtype=torch.long)
+        attended = torch.zeros((n, width), dtype=torch.bool)
         for row, group in enumerate(groups):
             at = 0
-            for k, (seq, lab) in enumerate(group):
+            for k, (seq, lab, text) in enumerate(group):
                 end = at + len(seq)
                 ids[row, at:end] = torch.tensor(seq)
                 labels[row, at + 1:end] = torch.tensor(lab[1:])  # a sequence's first token is never predicted
                 positions[row, at:end] = torch.arange(len(seq))
                 segment[row, at:end] = k
+                attended[row, at:at + text] = True
                 at = end
         # attention only within a segment, causally: together with positions restarting at 0, each packed
-        # sequence sees exactly the context it would see alone (the equivalence tests rely on this)
-        same = segment[:, :, None] == segment[:, None, :]
+        # sequence sees exactly the context it would see alone (the equivalence tests rely on this); a
+        # sequence's trained-on pads (train_on_padding) see its text only, as under HF's attention mask
+        same = (segment[:, :, None] == segment[:, None, :]) & attended[:, None, :]
         causal = torch.ones(width, width, dtype=torch.bool).tril()
-        mask = (same & causal) | torch.eye(width, dtype=torch.bool)  # padding attends to itself: stays finite
+        mask = (same & causal) | (torch.eye(width, dtype=torch.bool) & (segment < 0)[:, :, None])
+        # (row padding attends to itself only: its softmax stays finite)
         return {"input_ids": ids.to(self.device), "labels": labels.to(self.device),
                 "position_ids": positions.to(self.device), "attention_mask": mask[:, None].to(self.device)}
 
@@ -258,7 +268,7 @@ class Student:
                 if active:
                     batch = self._rows([[data[i][j] for j in schedules[i][step]] for i in active])
                 else:  # nothing left here while other ranks still train: a pass with no loss
-                    batch = self._rows([[([self.tokenizer.eos_token_id] * 2, [-100] * 2)]])
+                    batch = self._rows([[([self.tokenizer.eos_token_id] * 2, [-100] * 2, 2)]])
                 with self.bank.routed(active or [0]):
                     logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                         position_ids=batch["position_ids"]).logits

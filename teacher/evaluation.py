@@ -56,10 +56,17 @@ def condition_teachers(cfg: SealConfig, store: RunStore) -> list[tuple[str, Any]
     return out
 
 
+def samples_per_instance(cfg: SealConfig) -> int:
+    """Self-edits drawn per held-out instance: the single setting uses the first eval.k, CPT the first
+    eval.cpt_k (the official evaluation: completions[0] for single passages, the first 5 for CPT)."""
+    return max(cfg.eval.k, cfg.eval.cpt_k or cfg.eval.k) if cfg.eval.cpt else cfg.eval.k
+
+
 def _sample_condition(cfg: SealConfig, domain: Domain, store: RunStore, instances: Sequence[Any], label: str,
                       teacher_cfg, have: set[tuple[str, str, int]], is_main: bool, key: str,
                       shared_model=None) -> None:
-    missing = [i for i in instances if not all((label, domain.instance_id(i), j) in have for j in range(cfg.eval.k))]
+    k = samples_per_instance(cfg)
+    missing = [i for i in instances if not all((label, domain.instance_id(i), j) in have for j in range(k))]
     if not missing:
         return
     sampling = replace(cfg.sampling, seed=derive_seed(cfg.sampling.seed, "eval", label),
@@ -71,18 +78,18 @@ def _sample_condition(cfg: SealConfig, domain: Domain, store: RunStore, instance
         # the server holds the teacher (under backend openai, base_teacher is the served model too); enough
         # instances per call to keep `concurrency` requests in flight
         teacher = ServedTeacher(sampling, domain)
-        step = max(1, cfg.sampling.served.concurrency // cfg.eval.k)
+        step = max(1, cfg.sampling.served.concurrency // k)
     elif cfg.sampling.backend == "vllm":
         tok = load_tokenizer(teacher_cfg)
         teacher = VLLMTeacher(resolve(teacher_cfg.name), tok, sampling, domain, uses_chat_template(teacher_cfg, tok))
     else:
         model, tok = shared_model if shared_model is not None else load_model(teacher_cfg)
         teacher = Teacher(model, tok, sampling, domain, uses_chat_template(teacher_cfg, tok))
-    with Phase(f"evaluation: sampling {cfg.eval.k} self-edit(s) per held-out instance from {label}", len(missing),
+    with Phase(f"evaluation: sampling {k} self-edit(s) per held-out instance from {label}", len(missing),
                is_main) as phase:
         for start in range(0, len(missing), step):
             chunk = missing[start:start + step]
-            for inst, samples in zip(chunk, teacher.sample(chunk, cfg.eval.k)):
+            for inst, samples in zip(chunk, teacher.sample(chunk, k)):
                 iid = domain.instance_id(inst)
                 for j, text in enumerate(samples.texts):
                     if (label, iid, j) not in have:
@@ -115,7 +122,7 @@ def file_self_edits(cfg: SealConfig, domain: Domain, heldout: Sequence[Any]) -> 
     out = {}
     for inst in heldout:
         texts = by_key.get(domain.instance_id(inst)) or by_key.get(domain.describe(inst)) or []
-        for j, text in enumerate(texts[: cfg.eval.k]):
+        for j, text in enumerate(texts[: samples_per_instance(cfg)]):
             out[(domain.instance_id(inst), j)] = text
     return out
 
@@ -184,6 +191,8 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
                                                             eval_key=key))
                 continue
             for j, plan in plans.get(iid, []):
+                if j is not None and j >= cfg.eval.k and label != "oracle":  # sampled for CPT only
+                    continue
                 for seed in cfg.eval.seeds:
                     # as recorded for an unusable self-edit; a job's result replaces score and status
                     cell = EvalRecord(label, "single", iid, j, seed, base, "invalid", eval_key=key)
@@ -230,12 +239,15 @@ def eval_key(cfg: SealConfig, store: RunStore, file_edits: dict[tuple[str, int],
              dist: Dist) -> tuple[str, str]:
     """(key, legacy key). The key names the evaluation settings that change samples or scores but sit
     outside the run's config digest (the `eval` section may change between evaluations of one run):
-    the sampling temperature, self-edits per instance, CPT epochs and the content of the self-edits file.
+    the sampling temperature, self-edits per instance, the CPT settings and the content of the self-edits file.
     Rows carry it, and an evaluation reuses only its own. Rows written before keys existed belong to the
     first evaluation that finds them (recorded in eval_settings.json), as they did before."""
     settings = {"temperature": cfg.eval.temperature if cfg.eval.temperature is not None else cfg.sampling.temperature,
                 "k": cfg.eval.k, "cpt_epochs": cfg.eval.cpt_epochs or cfg.inner.epochs, "student": cfg.eval.student,
                 "file": sorted(f"{iid}/{j}/{text}" for (iid, j), text in file_edits.items())}
+    # keys added later enter only when set, so evaluations made before them keep their key
+    settings.update({name: getattr(cfg.eval, name) for name in ("cpt_k", "cpt_lr", "cpt_batch_size")
+                     if getattr(cfg.eval, name) is not None})
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     marker = store.path / "eval_settings.json"
     if marker.exists():
@@ -262,15 +274,18 @@ def _plans(domain: Domain, heldout: Sequence[Any], label: str, edits: dict[str, 
 
 def _cpt(cfg: SealConfig, domain: Domain, store: RunStore, student: Student, heldout: Sequence[Any], label: str,
          plans: Plans, done: set, dist: Dist, key: str | None = None) -> None:
-    """One adapter on every held-out instance's sequences (all of its self-edits), then every question;
-    each rank trains every N-th seed."""
+    """One adapter on every held-out instance's sequences, then every question; each rank trains every
+    N-th seed. As the official CPT.py: the first eval.cpt_k self-edits of each instance, each plan with its
+    own copy of the context (a passage with 5 self-edits appears 5 times), nothing deduplicated."""
     examples: list[Example] = []
     by_id = {domain.instance_id(i): i for i in heldout}
+    cpt_k = cfg.eval.cpt_k or cfg.eval.k
     for iid, items in plans.items():
-        usable = [plan for _, plan in items if plan is not None]
+        usable = [plan for j, plan in items if plan is not None and (j is None or j < cpt_k)]
         for plan in usable or [domain.plan(by_id[iid], None)]:  # no usable self-edit: the passage alone
             examples += plan.examples
-    merged = TrainingPlan(examples=list(dict.fromkeys(examples)), epochs=cfg.eval.cpt_epochs)
+    merged = TrainingPlan(examples=examples, epochs=cfg.eval.cpt_epochs, lr=cfg.eval.cpt_lr,
+                          batch_size=cfg.eval.cpt_batch_size)
     seeds = dist.shard([s for s in cfg.eval.seeds
                         if not all((label, "cpt", domain.instance_id(i), None, s) in done for i in heldout)])
 
@@ -280,7 +295,8 @@ def _cpt(cfg: SealConfig, domain: Domain, store: RunStore, student: Student, hel
             log.warning("evaluation %s cpt seed %s failed: %s", label, seed, stats.error)
             return
         for inst, score in zip(heldout, scores):
-            cell = EvalRecord(label, "cpt", domain.instance_id(inst), None, seed, score.value, "ok", eval_key=key)
+            cell = EvalRecord(label, "cpt", domain.instance_id(inst), None, seed, score.value, "ok", eval_key=key,
+                              checks=len(score.details) or None)
             if cell.key not in done:
                 store.append("eval_records", cell)
 

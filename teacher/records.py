@@ -138,10 +138,15 @@ def table_rows(records: Sequence[EvalRecord], labels: Sequence[str], cpt: bool) 
     """Per condition and setting: mean ± SE over instances (`n` counts instances). Each instance's value is
     the mean over seeds of its (seed) cell, a cell being the mean over the instance's self-edits (the
     oracle takes the best of them instead). Seeds are averaged before the SE: an instance's seeds share
-    its questions, so treating them as independent would understate the error."""
+    its questions, so treating them as independent would understate the error. CPT rows also carry
+    `cpt_pooled`, the accuracy over all questions (instances weighted by their number of checks; NaN for
+    cells recorded before checks were)."""
     cells: dict[tuple[str, str], dict[tuple[str, Any], list[float]]] = {}
+    checks: dict[tuple[str, str], dict[str, int]] = {}
     for r in records:
         cells.setdefault((r.condition, r.setting), {}).setdefault((r.instance, r.seed), []).append(r.score)
+        if r.checks:
+            checks.setdefault((r.condition, r.setting), {})[r.instance] = r.checks
     rows = []
     for label in labels:
         row: dict[str, Any] = {"condition": label}
@@ -153,6 +158,11 @@ def table_rows(records: Sequence[EvalRecord], labels: Sequence[str], cpt: bool) 
                 per_instance.setdefault(instance, []).append(pick(scores))
             values = [mean_or_nan(seeds) for seeds in per_instance.values()]
             row[f"{setting}_mean"], row[f"{setting}_se"], row[f"{setting}_n"] = _mean_se(values)
+            if setting == "cpt":  # the official CPT figure: every question counts once, whatever its passage
+                weights = checks.get(source, {})
+                row["cpt_pooled"] = (sum(v * weights[i] for i, v in zip(per_instance, values)) /
+                                     sum(weights[i] for i in per_instance)
+                                     if per_instance and all(i in weights for i in per_instance) else math.nan)
         rows.append(row)
     return rows
 
@@ -165,13 +175,13 @@ def _cell(mean: float, se: float) -> str:
 
 def format_markdown(rows: Sequence[dict[str, Any]]) -> str:
     cpt = any("cpt_mean" in r for r in rows)
-    head = "| condition | single-instance acc. % | n |" + (" CPT acc. % | n |" if cpt else "")
-    sep = "|---|---:|---:|" + ("---:|---:|" if cpt else "")
+    head = "| condition | single-instance acc. % | n |" + (" CPT acc. % | n | CPT pooled % |" if cpt else "")
+    sep = "|---|---:|---:|" + ("---:|---:|---:|" if cpt else "")
     lines = [head, sep]
     for r in rows:
         line = f"| {r['condition']} | {_cell(r['single_mean'], r['single_se'])} | {r['single_n']} |"
         if cpt:
-            line += f" {_cell(r['cpt_mean'], r['cpt_se'])} | {r['cpt_n']} |"
+            line += f" {_cell(r['cpt_mean'], r['cpt_se'])} | {r['cpt_n']} | {_cell(r['cpt_pooled'], math.nan)} |"
         lines.append(line)
     return "\n".join(lines)
 

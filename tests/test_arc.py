@@ -109,7 +109,7 @@ def test_output_token_loss_masks_everything_but_the_answer_grid(tiny_model_dir):
     student = Student(model, tok, InnerConfig(lora_r=2, lora_alpha=4, parallel_adapters=1), domain, chat=True)
     plan = domain.plan(task, None)
     assert not plan.loss_on_prompt
-    for (ids, labels), ex in zip(student.encode(plan), plan.examples):
+    for (ids, labels, _), ex in zip(student.encode(plan), plan.examples):
         kept = [x for x in labels if x != -100]
         assert tok.decode(kept) == ex.completion + tok.eos_token
         assert tok.decode(ids).startswith("<|im_start|>user\nFind the rule")

@@ -1,6 +1,7 @@
 """Correctness bugs found by comparing with the paper's official code; each test failed before its fix."""
 
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -191,3 +192,60 @@ def test_the_paper_recipes_split_the_dev_file_by_article():
     for recipe in ("qwen2.5-7b.yaml", "qwen2.5-7b-teaches-72b.yaml"):
         data = load_yaml(f"recipes/knowledge/{recipe}")["data"]
         assert (data["train_split"], data["eval_split"]) == ("articles[:24]", "articles[24:]"), recipe
+
+
+def test_cpt_trains_on_the_first_cpt_k_self_edits_each_with_its_passage(tmp_path):
+    """The official CPT.py: 5 self-edits per passage, `build_train_sequences` appends the passage to each
+    (it appears 5 times), 3 epochs, lr 1e-3, 4 × grad-accum 2; accuracy pooled over the questions."""
+    from seal.shared.domain import Score
+    from seal.student.inner_loop import AbsorbStats
+    from seal.teacher import evaluation
+
+    domain = KnowledgeDomain()
+    (inst,) = domain.load("builtin", "heldout[:1]")
+    texts = ["The keeper lit the lamp every night at dusk.", "The lamp was lit by the keeper at dusk.",
+             "A third self-edit that CPT must leave out."]
+    plans = {inst.id: [(j, domain.plan(inst, domain.parse(inst, t))) for j, t in enumerate(texts)]}
+    seen = {}
+
+    class Student:
+        slots = 1
+
+        def run_shared(self, plan, seeds, instances, done):
+            seen["plan"] = plan
+            for seed in seeds:
+                done(seed, AbsorbStats(1, 1, 1.0, 1.0, 0.0), [Score(0.5, [{}, {}, {}, {}])])
+
+    cfg = parse_config(["--eval.seeds", "[0]", "--eval.cpt_k", "2", "--eval.cpt_epochs", "3", "--eval.cpt_lr",
+                        "0.001", "--eval.cpt_batch_size", "8"])
+    store = RunStore(tmp_path, {})
+    evaluation._cpt(cfg, domain, store, Student(), [inst], "base_teacher", plans, set(),
+                    SimpleNamespace(shard=lambda x: list(x), is_main=True))
+    plan = seen["plan"]
+    completions = [e.completion for e in plan.examples]
+    assert completions.count(f"{inst.title}\n{inst.context}") == 2  # once per self-edit, as the official code
+    learnt = "\n".join(completions)
+    assert texts[0] in learnt and texts[1] in learnt and texts[2] not in learnt
+    assert (plan.epochs, plan.lr, plan.batch_size) == (3, 0.001, 8)
+    (cell,) = store.iter("eval_records", EvalRecord)
+    assert cell.checks == 4
+    assert evaluation.samples_per_instance(cfg) == 2  # eval.k 1 for single passages, 2 sampled for CPT
+
+
+def test_cpt_rows_report_the_accuracy_pooled_over_questions_beside_the_mean_over_instances():
+    rows = [EvalRecord("c", "cpt", "a", None, 0, 1.0, "ok", checks=1),
+            EvalRecord("c", "cpt", "b", None, 0, 0.0, "ok", checks=3)]
+    (row,) = table_rows(rows, ["c"], cpt=True)
+    assert row["cpt_mean"] == pytest.approx(0.5) and row["cpt_pooled"] == pytest.approx(0.25)
+    (old,) = table_rows([replace(r, checks=None) for r in rows], ["c"], cpt=True)
+    assert math.isnan(old["cpt_pooled"])  # cells recorded before checks were: no figure rather than a wrong one
+
+
+def test_a_plans_batch_size_sets_its_steps():
+    from seal.shared.domain import Example, TrainingPlan
+    from seal.student.inner_loop import Student
+
+    me = SimpleNamespace(inner=SimpleNamespace(batch_size=1, epochs=2))
+    plan = TrainingPlan([Example("", str(i)) for i in range(8)], batch_size=4)
+    assert [len(b) for b in Student._schedule(me, [None] * 8, plan, 0)] == [4, 4, 4, 4]
+    assert len(Student._schedule(me, [None] * 8, replace(plan, batch_size=None), 0)) == 16

@@ -124,7 +124,7 @@ def test_evaluation_table_from_a_file_of_self_edits(tiny_model_dir, tmp_path):
                              "[no_update, context_only, file]", "--eval.self_edits_file", str(edits),
                              "--eval.seeds", "[0, 1]")]
     proc = run(cmd, tmp_path)
-    assert "| condition | single-instance acc. % | n | CPT acc. % | n |" in proc.stdout
+    assert "| condition | single-instance acc. % | n | CPT acc. % | n | CPT pooled % |" in proc.stdout
     records = table(out, "eval_records")
     files = [r for r in table(out, "eval_self_edits") if r["condition"] == "file"]
     assert {r["instance"] for r in files} == {p.id for p in heldout}

@@ -63,10 +63,28 @@ def test_first_loss_is_the_token_weighted_base_loss_of_the_first_batch(tiny_mode
     assert student.absorb(p, seed=3).first_loss == pytest.approx(total / count, rel=1e-5)
 
 
+def test_training_on_padding_computes_the_official_loss(tiny_model_dir):
+    """inner.train_on_padding: TTT_server.py pads each sequence to max_length with EOS (pad = eos), keeps
+    the pads in the labels and masks them from attention; step 1's loss is HF's loss on exactly that."""
+    student = make_student(tiny_model_dir, train_on_padding=True, max_length=40, batch_size=1)
+    p = plan(TEXTS[:1])
+    ((ids, labels, text),) = student.encode(p)
+    eos = student.tokenizer.eos_token_id
+    assert len(ids) == 40 and ids[text:] == [eos] * (40 - text) and labels == ids
+    with torch.no_grad():
+        mask = torch.tensor([[1] * text + [0] * (40 - text)])
+        x = torch.tensor([ids])
+        official = student.model(input_ids=x, attention_mask=mask, labels=x).loss.item()
+    stats = student.absorb(p, seed=0)
+    assert stats.tokens // stats.steps == 40  # every step pays for the padding too
+    assert stats.first_loss == pytest.approx(official, rel=1e-5)
+    assert make_student(tiny_model_dir, max_length=40).absorb(p, seed=0).first_loss != pytest.approx(official)
+
+
 def test_prompt_tokens_are_masked_when_the_plan_says_so(tiny_model_dir):
     student = make_student(tiny_model_dir)
     p = TrainingPlan(examples=[Example("What is two plus two?", "four", chat=True)], loss_on_prompt=False)
-    ((ids, labels),) = student.encode(p)
+    ((ids, labels, _),) = student.encode(p)
     answer = student.tokenizer("four", add_special_tokens=False)["input_ids"] + [student.tokenizer.eos_token_id]
     assert [x for x in labels if x != -100] == answer
     assert ids[-len(answer):] == answer
