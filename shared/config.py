@@ -205,6 +205,19 @@ class ServedConfig:
         return bool(self.url and self.model)
 
 
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""The max_lora_rank values vLLM accepts (vllm/config/lora.py `MaxLoRARanks`; others fail validation)."""
+
+
+def check_engine_args(key: str, args: dict[str, Any], owned: dict[str, str]) -> None:
+    """Engine arguments for vllm.LLM may not set what SEAL sets from its own keys (`owned`: engine argument
+    -> the SEAL key that sets it): passed twice, vllm.LLM(..., **args) would fail with a duplicate-keyword
+    TypeError after the models load; here the error names the key to use instead."""
+    for name, seal_key in owned.items():
+        if name in args:
+            raise ConfigError(f"{key}.{name}: SEAL sets it from {seal_key}; set that instead")
+
+
 @dataclass
 class SamplingConfig:
     """How the teacher samples self-edits (paper: k=5, temperature 1.0, top-p 0.95)."""
@@ -229,6 +242,7 @@ class SamplingConfig:
 
     def __post_init__(self):
         check_choice("sampling.backend", self.backend, ("hf", "vllm", "openai"))
+        check_engine_args("sampling.vllm", self.vllm, {"model": "teacher.name", "seed": "sampling.seed"})
         if self.backend == "openai" and not self.served.ready:
             raise ConfigError("sampling.backend openai needs sampling.served.url (e.g. http://localhost:8000/v1) "
                               "and sampling.served.model")
@@ -276,7 +290,9 @@ class InnerConfig:
     score_backend: str = "hf"
     """hf (batched transformers generate) | vllm (multi-LoRA vLLM engine, GPU)"""
     vllm: dict[str, Any] = field(default_factory=dict)
-    """Engine arguments for the scoring vllm.LLM."""
+    """Engine arguments for the scoring vllm.LLM. max_lora_rank defaults to the smallest rank vLLM allows
+    that holds lora_r, max_loras to the adapters trained at once; either may be set here (max_lora_rank one
+    of 1, 8, 16, 32, 64, 128, 256, 320, 512, at least lora_r)."""
     deepspeed: bool = False
     """Partition the student's weights across ranks with DeepSpeed ZeRO-3 (a student too large for one
     device); needs mode teacher_student and a launch with recipes/accelerate/deepspeed_zero3.yaml."""
@@ -284,6 +300,19 @@ class InnerConfig:
     def __post_init__(self):
         check_choice("inner.score_backend", self.score_backend, ("hf", "vllm"))
         check_choice("inner.lr_scheduler", self.lr_scheduler, ("constant", "linear", "cosine"))
+        check_engine_args("inner.vllm", self.vllm, {"model": "student.name (or teacher.name in mode self)",
+                                                    "enable_lora": "inner.score_backend"})
+        if self.score_backend == "vllm":
+            rank = self.vllm.get("max_lora_rank", self.vllm_lora_rank)
+            if rank not in VLLM_LORA_RANKS or rank < self.lora_r:
+                raise ConfigError(f"inner.vllm.max_lora_rank {rank!r}: vLLM takes one of "
+                                  f"{', '.join(map(str, VLLM_LORA_RANKS))}, and it must hold inner.lora_r "
+                                  f"{self.lora_r}" + (" (vLLM serves ranks up to 512)" if self.lora_r > 512 else ""))
+
+    @property
+    def vllm_lora_rank(self) -> int:
+        """The smallest max_lora_rank vLLM accepts that holds lora_r (lora_r itself when allowed)."""
+        return next((r for r in VLLM_LORA_RANKS if r >= self.lora_r), self.lora_r)
 
 
 FILTERS = ("best_of_k", "best_of_k_positive", "all_positive", "all_solved", "top_fraction")

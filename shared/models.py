@@ -9,6 +9,8 @@ take well under a second.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 import importlib.util
 import os
 import shutil
@@ -137,6 +139,32 @@ def format_prompt(tokenizer, text: str, chat: bool) -> str:
         return text
     return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                          add_generation_prompt=True)
+
+
+@contextmanager
+def stated_decoding(model, tokenizer) -> Iterator[None]:
+    """Inside, `model.generate` decodes with what its caller passes and the model's special-token ids
+    only: `generate` fills every setting left unset from `model.generation_config`
+    (transformers/generation/utils.py `_prepare_generation_config`), so a checkpoint's
+    generation_config.json (Qwen2.5-Instruct: repetition_penalty 1.05, top_k 20) would change greedy
+    answers, unlike vLLM's explicit SamplingParams. The model's own config is put back on exit."""
+    from transformers import GenerationConfig
+
+    saved = model.generation_config
+    model.generation_config = GenerationConfig(eos_token_id=saved.eos_token_id, bos_token_id=saved.bos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id)
+    try:
+        yield
+    finally:
+        model.generation_config = saved
+
+
+def vllm_prompt(tokenizer, text: str, chat: bool) -> dict[str, list[int]]:
+    """One user message as vLLM token ids (a TokensPrompt), exactly the ids the transformers path feeds
+    the model: a string would be tokenised by vLLM with add_special_tokens=True, so a chat-formatted
+    prompt that already starts with BOS (Llama 3) would get a second one (vllm-project/vllm#27486)."""
+    ids = tokenizer(format_prompt(tokenizer, text, chat), add_special_tokens=not chat)["input_ids"]
+    return {"prompt_token_ids": list(ids)}
 
 
 def fingerprint(model) -> str:

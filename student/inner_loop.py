@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from seal.shared.config import ConfigError, InnerConfig
 from seal.shared.dist import Dist
 from seal.shared.domain import Domain, Score, TrainingPlan
-from seal.shared.models import fingerprint, format_prompt
+from seal.shared.models import fingerprint, format_prompt, stated_decoding
 from seal.student.multi_lora import LoRABank, SlotAdamW
 
 Encoded = list[tuple[list[int], list[int], int]]
@@ -312,9 +312,9 @@ class Student:
         tok.padding_side = "left"
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=not self.chat).to(self.device)
         extra = {"stop_strings": stop, "tokenizer": tok} if stop else {}
-        out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, top_p=None,
-                                  top_k=None, temperature=None, pad_token_id=tok.pad_token_id,
-                                  synced_gpus=self.sync is not None, **extra)
+        with stated_decoding(self.model, tok):
+            out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                      pad_token_id=tok.pad_token_id, synced_gpus=self.sync is not None, **extra)
         return tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
     def score(self, instance: Any) -> Score:

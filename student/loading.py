@@ -18,7 +18,8 @@ def make_student(model, tokenizer, inner: InnerConfig, model_cfg: ModelConfig, d
     if inner.score_backend == "vllm":
         from seal.student.vllm_scoring import VLLMScorer
 
-        scorer = VLLMScorer(resolve(model_cfg.name), tokenizer, domain, chat, inner.lora_r, bank.slots, inner.vllm)
+        scorer = VLLMScorer(resolve(model_cfg.name), tokenizer, domain, chat, inner.vllm_lora_rank, bank.slots,
+                            inner.vllm)
     return Student(model, tokenizer, inner, domain, chat, bank=bank, scorer=scorer)
 
 

@@ -118,17 +118,18 @@ class LoRABank(nn.Module):
 
     @torch.no_grad()
     def reset(self, slot: int, seed: int) -> None:
-        """Initialise one slot as peft does (A: kaiming-uniform(a=√5) per layer in module order, B: 0)."""
-        gen_state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
+        """Initialise one slot as peft does (A: kaiming-uniform(a=√5) per layer in module order, B: 0).
+        The draws come from a private CPU generator seeded with `seed` (the same values peft draws after
+        `torch.manual_seed(seed)`): seeding the global RNG would also reseed every CUDA generator
+        (torch/random.py manual_seed), restarting the sampling streams of whatever runs next."""
+        gen = torch.Generator().manual_seed(seed)
         row = self.weights[slot]
         for _, layer in self.layers:
             a0, a1 = layer.where.a
             a = torch.empty(self.r, layer.base.in_features)
-            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=gen)
             row[a0:a1] = a.flatten().to(row)
             row[layer.where.b[0]:layer.where.b[1]] = 0
-        torch.random.set_rng_state(gen_state)
 
     @torch.no_grad()
     def merge(self, slot: int) -> None:

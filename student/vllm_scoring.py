@@ -12,19 +12,21 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from seal.shared.domain import Domain, Score
-from seal.shared.models import format_prompt, import_vllm
+from seal.shared.models import import_vllm, vllm_prompt
 
 
 class VLLMScorer:
     def __init__(self, model_path: str, tokenizer, domain: Domain, chat: bool, max_lora_rank: int, max_loras: int,
                  engine_args: dict[str, Any]):
+        """`engine_args` (inner.vllm) take precedence over the max_lora_rank and max_loras SEAL derives;
+        the config refuses those that would repeat `model` or `enable_lora`."""
         self.vllm = import_vllm()
         from vllm.lora.request import LoRARequest
 
         self.LoRARequest = LoRARequest
         self.tokenizer, self.domain, self.chat = tokenizer, domain, chat
-        self.llm = self.vllm.LLM(model=model_path, enable_lora=True, max_lora_rank=max_lora_rank,
-                                 max_loras=max_loras, **engine_args)
+        self.llm = self.vllm.LLM(model=model_path, enable_lora=True,
+                                 **{"max_lora_rank": max_lora_rank, "max_loras": max_loras, **engine_args})
         self.workdir = Path(tempfile.mkdtemp(prefix="seal-vllm-adapters-"))
         self.next_id = 1  # vLLM caches adapters by integer id: a new adapter needs a new id
 
@@ -44,7 +46,7 @@ class VLLMScorer:
                                           stop=[q.stop] if q.stop else None)
             spans.append((len(prompts), len(q.prompts)))
             for p in q.prompts:
-                prompts.append(format_prompt(self.tokenizer, p, self.chat))
+                prompts.append(vllm_prompt(self.tokenizer, p, self.chat))
                 params.append(sp)
                 loras.append(requests[slot])
         outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=loras)

@@ -15,7 +15,7 @@ import torch
 
 from seal.shared.config import SamplingConfig
 from seal.shared.domain import DataError, Domain
-from seal.shared.models import format_prompt
+from seal.shared.models import format_prompt, stated_decoding
 
 
 def derive_seed(*parts: Any) -> int:
@@ -67,9 +67,10 @@ class Teacher:
         check_fits(self.model, enc["input_ids"].shape[1], self.cfg.max_new_tokens, self.domain.describe(instance))
         torch.manual_seed(derive_seed(self.cfg.seed, round_, self.domain.instance_id(instance)))
         # In self mode this is the student's model; its LoRA slots are only active inside Student calls.
-        out = self.model.generate(**enc, do_sample=True, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
-                                  top_k=None, max_new_tokens=self.cfg.max_new_tokens, num_return_sequences=k,
-                                  pad_token_id=tok.pad_token_id)
+        with stated_decoding(self.model, tok):  # top_k off, as vLLM's: 0 disables it
+            out = self.model.generate(**enc, do_sample=True, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
+                                      top_k=0, max_new_tokens=self.cfg.max_new_tokens, num_return_sequences=k,
+                                      pad_token_id=tok.pad_token_id)
         texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         return Samples(prompt=prompt, texts=[t.strip() for t in texts], seconds=time.perf_counter() - start)
 

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from seal.shared.config import SamplingConfig
 from seal.shared.domain import Domain
-from seal.shared.models import format_prompt, import_vllm
+from seal.shared.models import format_prompt, import_vllm, vllm_prompt
 from seal.teacher.sampling import Samples, derive_seed
 
 
@@ -22,7 +22,7 @@ class VLLMTeacher:
         vllm = import_vllm()
         self.vllm = vllm
         self.tokenizer, self.cfg, self.domain, self.chat = tokenizer, sampling, domain, chat
-        self.llm = vllm.LLM(model=model_path, seed=sampling.seed, **sampling.vllm)
+        self.llm = vllm.LLM(model=model_path, seed=sampling.seed, **sampling.vllm)  # the config refuses a 2nd seed
 
     def prompt(self, instance: Any) -> str:
         return format_prompt(self.tokenizer, self.domain.teacher_prompt(instance), self.chat)
@@ -30,12 +30,13 @@ class VLLMTeacher:
     def sample(self, instances: Sequence[Any], k: int | None = None, round_: int = 0) -> list[Samples]:
         k = k or self.cfg.k
         start = time.perf_counter()
-        prompts = [self.prompt(i) for i in instances]
+        prompts = [self.prompt(i) for i in instances]  # what the SFT data records as the prompt
         params = [self.vllm.SamplingParams(n=k, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
                                            max_tokens=self.cfg.max_new_tokens,
                                            seed=derive_seed(self.cfg.seed, round_, self.domain.instance_id(i)))
                   for i in instances]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        inputs = [vllm_prompt(self.tokenizer, self.domain.teacher_prompt(i), self.chat) for i in instances]
+        outputs = self.llm.generate(inputs, params, use_tqdm=False)
         seconds = (time.perf_counter() - start) / max(1, len(instances))
         return [Samples(prompt=p, texts=[c.text.strip() for c in out.outputs], seconds=seconds)
                 for p, out in zip(prompts, outputs)]

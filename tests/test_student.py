@@ -36,6 +36,22 @@ def test_absorb_lowers_the_loss_and_only_trains_lora(tiny_model_dir):
     assert student.bank.weights[0].abs().sum() > 0 and student.bank.weights[1:].abs().sum() == 0
 
 
+def test_adapter_init_leaves_the_global_random_state_alone(tiny_model_dir, monkeypatch):
+    """torch.manual_seed also reseeds every CUDA generator: on a GPU each GRPO step's sampling would
+    restart from the same state. The bank draws from a private generator instead."""
+    student = make_student(tiny_model_dir)
+    before = torch.random.get_rng_state()
+    monkeypatch.setattr(torch, "manual_seed", lambda *a: pytest.fail("reset seeded the global RNG"))
+    student.bank.reset(0, 7)
+    first = student.bank.weights[0].clone()
+    torch.rand(3)  # the global stream moves on; the init must not depend on it
+    student.bank.reset(0, 7)
+    assert torch.equal(first, student.bank.weights[0]) and first.abs().sum() > 0
+    torch.random.set_rng_state(before)
+    student.bank.reset(1, 7)
+    assert torch.equal(torch.random.get_rng_state(), before)
+
+
 def test_seeded_reset_makes_absorb_reproducible(tiny_model_dir):
     student = make_student(tiny_model_dir)
     a = student.absorb(plan(), seed=1)
@@ -237,3 +253,22 @@ def test_teacher_samples_k_seeded_self_edits_without_the_adapter(tiny_model_dir)
     assert teacher.sample(insts, round_=1)[0].texts != first[0].texts
     with pytest.raises(ValueError, match="sampling.backend: expected one of 'hf', 'vllm', 'openai'"):
         SamplingConfig(backend="tpu")
+
+
+def test_decoding_ignores_what_the_checkpoint_generation_config_adds(tiny_model_dir):
+    """A Qwen2.5-Instruct generation_config.json carries repetition_penalty 1.05 and top_k 20: with vLLM's
+    explicit SamplingParams they do not apply, so the transformers path must not apply them either, or
+    the baseline and the adapted score would be decoded differently."""
+    student = make_student(tiny_model_dir)
+    prompts = ["Who keeps the Velmora Lighthouse?", "When was it built?"]
+    plain = student.generate(prompts, 12, stop=None)
+    student.model.generation_config.repetition_penalty = 50.0
+    student.model.generation_config.no_repeat_ngram_size = 1
+    assert student.generate(prompts, 12, stop=None) == plain
+    teacher = Teacher(student.model, student.tokenizer, SamplingConfig(k=2, max_new_tokens=12), KnowledgeDomain(),
+                      chat=True)
+    inst = KnowledgeDomain().load("builtin", "train[:1]")
+    with_defaults = teacher.sample(inst)[0].texts
+    student.model.generation_config.repetition_penalty = None
+    student.model.generation_config.no_repeat_ngram_size = None
+    assert teacher.sample(inst)[0].texts == with_defaults

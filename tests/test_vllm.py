@@ -38,13 +38,15 @@ def test_vllm_scoring_of_many_adapters_matches_the_transformers_path(fake_vllm, 
     insts = domain.load("builtin", "train[:3]")
     student.absorb_many([domain.plan(i, None) for i in insts], [0, 1, 2])
     ours = student.score_many(insts)
-    scorer = VLLMScorer(str(tiny_model_dir), tok, domain, True, max_lora_rank=4, max_loras=3,
+    scorer = VLLMScorer(str(tiny_model_dir), tok, domain, True, max_lora_rank=8, max_loras=3,
                         engine_args={"gpu_memory_utilization": 0.5})
     theirs = scorer.score(insts, student.save_adapter, [0, 1, 2])
     assert [[d["prediction"] for d in s.details] for s in theirs] == [[d["prediction"] for d in s.details]
                                                                       for s in ours]
     init, gen = fake_vllm.CALLS[0], fake_vllm.CALLS[1]
     assert init["enable_lora"] and init["engine_args"] == {"gpu_memory_utilization": 0.5}
+    with pytest.raises(ValueError, match="max_lora_rank"):  # r=4 is not a rank vLLM serves
+        fake_vllm.LLM(str(tiny_model_dir), enable_lora=True, max_lora_rank=4)
     assert gen["generate"] == sum(len(i.questions) for i in insts) and sorted(set(gen["loras"])) == [1, 2, 3]
     again = scorer.score(insts[:1], student.save_adapter, [0])  # new adapters get new ids (vLLM caches by id)
     assert fake_vllm.CALLS[-1]["loras"] == [4] * len(insts[0].questions) and again
@@ -118,3 +120,78 @@ def test_b4_with_vllm_scoring_the_baseline_comes_from_vllm_too(fake_vllm, tiny_m
     with student.adapters_off():
         assert [d["prediction"] for d in base.details] == \
             [d["prediction"] for d in domain.evaluate(inst, student.generate).details]
+
+
+def test_the_lora_rank_vllm_serves_is_chosen_and_checked_at_config_time():
+    from seal.shared.config import ConfigError
+
+    assert InnerConfig(lora_r=4).vllm_lora_rank == 8 and InnerConfig(lora_r=128).vllm_lora_rank == 128
+    with pytest.raises(ConfigError, match="max_lora_rank 24: vLLM takes one of 1, 8, 16"):
+        InnerConfig(lora_r=16, score_backend="vllm", vllm={"max_lora_rank": 24})
+    with pytest.raises(ConfigError, match="must hold inner.lora_r 64"):
+        InnerConfig(lora_r=64, score_backend="vllm", vllm={"max_lora_rank": 32})
+    with pytest.raises(ConfigError, match="up to 512"):
+        InnerConfig(lora_r=600, score_backend="vllm")
+
+
+@pytest.mark.parametrize("section, args, key", [("sampling", {"seed": 3}, "sampling.seed"),
+                                                ("sampling", {"model": "x"}, "teacher.name"),
+                                                ("inner", {"enable_lora": False}, "inner.score_backend")])
+def test_engine_arguments_seal_sets_itself_are_refused_at_config_time(section, args, key):
+    """vllm.LLM(model=..., seed=..., **args) with `seed` in args is a duplicate-keyword TypeError, after
+    every model has loaded; the config names the key to use instead."""
+    from seal.shared.config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"{section}.vllm.{next(iter(args))}: SEAL sets it from {key}"):
+        parse_config([f"--{section}.vllm", str(args).replace("'", "")])
+
+
+def bos_tokenizer(model_dir, tmp_path):
+    """The tiny tokenizer as Llama 3's behaves: BOS added to every encoding, and a chat template that
+    writes BOS itself."""
+    from tokenizers import processors
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    bos = tok.bos_token
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", special_tokens=[(bos, tok.bos_token_id)])
+    tok.chat_template = "{{ bos_token }}" + tok.chat_template
+    tok.save_pretrained(tmp_path)
+    return AutoTokenizer.from_pretrained(tmp_path)
+
+
+def test_vllm_gets_the_token_ids_the_transformers_path_uses(fake_vllm, tiny_model_dir, tmp_path):
+    """A chat-formatted string already starts with BOS; vLLM tokenises strings with special tokens, so
+    handing it the string gives two (vllm-project/vllm#27486). It gets token ids instead."""
+    from seal.shared.models import format_prompt
+    from seal.student.vllm_scoring import VLLMScorer
+    from seal.teacher.vllm_sampling import VLLMTeacher
+
+    tok = bos_tokenizer(tiny_model_dir, tmp_path)
+    domain = KnowledgeDomain()
+    inst = domain.load("builtin", "train[:1]")[0]
+    text = format_prompt(tok, domain.teacher_prompt(inst), True)
+    as_string = fake_vllm.LLM(str(tiny_model_dir))._ids(text)
+    assert as_string[:2] == [tok.bos_token_id] * 2  # the fake is as strict as vLLM: a string gets a second BOS
+    hf = tok(text, add_special_tokens=False)["input_ids"]  # what teacher/sampling.py feeds generate
+    VLLMTeacher(str(tiny_model_dir), tok, SamplingConfig(k=1, max_new_tokens=2), domain, chat=True).sample([inst])
+    assert fake_vllm.CALLS[-1]["prompt_token_ids"] == [hf]
+    model, _ = load_model(ModelConfig(name=str(tiny_model_dir)))
+    scorer = VLLMScorer(str(tiny_model_dir), tok, domain, True, max_lora_rank=8, max_loras=1, engine_args={})
+    scorer.score([inst], None, [None])
+    q = domain.queries(inst).prompts[0]
+    assert fake_vllm.CALLS[-1]["prompt_token_ids"][0] == tok(format_prompt(tok, q, True),
+                                                             add_special_tokens=False)["input_ids"]
+
+
+def test_the_gpu_install_is_one_extra_with_deepspeed_and_vllm():
+    """The ZeRO recipes need DeepSpeed, which `.[test]` does not install: `.[gpu]` brings both."""
+    import tomllib
+
+    from tests.conftest import REPO
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    names = {dep.split(">")[0].split("=")[0].split("[")[0] for dep in extras["gpu"]}
+    assert {"deepspeed", "vllm"} <= names
+    assert ".[gpu,test]" in (REPO / "README.md").read_text()

@@ -1,7 +1,12 @@
 """A small in-test engine with the part of vLLM's offline API that SEAL uses (names and signatures as in
 vLLM's documentation: `LLM(model, ..., enable_lora, max_lora_rank, max_loras)`, `LLM.generate(prompts,
 sampling_params, *, use_tqdm, lora_request)`, `SamplingParams(n, temperature, top_p, max_tokens, seed,
-stop)`, `RequestOutput.outputs[i].text`), backed by transformers and peft so its answers can be compared."""
+stop)`, `RequestOutput.outputs[i].text`), backed by transformers and peft so its answers can be compared.
+
+As strict as the real engine where SEAL could go wrong: `max_lora_rank` must be one of vLLM's ranks
+(vllm/config/lora.py `MaxLoRARanks`), a prompt is a string or a TokensPrompt dict
+(vllm/inputs/data.py), and a string is tokenised with the tokenizer's special tokens, as vLLM's
+input processor does (so a chat-formatted Llama-3 string gets a second BOS)."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from typing import Any, Sequence
 import torch
 
 CALLS: list[dict[str, Any]] = []
+MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 @dataclass
@@ -40,6 +46,9 @@ class LLM:
                  max_loras: int = 1, **engine_args: Any):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        if max_lora_rank not in MAX_LORA_RANKS:
+            raise ValueError(f"1 validation error for LoRAConfig\nmax_lora_rank\n  Input should be "
+                             f"{', '.join(map(str, MAX_LORA_RANKS))} [input_value={max_lora_rank}]")
         self.path, self.enable_lora, self.max_lora_rank = model, enable_lora, max_lora_rank
         self.model = AutoModelForCausalLM.from_pretrained(model).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(model)
@@ -63,19 +72,21 @@ class LLM:
         return self.adapters[request.lora_int_id]
 
     @torch.no_grad()
-    def generate(self, prompts: str | Sequence[str],
+    def generate(self, prompts: str | dict | Sequence[str | dict],
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
                  *, use_tqdm: bool = True, lora_request=None) -> list[RequestOutput]:
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        prompts = [prompts] if isinstance(prompts, (str, dict)) else list(prompts)
         params = (sampling_params if isinstance(sampling_params, (list, tuple))
                   else [sampling_params or SamplingParams()] * len(prompts))
         loras = lora_request if isinstance(lora_request, (list, tuple)) else [lora_request] * len(prompts)
         assert len(params) == len(prompts) == len(loras)
-        CALLS.append({"generate": len(prompts), "loras": [r.lora_int_id if r else None for r in loras]})
+        CALLS.append({"generate": len(prompts), "loras": [r.lora_int_id if r else None for r in loras],
+                      "prompt_token_ids": [self._ids(p) for p in prompts]})
         out = []
         for prompt, sp, lora in zip(prompts, params, loras):
             model = self._model_for(lora)
-            enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+            ids = torch.tensor([self._ids(prompt)])
+            enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
             texts = []
             for i in range(sp.n):
                 kwargs: dict[str, Any] = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
@@ -88,5 +99,16 @@ class LLM:
                 for stop in ([sp.stop] if isinstance(sp.stop, str) else sp.stop or []):
                     text = text.split(stop)[0]
                 texts.append(text)
-            out.append(RequestOutput(prompt, [CompletionOutput(i, t) for i, t in enumerate(texts)]))
+            out.append(RequestOutput(prompt if isinstance(prompt, str) else self.tokenizer.decode(self._ids(prompt)),
+                                     [CompletionOutput(i, t) for i, t in enumerate(texts)]))
         return out
+
+    def _ids(self, prompt: str | dict) -> list[int]:
+        if isinstance(prompt, dict):
+            if set(prompt) - {"prompt_token_ids", "prompt", "multi_modal_data", "mm_processor_kwargs"} or \
+                    "prompt_token_ids" not in prompt:
+                raise TypeError(f"not a TokensPrompt: keys {sorted(prompt)}")
+            return list(prompt["prompt_token_ids"])
+        if not isinstance(prompt, str):
+            raise TypeError(f"a prompt is a string or a TokensPrompt, got {type(prompt).__name__}")
+        return self.tokenizer(prompt, add_special_tokens=True)["input_ids"]  # as vLLM's input processor
