@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -75,7 +76,10 @@ class LoRABank(nn.Module):
         self.slots, self.r, self.scaling, self.dropout = slots, r, alpha / r, dropout
         self.route: torch.Tensor | None = None
         self.views: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.layers: list[tuple[str, MultiLoRALinear]] = []
+        # The model owns its wrapped layers and each layer the bank; the bank only points back weakly, so
+        # no reference cycle keeps a dropped model's weights alive until the next full collection (which
+        # would come too late before the teacher SFT loads the next model).
+        self._layers: list[tuple[str, weakref.ref[MultiLoRALinear]]] = []
         offset = 0
         device = next(model.parameters()).device
         for name in _targets(model, target_modules):
@@ -85,12 +89,23 @@ class LoRABank(nn.Module):
             a = (offset, offset + r * base.in_features)
             b = (a[1], a[1] + base.out_features * r)
             offset = b[1]
-            layer = MultiLoRALinear(base, self, _Slice(a, b), len(self.layers))
+            layer = MultiLoRALinear(base, self, _Slice(a, b), len(self._layers))
             setattr(parent, child, layer)
-            self.layers.append((name, layer))
+            self._layers.append((name, weakref.ref(layer)))
         self.weights = nn.Parameter(torch.zeros(slots, offset, device=device, dtype=dtype))
         self._sizes = [n for _, layer in self.layers for n in (layer.where.a[1] - layer.where.a[0],
                                                                 layer.where.b[1] - layer.where.b[0])]
+
+    @property
+    def layers(self) -> list[tuple[str, MultiLoRALinear]]:
+        """(module name, wrapped layer) in module order."""
+        out = []
+        for name, ref in self._layers:
+            layer = ref()
+            if layer is None:
+                raise RuntimeError("the model this LoRA bank wraps has been deleted")
+            out.append((name, layer))
+        return out
 
     @property
     def size(self) -> int:

@@ -272,3 +272,21 @@ def test_decoding_ignores_what_the_checkpoint_generation_config_adds(tiny_model_
     student.model.generation_config.repetition_penalty = None
     student.model.generation_config.no_repeat_ngram_size = None
     assert teacher.sample(inst)[0].texts == with_defaults
+
+
+def test_a_dropped_student_frees_its_models_weights_without_a_garbage_collection(tiny_model_dir):
+    """The bank and its wrapped layers must not form a reference cycle: the old weights would stay in
+    (GPU) memory until a full collection, right when the teacher SFT loads the next model."""
+    import gc
+    import weakref
+
+    student = make_student(tiny_model_dir)
+    student.absorb(plan(TEXTS[:1]), seed=0)
+    weight = weakref.ref(student.bank.layers[0][1].base.weight)
+    gc.collect()
+    gc.disable()
+    try:
+        del student
+        assert weight() is None
+    finally:
+        gc.enable()
