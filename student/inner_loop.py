@@ -367,8 +367,9 @@ class Student:
                 self.baseline(todo[n])
         return [self.baseline(i) for i in instances]
 
-    def save_adapter(self, slot: int, path) -> None:
-        """Write one trained slot as a peft LoRA adapter (loadable with `PeftModel.from_pretrained`)."""
+    def save_adapter(self, slot: int, path, dtype: torch.dtype | None = None) -> None:
+        """Write one trained slot as a peft LoRA adapter (loadable with `PeftModel.from_pretrained`), in
+        `dtype` (default: the bank's, fp32)."""
         from pathlib import Path
 
         from peft import LoraConfig
@@ -380,7 +381,8 @@ class Student:
         LoraConfig(r=self.inner.lora_r, lora_alpha=self.inner.lora_alpha, lora_dropout=self.inner.lora_dropout,
                    target_modules=targets, bias="none", task_type="CAUSAL_LM",
                    base_model_name_or_path=getattr(self.model.config, "_name_or_path", None)).save_pretrained(path)
-        save_file(self.bank.peft_state_dict(slot), str(path / "adapter_model.safetensors"))
+        state = {k: v.to(dtype or v.dtype).contiguous() for k, v in self.bank.peft_state_dict(slot).items()}
+        save_file(state, str(path / "adapter_model.safetensors"))
 
     # ------------------------------------------------------------------ the fast path
     def run(self, jobs: Sequence[Job], done: Callable[[list[JobResult]], None] | None = None) -> list[JobResult]:

@@ -19,7 +19,7 @@ def make_student(model, tokenizer, inner: InnerConfig, model_cfg: ModelConfig, d
         from seal.student.vllm_scoring import VLLMScorer
 
         scorer = VLLMScorer(resolve(model_cfg.name), tokenizer, domain, chat, inner.vllm_lora_rank, bank.slots,
-                            inner.vllm)
+                            inner.vllm, adapter_dtype=next(model.parameters()).dtype)
     return Student(model, tokenizer, inner, domain, chat, bank=bank, scorer=scorer)
 
 

@@ -7,7 +7,9 @@ batching). Greedy decoding, as the HF path.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,7 +19,7 @@ from seal.shared.models import import_vllm, vllm_prompt
 
 class VLLMScorer:
     def __init__(self, model_path: str, tokenizer, domain: Domain, chat: bool, max_lora_rank: int, max_loras: int,
-                 engine_args: dict[str, Any]):
+                 engine_args: dict[str, Any], adapter_dtype=None):
         """`engine_args` (inner.vllm) take precedence over the max_lora_rank and max_loras SEAL derives;
         the config refuses those that would repeat `model` or `enable_lora`."""
         self.vllm = import_vllm()
@@ -27,16 +29,23 @@ class VLLMScorer:
         self.tokenizer, self.domain, self.chat = tokenizer, domain, chat
         self.llm = self.vllm.LLM(model=model_path, enable_lora=True,
                                  **{"max_lora_rank": max_lora_rank, "max_loras": max_loras, **engine_args})
+        # Adapters go to disk only to reach the engine: written in the engine's dtype (vLLM casts LoRA
+        # weights to the model's anyway; fp32 would double the bytes: 323 MB per adapter at 7B r=32),
+        # deleted once scored, so at most one chunk's adapters are on disk; the folder goes at exit.
         self.workdir = Path(tempfile.mkdtemp(prefix="seal-vllm-adapters-"))
+        weakref.finalize(self, shutil.rmtree, self.workdir, ignore_errors=True)
+        self.adapter_dtype = adapter_dtype
         self.next_id = 1  # vLLM caches adapters by integer id: a new adapter needs a new id
 
     def score(self, instances: Sequence[Any], save_adapter, slots: Sequence[int | None]) -> list[Score]:
         """instances[i] answered by adapter slot slots[i] (None: the base model, no adapter);
-        `save_adapter(slot, path)` writes a slot."""
+        `save_adapter(slot, path, dtype)` writes a slot."""
         requests: dict[int | None, Any] = {None: None}
-        for slot in dict.fromkeys(s for s in slots if s is not None):
+        written = []
+        for slot in dict.fromkeys(s for s in slots if s is not None):  # one adapter per slot, however many rows
             path = self.workdir / f"adapter-{self.next_id}"
-            save_adapter(slot, path)
+            save_adapter(slot, path, self.adapter_dtype)
+            written.append(path)
             requests[slot] = self.LoRARequest(f"seal-{self.next_id}", self.next_id, str(path))
             self.next_id += 1
         prompts, params, loras, spans = [], [], [], []
@@ -49,6 +58,10 @@ class VLLMScorer:
                 prompts.append(vllm_prompt(self.tokenizer, p, self.chat))
                 params.append(sp)
                 loras.append(requests[slot])
-        outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=loras)
+        try:
+            outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=loras)
+        finally:  # loaded into the engine by now (an id is never reused, so never read again)
+            for path in written:
+                shutil.rmtree(path, ignore_errors=True)
         texts = [o.outputs[0].text for o in outputs]
         return [self.domain.grade(inst, texts[a: a + n]) for inst, (a, n) in zip(instances, spans)]

@@ -50,6 +50,32 @@ def test_vllm_scoring_of_many_adapters_matches_the_transformers_path(fake_vllm, 
     assert gen["generate"] == sum(len(i.questions) for i in insts) and sorted(set(gen["loras"])) == [1, 2, 3]
     again = scorer.score(insts[:1], student.save_adapter, [0])  # new adapters get new ids (vLLM caches by id)
     assert fake_vllm.CALLS[-1]["loras"] == [4] * len(insts[0].questions) and again
+    assert not any(scorer.workdir.iterdir())  # scored adapters leave the disk
+
+
+def test_vllm_adapters_are_written_in_the_engine_dtype_once_per_slot(fake_vllm, tiny_model_dir):
+    """A CPT adapter answers every held-out instance: one file for all its rows, in the model's dtype
+    (fp32 copies per row were 200 × 323 MB at 7B)."""
+    from safetensors.torch import load_file
+
+    from seal.student.vllm_scoring import VLLMScorer
+
+    model, tok = load_model(ModelConfig(name=str(tiny_model_dir)))
+    domain = KnowledgeDomain()
+    student = Student(model, tok, InnerConfig(lora_r=8, lora_alpha=16, epochs=1, parallel_adapters=1), domain,
+                      chat=True)
+    insts = domain.load("builtin", "train[:3]")
+    student.absorb(domain.plan(insts[0], None), seed=0)
+    scorer = VLLMScorer(str(tiny_model_dir), tok, domain, True, max_lora_rank=8, max_loras=1, engine_args={},
+                        adapter_dtype=torch.bfloat16)
+    written = []
+
+    def save(slot, path, dtype):
+        student.save_adapter(slot, path, dtype)
+        written.append({t.dtype for t in load_file(str(path / "adapter_model.safetensors")).values()})
+
+    scorer.score(insts, save, [0, 0, 0])
+    assert written == [{torch.bfloat16}] and not any(scorer.workdir.iterdir())
 
 
 def test_vllm_teacher_samples_k_seeded_self_edits_per_instance(fake_vllm, tiny_model_dir):
