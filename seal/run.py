@@ -94,7 +94,7 @@ def start(argv: list[str], what: str = "run", config_cls: type = SealConfig, sub
             domain = make_domain(cfg.domain)
         except ValueError as err:  # a domain option the domain itself refused
             raise ConfigError(str(err)) from err
-        dist = init_dist(cpu=cfg.teacher.device == "cpu")
+        dist = init_dist(cpu=cfg.teacher.device == "cpu", timeout_minutes=cfg.dist_timeout_minutes)
         preflight(cfg, domain, dist)
         logging.getLogger().setLevel(cfg.log_level.upper() if dist.is_main else "WARNING")
         if cfg.teacher.name == "embedded" and (cfg.student is None or cfg.student.name == "embedded"):

@@ -458,6 +458,10 @@ class SealConfig:
     """debug | info | warning | error (case-insensitive)."""
     threads: Count | None = None
     """torch CPU threads; None keeps torch's default."""
+    dist_timeout_minutes: Count = 180
+    """Under accelerate launch: how long a rank waits at a collective before the process group gives up.
+    Ranks wait for each other at phase ends (one may still score CPT seeds while the others are done);
+    NCCL's own default is 10 minutes."""
     mode: str = "self"
     """self: the teacher edits itself (student == teacher); teacher_student: a separate, fixed student."""
     domain: dict[str, Any] = field(default_factory=lambda: {"name": "knowledge"})

@@ -49,10 +49,15 @@ class Dist:
         return list(items[self.rank::self.world])
 
 
-def init_dist(cpu: bool) -> Dist:
+def init_dist(cpu: bool, timeout_minutes: int = 180) -> Dist:
+    """The process group accelerate launched, with an explicit collective timeout (accelerate passes it
+    to torch.distributed.init_process_group; NCCL's default of 10 minutes is shorter than a rank may
+    wait at a phase end)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return Dist()
+    from datetime import timedelta
+
     from accelerate import PartialState
 
-    state = PartialState(cpu=cpu)
+    state = PartialState(cpu=cpu, timeout=timedelta(minutes=timeout_minutes))
     return Dist(rank=state.process_index, world=state.num_processes, state=state)

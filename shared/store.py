@@ -26,7 +26,7 @@ from seal.shared.records import Record
 R = TypeVar("R", bound=Record)
 
 # Keys that do not change results: a run may be resumed with other values for them.
-NON_RESULT_KEYS = ("output_dir", "threads", "report_to", "wandb", "log_level", "eval")
+NON_RESULT_KEYS = ("output_dir", "threads", "report_to", "wandb", "log_level", "eval", "dist_timeout_minutes")
 
 
 class RunDirError(RuntimeError):

@@ -148,3 +148,28 @@ def test_grpo_with_a_partitioned_student_counts_every_ranks_rewards(tiny_model_d
     assert (out / "grpo_rewards.rank1.jsonl").exists() and len({r["attempt"] for r in rewards}) == 1
     (round_,) = rows(out, "rounds")
     assert round_["steps"] == 2 and round_["self_edits"] == len(rewards)
+
+
+def test_the_process_group_gets_the_configured_timeout(monkeypatch):
+    """NCCL gives up on a collective after 10 minutes by default; a rank that finished its CPT seeds waits
+    longer than that for the others. accelerate passes `timeout` on to init_process_group."""
+    from datetime import timedelta
+
+    import accelerate
+
+    from seal.shared.config_parser import parse_config
+    from seal.shared.dist import init_dist
+
+    seen = {}
+
+    class State:
+        process_index, num_processes = 1, 2
+
+        def __init__(self, cpu: bool = False, **kwargs):  # accelerate.PartialState's signature
+            seen.update(kwargs, cpu=cpu)
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(accelerate, "PartialState", State)
+    cfg = parse_config(["--dist_timeout_minutes", "240"])
+    dist = init_dist(cpu=False, timeout_minutes=cfg.dist_timeout_minutes)
+    assert seen == {"cpu": False, "timeout": timedelta(minutes=240)} and (dist.rank, dist.world) == (1, 2)
