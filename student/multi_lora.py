@@ -201,22 +201,28 @@ class SlotAdamW:
 
     @torch.no_grad()
     def step(self, lr: torch.Tensor, weight_decay: float, max_grad_norm: float, active: torch.Tensor) -> None:
-        """`lr` and `active` are `[slots, 1]`; inactive rows keep their weights and moments."""
+        """`lr` and `active` are `[slots, 1]`; inactive rows keep their weights and moments. In place, with
+        one bank-sized temporary: the peak is weights, gradient, two moments and that one (five bank
+        copies; a 72B student's bank at K=4 is ~7 GB each)."""
         w, g = self.bank.weights, self.bank.weights.grad
         # clipping per slot (a row of the flat weights is one adapter), as a separate optimizer per
         # self-edit would: one diverging adapter must not shrink the others' steps
         if max_grad_norm:
             norms = g.norm(dim=1, keepdim=True)
-            g = g * (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+            g.mul_((max_grad_norm / (norms + 1e-6)).clamp(max=1.0))
         # each slot counts its own steps for the bias correction: slots that sat out a step (a shorter
         # plan) are at a different t than the others
         self.steps += active
         t = self.steps.clamp(min=1)
         # inactive rows: decay factor 1 and no gradient term, so their moments stay as they were
-        self.m.mul_(torch.where(active > 0, self.b1, 1.0)).add_(g * (1 - self.b1) * active)
-        self.v.mul_(torch.where(active > 0, self.b2, 1.0)).add_(g * g * (1 - self.b2) * active)
+        self.m.mul_(torch.where(active > 0, self.b1, 1.0)).addcmul_(g, (1 - self.b1) * active)
+        self.v.mul_(torch.where(active > 0, self.b2, 1.0))
+        tmp = torch.mul(g, g)
+        self.v.addcmul_(tmp, (1 - self.b2) * active)
         step_size = lr / (1 - self.b1 ** t)
-        denom = (self.v.sqrt() / torch.sqrt(1 - self.b2 ** t)).add_(self.eps)
+        torch.sqrt(self.v, out=tmp)  # the denominator, then the update, in the same buffer
+        tmp.div_(torch.sqrt(1 - self.b2 ** t)).add_(self.eps)
+        torch.div(self.m, tmp, out=tmp)
         w.mul_(1 - lr * weight_decay * active)
-        w.add_(-(step_size * active) * self.m / denom)
+        w.sub_(tmp.mul_(step_size * active))
         self.bank.weights.grad = None

@@ -109,7 +109,7 @@ def test_prompt_tokens_are_masked_when_the_plan_says_so(tiny_model_dir):
 
 def test_many_adapters_at_once_equal_one_at_a_time(tiny_model_dir):
     """The fast path's contract: K self-edits trained together give the adapters, losses and answers
-    of K sequential runs (tolerance: float summation order, 1e-4 relative on weights)."""
+    of K sequential runs (tolerance: float summation order, 1e-4 relative on weights, see atol below)."""
     plans = [plan(), plan(TEXTS[:2]), plan(TEXTS[1:] + ("Velmora Lighthouse\nGreen and white stripes.",)),
              TrainingPlan(examples=[Example("", TEXTS[0])], epochs=5, lr=3e-2)]
     seeds = [0, 1, 2, 3]
@@ -122,7 +122,9 @@ def test_many_adapters_at_once_equal_one_at_a_time(tiny_model_dir):
         alone = student.absorb(p, s)
         assert alone.steps == together[i].steps and alone.tokens == together[i].tokens
         assert alone.last_loss == pytest.approx(together[i].last_loss, rel=1e-4)
-        torch.testing.assert_close(student.bank.weights[0], w_together[i], rtol=1e-4, atol=1e-6)
+        # atol: Adam divides by sqrt(v), so an element with a near-zero gradient turns last-bit gradient
+        # differences (summation order) into weight differences of up to ~1e-3 of lr (3e-2 here)
+        torch.testing.assert_close(student.bank.weights[0], w_together[i], rtol=1e-4, atol=5e-5)
         assert [d["prediction"] for d in student.score(insts[i]).details] == \
             [d["prediction"] for d in answers_together[i]]
     assert [t.steps for t in together] == [3 * 2, 3 * 1, 3 * 2, 5]
