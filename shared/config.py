@@ -274,6 +274,12 @@ class InnerConfig:
     """Training sequences per optimizer step."""
     max_length: Annotated[int, Bound(2)] = 512
     """Each training sequence is truncated to this many tokens (no padding to it, unless train_on_padding)."""
+    max_row_tokens: Count | None = None
+    """Most tokens in one packed row: a step whose batch is longer runs as several passes whose gradients
+    add up before the optimizer step (gradient accumulation: the same step in less memory); None: one pass."""
+    gradient_checkpointing: bool = False
+    """Recompute each layer's activations in the backward pass instead of keeping them (a large student:
+    ~1/30 of the activation memory for one more forward's time)."""
     train_on_padding: bool = False
     """Pad every training sequence with EOS to max_length and keep the pads in the loss, as the official
     TTT_server.py does (padding="max_length", labels = input_ids); the pads attend to their sequence's

@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from seal.shared import memory
 from seal.shared.config import ConfigError, InnerConfig
 from seal.shared.dist import Dist
 from seal.shared.domain import Domain, Score, TrainingPlan
@@ -79,21 +80,21 @@ class JobResult:
 
 
 def auto_slots(model, inner: InnerConfig, cap: int = 16) -> int:
-    """Adapters trained per pass when `inner.parallel_adapters` is unset: as many as a quarter of free
-    memory holds, estimating fp32 activations plus logits for one packed batch of up to 256-token sequences."""
-    cfg = model.config
-    hidden, layers = getattr(cfg, "hidden_size", 1024), getattr(cfg, "num_hidden_layers", 24)
-    vocab = getattr(cfg, "vocab_size", 32000)
-    per_token = 4 * (24 * hidden * layers + 3 * vocab)  # fp32 activations kept for backward + logits
-    per_adapter = per_token * inner.batch_size * min(inner.max_length, 256)
-    device = next(model.parameters()).device
-    if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0]
+    """Adapters trained per pass when `inner.parallel_adapters` is unset: as many as fit in the memory free
+    now (call it once everything else is loaded), for rows as long as the inner loop can make them
+    (batch_size × max_length tokens, cut at max_row_tokens: ARC's reach 16k), counting the bank and its
+    optimizer (shared/memory.py; `recipes/plan.py` prints the same figures before a run)."""
+    weight = next(model.parameters())
+    if weight.device.type == "cuda":
+        free = torch.cuda.mem_get_info(weight.device)[0]
     else:
         import psutil
 
         free = psutil.virtual_memory().available
-    return max(1, min(cap, int(free * 0.25 // per_adapter)))
+    dtype = str(weight.dtype).removeprefix("torch.")
+    row = memory.row_tokens(inner.batch_size, inner.max_length, inner.max_row_tokens)
+    return memory.auto_slots(model, row, inner.lora_r, inner.target_modules, dtype, free,
+                             inner.gradient_checkpointing, cap)
 
 
 def lr_factor(kind: str, step: int, total: int, warmup: int) -> float:
@@ -149,6 +150,8 @@ class Student:
         self.scorer = scorer
         self.sync = sync
         self.engine = engine
+        if inner.gradient_checkpointing:  # active in train mode only: generation keeps its KV cache
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def agree(self, n: int) -> int:
         """How often to run a forward-running step so that every rank runs it equally often: the
@@ -265,26 +268,21 @@ class Student:
                 # plans differ in length (sequences × epochs / batch): a finished or failed slot drops out
                 # of the pass instead of padding it, so the others' steps cost what they would alone
                 active = [i for i in range(k) if step < len(schedules[i]) and not errors[i]]
-                if active:
-                    batch = self._rows([[data[i][j] for j in schedules[i][step]] for i in active])
-                else:  # nothing left here while other ranks still train: a pass with no loss
-                    batch = self._rows([[([self.tokenizer.eos_token_id] * 2, [-100] * 2, 2)]])
-                with self.bank.routed(active or [0]):
-                    logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                        position_ids=batch["position_ids"]).logits
-                # one loss per slot, each the mean over its own tokens (as if it trained alone): summing
-                # them gives every slot exactly its own gradient, since a slot's rows touch only its weights
-                per_token = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), batch["labels"][:, 1:],
-                                            ignore_index=-100, reduction="none")
-                counted = (batch["labels"][:, 1:] != -100).float()
-                slot_loss = per_token.sum(1) / counted.sum(1).clamp(min=1)
-                finite = torch.isfinite(slot_loss) if active else torch.ones(1, dtype=torch.bool, device=self.device)
-                for row in (~finite).nonzero().flatten().tolist():
-                    errors[active[row]] = f"non-finite training loss at step {step + 1}"
-                # a non-finite slot is zeroed out of the sum: NaN times zero would still poison the others
-                torch.where(finite, slot_loss, 0.0).sum().backward()
+                batches = {i: [data[i][j] for j in schedules[i][step]] for i in active}
+                # one loss per slot, each the mean over its own tokens of the step (as if it trained alone):
+                # summing them gives every slot exactly its own gradient, since a slot's rows touch only its
+                # weights; a batch longer than inner.max_row_tokens runs as several passes whose gradients
+                # add up to the same step (gradient accumulation)
+                counts = {i: max(1, sum(sum(label != -100 for label in lab[1:]) for _, lab, _ in b))
+                          for i, b in batches.items()}
+                parts = {i: self._micro_batches(b) for i, b in batches.items()}
+                slot_loss = dict.fromkeys(active, 0.0)
+                for n in range(self.agree(max((len(p) for p in parts.values()), default=1))):
+                    rows = [i for i in active if n < len(parts[i])]
+                    self._backward(step, [parts[i][n] for i in rows], [counts[i] for i in rows], rows, slot_loss,
+                                   errors)
+                trained = [i for i in active if not errors[i]]
                 mask = torch.zeros(self.slots, 1, device=self.device)
-                trained = [i for i, ok in zip(active, finite.tolist()) if ok]
                 mask[trained] = 1  # slots without rows this step keep weights and moments (AdamW would decay them)
                 # each adapter follows the schedule over its own number of steps; one tensor per step (built
                 # on the host: per-slot writes into a device tensor would be one transfer each)
@@ -292,16 +290,52 @@ class Student:
                                                            self.inner.warmup_steps) if i in trained else 0.0]
                                    for i in range(self.slots)], device=self.device)
                 optimizer.step(lr, self.inner.weight_decay, self.inner.max_grad_norm, mask)
-                for i, loss, ok in zip(active, slot_loss.tolist(), finite.tolist()):
-                    if ok:
-                        losses[i].append(loss)
-                        tokens[i] += sum(len(data[i][j][0]) for j in schedules[i][step])
+                for i in trained:
+                    losses[i].append(slot_loss[i])
+                    tokens[i] += sum(len(ids) for ids, _, _ in batches[i])
         finally:
             self.model.eval()
         seconds = (time.perf_counter() - start) / max(k, 1)
         return [AbsorbStats(steps=len(losses[i]), tokens=tokens[i], first_loss=losses[i][0] if losses[i] else math.nan,
                             last_loss=losses[i][-1] if losses[i] else math.nan, seconds=seconds, error=errors[i])
                 for i in range(k)]
+
+    def _micro_batches(self, batch: Encoded) -> list[Encoded]:
+        """A slot's batch cut into passes of at most inner.max_row_tokens tokens (in order; a sequence
+        longer than that is a pass of its own)."""
+        budget = self.inner.max_row_tokens
+        if budget is None:
+            return [batch]
+        out: list[Encoded] = [[]]
+        for seq in batch:
+            if out[-1] and sum(len(s[0]) for s in out[-1]) + len(seq[0]) > budget:
+                out.append([])
+            out[-1].append(seq)
+        return out
+
+    def _backward(self, step: int, groups: list[Encoded], counts: list[int], slots: list[int],
+                  slot_loss: dict[int, float], errors: list[str | None]) -> None:
+        """One forward and backward pass: row r is slots[r]'s sequences `groups[r]`, its loss summed over
+        its tokens and divided by `counts[r]` (the tokens of the slot's whole step). No rows: a pass with
+        no loss (another rank still trains, and ZeRO-3 needs every rank in every pass)."""
+        if groups:
+            batch = self._rows(groups)
+        else:
+            batch = self._rows([[([self.tokenizer.eos_token_id] * 2, [-100] * 2, 2)]])
+        # backward inside the routing: with gradient checkpointing the layers run again during it
+        with self.bank.routed(slots or [0]):
+            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                position_ids=batch["position_ids"], use_cache=False).logits
+            per_token = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), batch["labels"][:, 1:],
+                                        ignore_index=-100, reduction="none")
+            part = per_token.sum(1) / torch.tensor(counts or [1], dtype=per_token.dtype, device=per_token.device)
+            finite = torch.isfinite(part) if slots else torch.ones(1, dtype=torch.bool, device=self.device)
+            for row in (~finite).nonzero().flatten().tolist():
+                errors[slots[row]] = f"non-finite training loss at step {step + 1}"
+            # a non-finite slot is zeroed out of the sum: NaN times zero would still poison the others
+            torch.where(finite, part, 0.0).sum().backward()
+        for slot, value in zip(slots, part.tolist()):
+            slot_loss[slot] += value
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()

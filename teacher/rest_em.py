@@ -11,6 +11,7 @@ per (self-edit, seed)), and a restarted round skips whatever the store already h
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 from dataclasses import dataclass
@@ -137,6 +138,16 @@ class Session:
     student: Student
     teacher_cfg: ModelConfig
 
+    def release_teacher(self) -> None:
+        """Free a transformers teacher's weights once the round's self-edits are drawn (teacher_student
+        mode: the inner loops need the device memory; the teacher update reads the checkpoint from disk).
+        In mode self the teacher is the student and stays."""
+        if isinstance(self.teacher, Teacher) and self.teacher.model is not self.student.model:
+            self.teacher.model = None
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
 
 def build_session(cfg: SealConfig, domain: Domain, teacher_cfg: ModelConfig | None = None,
                   student: Student | None = None, dist: Dist | None = None) -> Session:
@@ -206,6 +217,7 @@ def reward_round(cfg: SealConfig, session: Session, store: RunStore, instances: 
     record_baselines(store, student, dist.shard(instances), dist.is_main)
     sample_round(cfg, session, store, instances, round_, dist)
     dist.barrier()
+    session.release_teacher()
     load_baselines(store, student)
     edits = {r.key: r for r in store.iter("self_edits", SelfEditRecord) if r.round == round_}
     done = {(r.instance, r.index, r.seed) for r in store.iter("records", RewardRecord) if r.round == round_}

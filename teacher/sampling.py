@@ -56,6 +56,8 @@ class Teacher:
 
     @torch.no_grad()
     def sample(self, instances: Sequence[Any], k: int | None = None, round_: int = 0) -> list[Samples]:
+        if self.model is None:
+            raise RuntimeError("this teacher's weights were released after its round's sampling")
         k = k or self.cfg.k
         return [self._sample_one(inst, k, round_) for inst in instances]
 

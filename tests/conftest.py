@@ -92,6 +92,7 @@ def import_recipe(name: str):
     try:
         spec = importlib.util.spec_from_file_location(f"seal_recipe_{name}", REPO / "recipes" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # as `import` would (dataclasses look their module up there)
         spec.loader.exec_module(module)
     finally:
         sys.path[:] = [p for p in sys.path if p != str(REPO / "recipes")]

@@ -79,3 +79,27 @@ def test_sft_moves_the_teacher_towards_the_kept_self_edits(tiny_model_dir, tmp_p
 def test_sft_needs_examples(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="no self-edits were kept"):
         learn(ModelConfig(name=str(tiny_model_dir)), True, [], OuterConfig(), tmp_path / "r", seed=0)
+
+
+def test_in_teacher_student_mode_the_teacher_leaves_memory_before_the_inner_loops(tiny_model_dir, tiny_qwen_dir,
+                                                                                   tmp_path):
+    """The 72B recipe held the 7B teacher through every inner loop; once the round's self-edits are drawn
+    its weights are freed (the teacher update reads the checkpoint from disk)."""
+    import gc
+    import weakref
+
+    from seal.shared import KnowledgeDomain, RunStore
+    from seal.shared.config_parser import parse_config
+    from seal.teacher.rest_em import build_session, reward_round
+
+    cfg = parse_config(["--teacher.name", str(tiny_model_dir), "--mode", "teacher_student", "--student.name",
+                        str(tiny_qwen_dir), "--sampling.k", "1", "--sampling.max_new_tokens", "8", "--inner.epochs",
+                        "1", "--inner.seeds", "[0]", "--inner.parallel_adapters", "1"])
+    domain = KnowledgeDomain()
+    session = build_session(cfg, domain)
+    weight = weakref.ref(next(session.teacher.model.parameters()))
+    records = reward_round(cfg, session, RunStore(tmp_path, {}), domain.load("builtin", "train[:1]"), 0)
+    gc.collect()
+    assert records and session.teacher.model is None and weight() is None
+    with pytest.raises(RuntimeError, match="released"):
+        session.teacher.sample(domain.load("builtin", "train[:1]"))

@@ -292,3 +292,27 @@ def test_a_dropped_student_frees_its_models_weights_without_a_garbage_collection
         assert weight() is None
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("memory_saver", [{"max_row_tokens": 40}, {"gradient_checkpointing": True}])
+def test_memory_savers_train_the_same_adapters(tiny_model_dir, memory_saver):
+    """inner.max_row_tokens (a step's batch in several passes, gradients summed) and gradient
+    checkpointing (layers recomputed during the backward pass, inside the adapter routing) change what
+    is held in memory, not what is learnt."""
+    plans = [plan(), plan(TEXTS[:2]), plan(TEXTS[1:] + ("Velmora Lighthouse\nGreen and white stripes.",))]
+    plain = make_student(tiny_model_dir, batch_size=3, epochs=2, lr_scheduler="linear")
+    saver = make_student(tiny_model_dir, batch_size=3, epochs=2, lr_scheduler="linear", **memory_saver)
+    passes = []
+    if "max_row_tokens" in memory_saver:
+        original = saver._backward
+        saver._backward = lambda *a: (passes.append(len(a[1])), original(*a))[1]
+        assert max(len(ids) for ids, _, _ in saver.encode(plans[0])) <= 40 < sum(
+            len(ids) for ids, _, _ in saver.encode(plans[0]))  # the batches do need splitting
+    a, b = plain.absorb_many(plans, [0, 1, 2]), saver.absorb_many(plans, [0, 1, 2])
+    assert saver.model.is_gradient_checkpointing == ("gradient_checkpointing" in memory_saver)
+    for x, y in zip(a, b):
+        assert (x.steps, x.tokens) == (y.steps, y.tokens)
+        assert x.first_loss == pytest.approx(y.first_loss, rel=1e-5) and x.last_loss == pytest.approx(y.last_loss,
+                                                                                                     rel=1e-4)
+    torch.testing.assert_close(plain.bank.weights, saver.bank.weights, rtol=1e-4, atol=5e-5)
+    assert not passes or len(passes) > a[0].steps  # more passes than steps: the batches were split
