@@ -13,22 +13,30 @@ import weakref
 from pathlib import Path
 from typing import Any, Sequence
 
+from seal.shared import vllm_engine
 from seal.shared.domain import Domain, Score
 from seal.shared.models import import_vllm, vllm_prompt
 
 
 class VLLMScorer:
     def __init__(self, model_path: str, tokenizer, domain: Domain, chat: bool, max_lora_rank: int, max_loras: int,
-                 engine_args: dict[str, Any], adapter_dtype=None):
-        """`engine_args` (inner.vllm) take precedence over the max_lora_rank and max_loras SEAL derives;
-        the config refuses those that would repeat `model` or `enable_lora`."""
+                 engine_args: dict[str, Any], adapter_dtype=None, max_model_len: int | None = None):
+        """`engine_args` (inner.vllm) take precedence over what SEAL derives (max_lora_rank, max_loras,
+        max_model_len, the memory share); the config refuses those that would repeat `model` or
+        `enable_lora`."""
         self.vllm = import_vllm()
         from vllm.lora.request import LoRARequest
 
         self.LoRARequest = LoRARequest
         self.tokenizer, self.domain, self.chat = tokenizer, domain, chat
-        self.llm = self.vllm.LLM(model=model_path, enable_lora=True,
-                                 **{"max_lora_rank": max_lora_rank, "max_loras": max_loras, **engine_args})
+        # enable_lora: the config refuses it in inner.vllm; sized and placed by vllm_engine.engine_args, and
+        # asleep between scorings, while the student trains (max_model_len from max_model_len below)
+        args = vllm_engine.engine_args(engine_args, max_model_len=max_model_len, enable_lora=True,
+                                       max_lora_rank=max_lora_rank, max_loras=max_loras)
+        self.llm = self.vllm.LLM(model=model_path, **args)
+        self.sleeps = bool(args.get("enable_sleep_mode"))
+        if self.sleeps:
+            self.llm.sleep(level=1)
         # Adapters go to disk only to reach the engine: written in the engine's dtype (vLLM casts LoRA
         # weights to the model's anyway; fp32 would double the bytes: 323 MB per adapter at 7B r=32),
         # deleted once scored, so at most one chunk's adapters are on disk; the folder goes at exit.
@@ -58,10 +66,14 @@ class VLLMScorer:
                 prompts.append(vllm_prompt(self.tokenizer, p, self.chat))
                 params.append(sp)
                 loras.append(requests[slot])
+        if self.sleeps:
+            self.llm.wake_up()
         try:
             outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=loras)
         finally:  # loaded into the engine by now (an id is never reused, so never read again)
             for path in written:
                 shutil.rmtree(path, ignore_errors=True)
+            if self.sleeps:
+                self.llm.sleep(level=1)
         texts = [o.outputs[0].text for o in outputs]
         return [self.domain.grade(inst, texts[a: a + n]) for inst, (a, n) in zip(instances, spans)]

@@ -81,7 +81,8 @@ def _sample_condition(cfg: SealConfig, domain: Domain, store: RunStore, instance
         step = max(1, cfg.sampling.served.concurrency // k)
     elif cfg.sampling.backend == "vllm":
         tok = load_tokenizer(teacher_cfg)
-        teacher = VLLMTeacher(resolve(teacher_cfg.name), tok, sampling, domain, uses_chat_template(teacher_cfg, tok))
+        teacher = VLLMTeacher(resolve(teacher_cfg.name), tok, sampling, domain, uses_chat_template(teacher_cfg, tok),
+                              missing)
     else:
         model, tok = shared_model if shared_model is not None else load_model(teacher_cfg)
         teacher = Teacher(model, tok, sampling, domain, uses_chat_template(teacher_cfg, tok))
@@ -97,6 +98,8 @@ def _sample_condition(cfg: SealConfig, domain: Domain, store: RunStore, instance
                                                                      eval_key=key))
                         have.add((label, iid, j))
                 phase.update()
+    if isinstance(teacher, VLLMTeacher):  # deleting an engine does not reliably free its memory; sleeping does
+        teacher.release()
 
 
 def file_self_edits(cfg: SealConfig, domain: Domain, heldout: Sequence[Any]) -> dict[tuple[str, int], str]:

@@ -139,10 +139,13 @@ class Session:
     teacher_cfg: ModelConfig
 
     def release_teacher(self) -> None:
-        """Free a transformers teacher's weights once the round's self-edits are drawn (teacher_student
-        mode: the inner loops need the device memory; the teacher update reads the checkpoint from disk).
-        In mode self the teacher is the student and stays."""
-        if isinstance(self.teacher, Teacher) and self.teacher.model is not self.student.model:
+        """Hand the teacher's device memory to the inner loops once the round's self-edits are drawn: a
+        vLLM engine sleeps, a transformers teacher beside the student (teacher_student) is freed (the
+        teacher update reads the checkpoint from disk). In mode self a transformers teacher is the student
+        and stays."""
+        if isinstance(self.teacher, VLLMTeacher):
+            self.teacher.release()
+        elif isinstance(self.teacher, Teacher) and self.teacher.model is not self.student.model:
             self.teacher.model = None
             gc.collect()
             if torch.cuda.is_available():
@@ -150,7 +153,7 @@ class Session:
 
 
 def build_session(cfg: SealConfig, domain: Domain, teacher_cfg: ModelConfig | None = None,
-                  student: Student | None = None, dist: Dist | None = None) -> Session:
+                  student: Student | None = None, dist: Dist | None = None, instances: Sequence[Any] = ()) -> Session:
     """Load the models. In self mode the teacher samples from the student's base weights; in
     teacher_student mode an existing (fixed) student can be passed in and is kept. With sampling.backend
     openai the teacher is a `ServedTeacher` (teacher_student mode only; no teacher weights are loaded)."""
@@ -175,7 +178,8 @@ def build_session(cfg: SealConfig, domain: Domain, teacher_cfg: ModelConfig | No
     elif student is None:
         student = load_student(cfg.inner, cfg.student, domain, dist)
     if vllm_teacher:
-        teacher: Any = VLLMTeacher(resolve(teacher_cfg.name), teacher_tok, cfg.sampling, domain, teacher_chat)
+        teacher: Any = VLLMTeacher(resolve(teacher_cfg.name), teacher_tok, cfg.sampling, domain, teacher_chat,
+                                   instances)
     else:
         # in self mode the student's model is the teacher's: its LoRA slots are off outside Student calls
         teacher = Teacher(student.model if cfg.mode == "self" else teacher_model, teacher_tok, cfg.sampling,
@@ -259,7 +263,7 @@ def run_rounds(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence
         if round_ in finished and is_complete(teacher_checkpoint(store, round_ + 1)):
             continue
         instances = round_instances(cfg.data.per_round, cfg.data.shuffle_seed, train, round_)
-        session = build_session(cfg, domain, teacher_config(cfg, store, round_), student, dist)
+        session = build_session(cfg, domain, teacher_config(cfg, store, round_), student, dist, instances)
         student = session.student if cfg.mode == "teacher_student" else None
         records = reward_round(cfg, session, store, instances, round_, dist)
         if dist.is_main:

@@ -14,15 +14,36 @@ from typing import Any, Sequence
 from seal.shared.config import SamplingConfig
 from seal.shared.domain import Domain
 from seal.shared.models import format_prompt, import_vllm, vllm_prompt
+from seal.shared.vllm_engine import engine_args
 from seal.teacher.sampling import Samples, derive_seed
 
 
 class VLLMTeacher:
-    def __init__(self, model_path: str, tokenizer, sampling: SamplingConfig, domain: Domain, chat: bool):
+    """`instances`: those it will sample for, if known; the engine's max_model_len is then the longest of
+    their prompts plus max_new_tokens (rather than the model's whole context, whose KV cache may not fit).
+    The engine is sized and placed by `seal.shared.vllm_engine.engine_args`; `release()` puts it to sleep
+    until the next `sample`, handing its memory to the inner loops."""
+
+    def __init__(self, model_path: str, tokenizer, sampling: SamplingConfig, domain: Domain, chat: bool,
+                 instances: Sequence[Any] = ()):
         vllm = import_vllm()
         self.vllm = vllm
         self.tokenizer, self.cfg, self.domain, self.chat = tokenizer, sampling, domain, chat
-        self.llm = vllm.LLM(model=model_path, seed=sampling.seed, **sampling.vllm)  # the config refuses a 2nd seed
+        longest = max((len(self._input(i)["prompt_token_ids"]) for i in instances), default=None)
+        self.max_model_len = None if longest is None else longest + sampling.max_new_tokens
+        # seed: the config refuses a second one in sampling.vllm
+        args = engine_args(sampling.vllm, max_model_len=self.max_model_len, seed=sampling.seed)
+        self.llm = vllm.LLM(model=model_path, **args)
+        self.sleeps, self.asleep = bool(args.get("enable_sleep_mode")), False
+
+    def _input(self, instance: Any) -> dict[str, list[int]]:
+        return vllm_prompt(self.tokenizer, self.domain.teacher_prompt(instance), self.chat)
+
+    def release(self) -> None:
+        """Sleep (level 1: weights to host memory, KV cache dropped) where the engine has sleep mode."""
+        if self.sleeps and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
 
     def prompt(self, instance: Any) -> str:
         return format_prompt(self.tokenizer, self.domain.teacher_prompt(instance), self.chat)
@@ -35,7 +56,16 @@ class VLLMTeacher:
                                            max_tokens=self.cfg.max_new_tokens,
                                            seed=derive_seed(self.cfg.seed, round_, self.domain.instance_id(i)))
                   for i in instances]
-        inputs = [vllm_prompt(self.tokenizer, self.domain.teacher_prompt(i), self.chat) for i in instances]
+        inputs = [self._input(i) for i in instances]
+        limit = self.cfg.vllm.get("max_model_len", self.max_model_len)
+        for inst, ids in zip(instances, inputs):
+            if limit is not None and len(ids["prompt_token_ids"]) + self.cfg.max_new_tokens > limit:
+                raise ValueError(f"the teacher prompt of {self.domain.describe(inst)} has "
+                                 f"{len(ids['prompt_token_ids'])} tokens: with sampling.max_new_tokens it exceeds "
+                                 f"the engine's max_model_len {limit}")
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
         outputs = self.llm.generate(inputs, params, use_tqdm=False)
         seconds = (time.perf_counter() - start) / max(1, len(instances))
         return [Samples(prompt=p, texts=[c.text.strip() for c in out.outputs], seconds=seconds)

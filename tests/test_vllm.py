@@ -44,7 +44,7 @@ def test_vllm_scoring_of_many_adapters_matches_the_transformers_path(fake_vllm, 
     assert [[d["prediction"] for d in s.details] for s in theirs] == [[d["prediction"] for d in s.details]
                                                                       for s in ours]
     init, gen = fake_vllm.CALLS[0], fake_vllm.CALLS[1]
-    assert init["enable_lora"] and init["engine_args"] == {"gpu_memory_utilization": 0.5}
+    assert init["enable_lora"] and init["gpu_memory_utilization"] == 0.5  # the user's engine argument wins
     with pytest.raises(ValueError, match="max_lora_rank"):  # r=4 is not a rank vLLM serves
         fake_vllm.LLM(str(tiny_model_dir), enable_lora=True, max_lora_rank=4)
     assert gen["generate"] == sum(len(i.questions) for i in insts) and sorted(set(gen["loras"])) == [1, 2, 3]
@@ -221,3 +221,75 @@ def test_the_gpu_install_is_one_extra_with_deepspeed_and_vllm():
     names = {dep.split(">")[0].split("=")[0].split("[")[0] for dep in extras["gpu"]}
     assert {"deepspeed", "vllm"} <= names
     assert ".[gpu,test]" in (REPO / "README.md").read_text()
+
+
+@pytest.fixture
+def small_gpu(fake_vllm, tiny_model_dir, monkeypatch):
+    """A simulated GPU half taken by the run's transformers models, with room for a teacher engine whose
+    KV cache holds the prompts it will see plus max_new_tokens, but not the model's whole context."""
+    from seal.shared import vllm_engine
+    from seal.shared.models import vllm_prompt
+
+    model, tok = load_model(ModelConfig(name=str(tiny_model_dir)))
+    domain = KnowledgeDomain()
+    insts = domain.load("builtin", "train[:2]")
+    needed = max(len(vllm_prompt(tok, domain.teacher_prompt(i), True)["prompt_token_ids"]) for i in insts) + 10
+    cfg = model.config
+    per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 4
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert needed + 40 < cfg.max_position_embeddings  # the model's context would not fit: the test can fail
+    free = int((weights + (needed + 40) * per_token) / 0.9)
+    fake_vllm.DEVICE = {"total": 2 * free, "free": free}
+    monkeypatch.setattr(vllm_engine, "device_memory", lambda: (fake_vllm.DEVICE["free"], fake_vllm.DEVICE["total"]))
+    yield tok, domain, insts
+    fake_vllm.DEVICE = None
+
+
+def test_a_vllm_engine_beside_the_models_is_sized_from_free_memory_and_its_prompts(fake_vllm, small_gpu,
+                                                                                    tiny_model_dir):
+    """vLLM reserves gpu_memory_utilization (0.9) of the *total* memory and fails when that is not free,
+    then fails when the model's whole context does not fit its KV cache; SEAL asks for a share of what is
+    free and a max_model_len of the longest prompt plus max_new_tokens."""
+    from seal.teacher.vllm_sampling import VLLMTeacher
+
+    tok, domain, insts = small_gpu
+    cfg = SamplingConfig(k=2, max_new_tokens=10)
+    with pytest.raises(ValueError, match="Free memory on device"):  # what vllm.LLM(model) alone does here
+        fake_vllm.LLM(str(tiny_model_dir))
+    with pytest.raises(ValueError, match="KV cache is needed"):  # a fitting share, but the whole context
+        fake_vllm.LLM(str(tiny_model_dir), gpu_memory_utilization=0.45)
+    teacher = VLLMTeacher(str(tiny_model_dir), tok, cfg, domain, chat=True, instances=insts)
+    assert [len(s.texts) for s in teacher.sample(insts)] == [2, 2]
+    init = fake_vllm.CALLS[-2]
+    assert init["max_model_len"] == teacher.max_model_len and init["gpu_memory_utilization"] == 0.9 * 0.5
+
+
+def test_every_rank_gets_its_engine_on_its_own_gpu(fake_vllm, tiny_model_dir, monkeypatch):
+    """vLLM's single-process executor puts the engine on the first GPU whatever the rank; the
+    external_launcher backend (TRL's colocate mode) takes each rank's LOCAL_RANK device."""
+    from seal.teacher.vllm_sampling import VLLMTeacher
+
+    _, tok = load_model(ModelConfig(name=str(tiny_model_dir)))
+    for rank in (0, 1):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        VLLMTeacher(str(tiny_model_dir), tok, SamplingConfig(k=1, max_new_tokens=4), KnowledgeDomain(), chat=True)
+        assert fake_vllm.CALLS[-1]["device"] == f"cuda:{rank}"
+
+
+def test_the_teacher_engine_sleeps_through_the_inner_loops(fake_vllm, small_gpu, tiny_model_dir, tmp_path):
+    """Once a round's self-edits are drawn the engine hands its memory back (sleep) for the student's
+    training, and wakes for the next sampling."""
+    from seal.shared import RunStore
+    from seal.teacher.rest_em import build_session, reward_round
+
+    tok, domain, insts = small_gpu
+    cfg = parse_config(["--teacher.name", str(tiny_model_dir), "--sampling.backend", "vllm", "--sampling.k", "1",
+                        "--sampling.max_new_tokens", "10", "--inner.epochs", "1", "--inner.seeds", "[0]",
+                        "--inner.parallel_adapters", "1"])
+    session = build_session(cfg, domain, instances=insts)
+    free_after_start = fake_vllm.DEVICE["free"]
+    reward_round(cfg, session, RunStore(tmp_path, {}), insts, 0)
+    assert session.teacher.asleep and session.teacher.llm.asleep
+    assert fake_vllm.DEVICE["free"] > free_after_start  # its share is back while the student trains
+    assert session.teacher.sample(insts[:1])[0].texts and not session.teacher.llm.asleep

@@ -6,7 +6,12 @@ stop)`, `RequestOutput.outputs[i].text`), backed by transformers and peft so its
 As strict as the real engine where SEAL could go wrong: `max_lora_rank` must be one of vLLM's ranks
 (vllm/config/lora.py `MaxLoRARanks`), a prompt is a string or a TokensPrompt dict
 (vllm/inputs/data.py), and a string is tokenised with the tokenizer's special tokens, as vLLM's
-input processor does (so a chat-formatted Llama-3 string gets a second BOS)."""
+input processor does (so a chat-formatted Llama-3 string gets a second BOS). With `DEVICE` set (a
+simulated GPU: total and free bytes) an engine reserves gpu_memory_utilization × total and fails when
+that is not free, then fails when max_model_len tokens of KV cache do not fit beside the weights
+(vllm/v1/worker/gpu_worker.py, vllm/v1/core/kv_cache_utils.py); it sits on cuda:0 unless built with the
+external_launcher backend, which takes LOCAL_RANK's GPU; sleep() returns its memory, wake_up() takes
+it back, and generating while asleep fails."""
 
 from __future__ import annotations
 
@@ -17,6 +22,9 @@ import torch
 
 CALLS: list[dict[str, Any]] = []
 MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+DEVICE: dict[str, int] | None = None
+"""A simulated GPU, {"total": bytes, "free": bytes}; None: no memory checks."""
+GiB = 1024 ** 3
 
 
 @dataclass
@@ -43,7 +51,11 @@ class RequestOutput:
 
 class LLM:
     def __init__(self, model: str, *, seed: int = 0, enable_lora: bool = False, max_lora_rank: int = 16,
-                 max_loras: int = 1, **engine_args: Any):
+                 max_loras: int = 1, gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
+                 enable_sleep_mode: bool = False, distributed_executor_backend: str | None = None,
+                 **engine_args: Any):
+        import os
+
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if max_lora_rank not in MAX_LORA_RANKS:
@@ -53,7 +65,47 @@ class LLM:
         self.model = AutoModelForCausalLM.from_pretrained(model).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self.adapters: dict[int, Any] = {}
-        CALLS.append({"init": model, "enable_lora": enable_lora, "engine_args": engine_args})
+        self.sleep_mode, self.asleep = enable_sleep_mode, False
+        self.device = (f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if distributed_executor_backend == "external_launcher"
+                       else "cuda:0")  # the single-process executor's device, whatever the rank
+        self.reserved = self._reserve(gpu_memory_utilization, max_model_len)
+        CALLS.append({"init": model, "enable_lora": enable_lora, "engine_args": engine_args, "device": self.device,
+                      "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len})
+
+    def _reserve(self, utilization: float, max_model_len: int | None) -> int:
+        if DEVICE is None:
+            return 0
+        total, free = DEVICE["total"], DEVICE["free"]
+        requested = int(utilization * total)
+        if requested > free:
+            raise ValueError(f"Free memory on device ({free / GiB:.2f}/{total / GiB:.2f} GiB) on startup is less "
+                             f"than desired GPU memory utilization ({utilization}, {requested / GiB:.2f} GiB). "
+                             "Decrease GPU memory utilization or reduce GPU memory used by other processes.")
+        cfg = self.model.config
+        weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * 4
+        length = max_model_len or cfg.max_position_embeddings
+        available = requested - weights
+        if length * per_token > available:
+            raise ValueError(f"To serve at least one request with the models's max seq len ({length}), "
+                             f"({length * per_token / GiB:.4f} GiB KV cache is needed, which is larger than the "
+                             f"available KV cache memory ({available / GiB:.4f} GiB). Try increasing "
+                             "`gpu_memory_utilization` or decreasing `max_model_len` when initializing the engine.")
+        DEVICE["free"] -= requested
+        return requested
+
+    def sleep(self, level: int = 1) -> None:
+        if not self.sleep_mode:
+            raise ValueError("Sleep mode is not enabled: build the engine with enable_sleep_mode=True")
+        if DEVICE is not None and not self.asleep:
+            DEVICE["free"] += self.reserved
+        self.asleep = True
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        if DEVICE is not None and self.asleep:
+            DEVICE["free"] -= self.reserved
+        self.asleep = False
 
     def _model_for(self, request):
         if request is None:
@@ -75,6 +127,8 @@ class LLM:
     def generate(self, prompts: str | dict | Sequence[str | dict],
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
                  *, use_tqdm: bool = True, lora_request=None) -> list[RequestOutput]:
+        if self.asleep:
+            raise RuntimeError("generate() on a sleeping engine: call wake_up() first")
         prompts = [prompts] if isinstance(prompts, (str, dict)) else list(prompts)
         params = (sampling_params if isinstance(sampling_params, (list, tuple))
                   else [sampling_params or SamplingParams()] * len(prompts))
