@@ -66,8 +66,8 @@ class LLM:
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self.adapters: dict[int, Any] = {}
         self.sleep_mode, self.asleep = enable_sleep_mode, False
-        self.device = (f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if distributed_executor_backend == "external_launcher"
-                       else "cuda:0")  # the single-process executor's device, whatever the rank
+        launched = distributed_executor_backend == "external_launcher"  # else the single-process executor:
+        self.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if launched else "cuda:0"  # whatever the rank
         self.reserved = self._reserve(gpu_memory_utilization, max_model_len)
         CALLS.append({"init": model, "enable_lora": enable_lora, "engine_args": engine_args, "device": self.device,
                       "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len})
