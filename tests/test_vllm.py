@@ -25,7 +25,9 @@ def fake_vllm(monkeypatch):
         monkeypatch.delitem(sys.modules, name)
     module = importlib.import_module("vllm")
     module.CALLS.clear()
-    return module
+    yield module
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        del sys.modules[name]  # the fake must not outlive its tests (TRL reads vllm's version at import)
 
 
 def test_vllm_scoring_of_many_adapters_matches_the_transformers_path(fake_vllm, tiny_model_dir):
