@@ -218,15 +218,22 @@ class Student:
                 segment[row, at:end] = k
                 attended[row, at:at + text] = True
                 at = end
-        # attention only within a segment, causally: together with positions restarting at 0, each packed
-        # sequence sees exactly the context it would see alone (the equivalence tests rely on this); a
-        # sequence's trained-on pads (train_on_padding) see its text only, as under HF's attention mask
+        out = {"input_ids": ids.to(self.device), "labels": labels.to(self.device),
+               "position_ids": positions.to(self.device), "attention_mask": None}
+        if not self.inner.train_on_padding:
+            # attention only within a sequence, causally: transformers reads the packing from the positions
+            # restarting at 0 (masking_utils.find_packed_sequence_indices, with no 2D mask and no cache) and
+            # builds the block-diagonal mask on the device, or runs flash-attention's varlen kernel with
+            # none; each packed sequence sees exactly the context it would see alone (the equivalence tests
+            # rely on this). Row padding sits at position 0: each pad is a sequence of its own.
+            return out
+        # a sequence's trained-on pads see its text only, as under HF's attention mask: a dense mask
         same = (segment[:, :, None] == segment[:, None, :]) & attended[:, None, :]
         causal = torch.ones(width, width, dtype=torch.bool).tril()
         mask = (same & causal) | (torch.eye(width, dtype=torch.bool) & (segment < 0)[:, :, None])
         # (row padding attends to itself only: its softmax stays finite)
-        return {"input_ids": ids.to(self.device), "labels": labels.to(self.device),
-                "position_ids": positions.to(self.device), "attention_mask": mask[:, None].to(self.device)}
+        out["attention_mask"] = mask[:, None].to(self.device)
+        return out
 
     def absorb(self, plan: TrainingPlan, seed: int) -> AbsorbStats:
         """Train slot 0 from a fresh, seeded init on one plan; it stays active for `score`."""

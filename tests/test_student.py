@@ -316,3 +316,19 @@ def test_memory_savers_train_the_same_adapters(tiny_model_dir, memory_saver):
                                                                                                      rel=1e-4)
     torch.testing.assert_close(plain.bank.weights, saver.bank.weights, rtol=1e-4, atol=5e-5)
     assert not passes or len(passes) > a[0].steps  # more passes than steps: the batches were split
+
+
+def test_packed_rows_carry_no_dense_mask_and_compute_each_sequence_as_if_alone(tiny_model_dir):
+    """A dense (K, 1, w, w) mask was built on the host every step (GBs for ARC's 16k-token rows, and no
+    flash kernel): the packing now travels in the positions alone."""
+    student = make_student(tiny_model_dir)
+    data = student.encode(plan())
+    batch = student._rows([data[:2], data[2:]])
+    assert batch["attention_mask"] is None
+    with torch.no_grad():
+        packed = student.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                               use_cache=False).logits
+        ids = data[1][0]
+        alone = student.model(input_ids=torch.tensor([ids]), use_cache=False).logits
+    start = len(data[0][0])
+    torch.testing.assert_close(packed[0, start:start + len(ids)], alone[0], rtol=1e-4, atol=1e-5)
