@@ -82,8 +82,9 @@ def phases(cfg: SealConfig, teacher: ModelShape, student: ModelShape, slots: int
     scoring = bank_bytes(student, slots, inner.lora_r, inner.target_modules, training=False)
     if inner.score_backend == "vllm":
         scoring += student.weight_bytes(s_dtype) + ENGINE_OVERHEAD
+    scored = min(slots * queries * query_tokens, inner.score_batch_tokens)  # CPT's one adapter: as many
     out.append(Phase(f"scoring ({slots} adapters)", resident,
-                     scoring + student.kv_bytes(slots * queries * query_tokens, s_dtype), "inner.parallel_adapters"))
+                     scoring + student.kv_bytes(scored, s_dtype), "inner.score_batch_tokens"))
     if cfg.eval.enabled and cfg.eval.cpt:
         cpt_row = row_tokens(cfg.eval.cpt_batch_size or inner.batch_size, inner.max_length, inner.max_row_tokens)
         cpt = (bank_bytes(student, slots, inner.lora_r, inner.target_modules, training=True)

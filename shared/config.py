@@ -277,6 +277,9 @@ class InnerConfig:
     max_row_tokens: Count | None = None
     """Most tokens in one packed row: a step whose batch is longer runs as several passes whose gradients
     add up before the optimizer step (gradient accumulation: the same step in less memory); None: one pass."""
+    score_batch_tokens: Count = 262144
+    """Most tokens in one batched generation when scoring (rows × (longest prompt + answer)); more rows
+    are answered in several generations (one CPT adapter answers every held-out question)."""
     gradient_checkpointing: bool = False
     """Recompute each layer's activations in the backward pass instead of keeping them (a large student:
     ~1/30 of the activation memory for one more forward's time)."""

@@ -363,7 +363,9 @@ class Student:
         return self.score_many([instance])[0]
 
     def score_many(self, instances: Sequence[Any], slots: Sequence[int] | None = None) -> list[Score]:
-        """instances[i] is answered by adapter slots[i] (default: slot i); all in one batched generation."""
+        """instances[i] is answered by adapter slots[i] (default: slot i) in batched generations of at most
+        inner.score_batch_tokens tokens (rows × (longest prompt + answer)): one adapter may answer every
+        held-out instance (CPT), which in one batch would not fit a GPU."""
         if not instances:
             if self.sync is not None:
                 self._idle_generate()
@@ -374,11 +376,22 @@ class Student:
         stops = {q.stop for q in queries}
         if len(stops) > 1:
             raise ValueError("instances scored together must share a stop string")
-        prompts = []
-        for q in queries:  # equal rows per slot: repeat the last query as filler, answers discarded
-            prompts += q.prompts + [q.prompts[-1]] * (width - len(q.prompts))
-        with self.bank.routed(slots):
-            answers = self.generate(prompts, max(q.max_new_tokens for q in queries), stops.pop())
+        stop, new = stops.pop(), max(q.max_new_tokens for q in queries)
+        tok = self.tokenizer
+        longest = max(len(tok(format_prompt(tok, p, self.chat), add_special_tokens=not self.chat)["input_ids"])
+                      for q in queries for p in q.prompts)
+        group = max(1, self.inner.score_batch_tokens // (width * (longest + new)))
+        answers: list[str] = []
+        batches = [range(a, min(a + group, len(instances))) for a in range(0, len(instances), group)]
+        for n in range(self.agree(len(batches))):
+            if n >= len(batches):  # another rank is still generating: take part in its passes
+                self._idle_generate()
+                continue
+            prompts = []
+            for i in batches[n]:  # equal rows per slot: repeat the last query as filler, answers discarded
+                prompts += queries[i].prompts + [queries[i].prompts[-1]] * (width - len(queries[i].prompts))
+            with self.bank.routed([slots[i] for i in batches[n]]):
+                answers += self.generate(prompts, new, stop)
         return [self.domain.grade(inst, answers[i * width: i * width + len(q.prompts)])
                 for i, (inst, q) in enumerate(zip(instances, queries))]
 

@@ -332,3 +332,17 @@ def test_packed_rows_carry_no_dense_mask_and_compute_each_sequence_as_if_alone(t
         alone = student.model(input_ids=torch.tensor([ids]), use_cache=False).logits
     start = len(data[0][0])
     torch.testing.assert_close(packed[0, start:start + len(ids)], alone[0], rtol=1e-4, atol=1e-5)
+
+
+def test_scoring_many_instances_runs_in_generations_of_bounded_size(tiny_model_dir):
+    """A CPT adapter answers every held-out question: at paper scale 200 passages × 5 questions in one
+    generation. inner.score_batch_tokens cuts it into several; the answers are the same."""
+    insts = KnowledgeDomain().load("builtin", "train[:4]")
+    whole = make_student(tiny_model_dir)
+    small = make_student(tiny_model_dir, score_batch_tokens=64)
+    calls = []
+    original = small.generate
+    small.generate = lambda prompts, *a: (calls.append(len(prompts)), original(prompts, *a))[1]
+    same = [d["prediction"] for s in whole.score_many(insts, [0] * 4) for d in s.details]
+    assert [d["prediction"] for s in small.score_many(insts, [0] * 4) for d in s.details] == same
+    assert len(calls) == 4  # one instance per generation: 64 tokens hold no more
