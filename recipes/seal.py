@@ -18,7 +18,7 @@ import sys
 import time
 
 from seal.run import load_split, start
-from seal.teacher import evaluate, file_self_edits, format_rounds, run_grpo, run_rounds, write_eval_tables
+from seal.teacher import evaluate, format_rounds, run_grpo, run_rounds, self_edit_files, write_eval_tables
 
 log = logging.getLogger("seal")
 
@@ -28,8 +28,8 @@ def main(argv: list[str]) -> int:
         cfg, domain, dist, store = run.cfg, run.domain, run.dist, run.store
         train = load_split(run, "train")
         heldout = load_split(run, "eval") if cfg.eval.enabled else []
-        if cfg.eval.enabled and "file" in cfg.eval.conditions:
-            file_self_edits(cfg, domain, heldout)  # a bad file fails now, not after the rounds
+        if cfg.eval.enabled:
+            self_edit_files(cfg, domain, heldout)  # a bad file fails now, not after the rounds
         log.info("run directory %s: %d %s training instances, %d held-out, %d %s round(s), k=%d, seeds=%s, "
                  "%d process(es)", store.path, len(train), domain.name, len(heldout), cfg.outer.rounds,
                  cfg.outer.algorithm, cfg.sampling.k, cfg.inner.seeds, dist.world)

@@ -413,7 +413,9 @@ class EvalConfig:
     """no_update | context_only | base_teacher | round_teachers | file | oracle (best of the domain's
     option grid per instance, where the domain has one) | served (eval.k self-edits per instance from the
     OpenAI-compatible teacher under sampling.served, e.g. a `vllm serve` model or GPT-4.1, whatever
-    sampling.backend is; under sampling.backend openai, base_teacher is that served model too)"""
+    sampling.backend is; under sampling.backend openai, base_teacher is that served model too) |
+    file:NAME=PATH (the row NAME: self-edits from PATH, our JSONL of {instance or title, text} or the
+    official JSON list of {title, context, completions}; several may be given)"""
     self_edits_file: str | None = None
     """JSONL of {instance or title, text}: self-edits written by any other model (condition `file`)."""
     cpt: bool = True
@@ -433,6 +435,13 @@ class EvalConfig:
 
 
 EVAL_CONDITIONS = ("no_update", "context_only", "base_teacher", "round_teachers", "file", "oracle", "served")
+NAMED_FILE = re.compile(r"^file:(?P<name>[A-Za-z0-9_.-]+)=(?P<path>.+)$")
+"""An evaluation condition `file:NAME=PATH`: self-edits another model wrote, as the row NAME."""
+
+
+def named_files(conditions: Sequence[str]) -> dict[str, str]:
+    """{row name: path} of the `file:NAME=PATH` conditions, in their order."""
+    return {m["name"]: m["path"] for m in map(NAMED_FILE.match, conditions) if m}
 
 
 @dataclass
@@ -494,9 +503,18 @@ class SealConfig:
         self.output_dir = resolve_path("output_dir", self.output_dir)
         check_choice("report_to", self.report_to, ("none", "wandb"))
         check_choice("log_level", self.log_level.lower(), ("debug", "info", "warning", "error"))
-        bad = [c for c in self.eval.conditions if c not in EVAL_CONDITIONS]
+        bad = [c for c in self.eval.conditions if c not in EVAL_CONDITIONS and not NAMED_FILE.match(c)]
         if bad:
-            raise ConfigError(f"eval.conditions: unknown {', '.join(bad)}; choose from {', '.join(EVAL_CONDITIONS)}")
+            raise ConfigError(f"eval.conditions: unknown {', '.join(bad)}; choose from {', '.join(EVAL_CONDITIONS)}, "
+                              "or file:NAME=PATH")
+        names = [m["name"] for m in map(NAMED_FILE.match, self.eval.conditions) if m]
+        clash = [n for n in names if n in EVAL_CONDITIONS or names.count(n) > 1 or
+                 (n.startswith("round") and n.endswith("_teacher"))]
+        if clash:
+            raise ConfigError(f"eval.conditions: file:NAME=PATH names must be unique and not a built-in row: "
+                              f"{', '.join(sorted(set(clash)))}")
+        self.eval.conditions = [f"file:{m['name']}={resolve_path('eval.conditions', m['path'])}" if m else c
+                                for c, m in zip(self.eval.conditions, map(NAMED_FILE.match, self.eval.conditions))]
         check_choice("eval.student", self.eval.student, ("base", "round"))
         if self.eval.student == "round" and self.inner.score_backend == "vllm":
             raise ConfigError("eval.student round loads each round's model as a second student, which with "

@@ -7,7 +7,7 @@ student), `evaluation` (the held-out table), `records` (records and tables), `ch
 disk), `trl_args`.
 """
 
-from seal.teacher.evaluation import evaluate, file_self_edits
+from seal.teacher.evaluation import evaluate, self_edit_files
 from seal.teacher.grpo import StudentReward, run_grpo
 from seal.teacher.records import format_rounds, write_eval_tables
 from seal.teacher.rest_em import completion_logprob, learn, run_rounds, select
@@ -15,5 +15,5 @@ from seal.teacher.sampling import Samples, Teacher, derive_seed
 from seal.teacher.served import ServedTeacher, ServedTeacherError
 
 __all__ = ["Samples", "ServedTeacher", "ServedTeacherError", "StudentReward", "Teacher", "completion_logprob",
-           "derive_seed", "evaluate", "file_self_edits", "format_rounds", "learn", "run_grpo", "run_rounds", "select",
+           "derive_seed", "evaluate", "self_edit_files", "format_rounds", "learn", "run_grpo", "run_rounds", "select",
            "write_eval_tables"]

@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from seal.shared.config import SealConfig, ServedConfig
+from seal.shared.config import SealConfig, ServedConfig, named_files
 from seal.shared.dist import Dist
 from seal.shared.domain import DataError, Domain, Example, SelfEdit, TrainingPlan
 from seal.shared.models import load_model, load_tokenizer, resolve, uses_chat_template
@@ -130,16 +130,76 @@ def file_self_edits(cfg: SealConfig, domain: Domain, heldout: Sequence[Any]) -> 
     return out
 
 
+def published_self_edits(path: str, domain: Domain, heldout: Sequence[Any], k: int) -> dict[tuple[str, int], str]:
+    """Self-edits another model wrote, matched to the held-out instances: the first k per instance. The
+    file is our JSONL ({instance or title, text} per line) or a JSON list of records with `completions`,
+    as the official repository ships its models' self-edits (knowledge-incorporation/data/
+    synthetic_data/eval/*_val.json: title, context, questions, five completions), matched by context."""
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"self-edits file not found: {file}")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{file} is not UTF-8 text: {err}") from err
+    by_key: dict[str, list[str]] = {}
+    if file.suffix == ".json":
+        try:
+            rows = json.loads(text)
+            if not isinstance(rows, list):
+                raise TypeError("expected a list of records")
+            for n, row in enumerate(rows):
+                texts = row["completions"]
+                if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+                    raise TypeError(f"record {n}: 'completions' must be a list of strings")
+                by_key.setdefault(f"context\x00{row['context']}", texts)
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise DataError(f"{file}: expected a JSON list of {{title, context, completions}} ({err})") from err
+    else:
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                if not isinstance(row.get("text"), str):
+                    raise TypeError("'text' must be a string")
+                by_key.setdefault(str(row.get("instance") or row["title"]), []).append(row["text"])
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+                raise DataError(f"{file}:{n}: expected JSON with 'instance' or 'title' and 'text' ({err})") from err
+    out = {}
+    for inst in heldout:
+        context = getattr(inst, "context", None)
+        texts = (by_key.get(f"context\x00{context}") if context is not None else None) \
+            or by_key.get(domain.instance_id(inst)) or by_key.get(domain.describe(inst)) or []
+        for j, edit in enumerate(texts[:k]):
+            out[(domain.instance_id(inst), j)] = edit
+    return out
+
+
+def self_edit_files(cfg: SealConfig, domain: Domain, heldout: Sequence[Any]
+                    ) -> tuple[dict[tuple[str, int], str], dict[str, dict[tuple[str, int], str]]]:
+    """The self-edits of the `file` condition and of every `file:NAME=PATH` one, read and matched to the
+    held-out instances (a bad file fails here: call it before any model loads)."""
+    conditions = cfg.eval.conditions
+    file_edits = file_self_edits(cfg, domain, heldout) if "file" in conditions else {}
+    published = {name: published_self_edits(path, domain, heldout, samples_per_instance(cfg))
+                 for name, path in named_files(conditions).items()}
+    return file_edits, published
+
+
 def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence[Any],
              dist: Dist | None = None) -> list[dict[str, Any]]:
     """Run (or resume) the evaluation and return one row per condition (every rank calls this)."""
     dist = dist or Dist()
     conditions = cfg.eval.conditions
-    file_edits = file_self_edits(cfg, domain, heldout) if "file" in conditions else {}  # a bad file fails first
+    file_edits, published = self_edit_files(cfg, domain, heldout)  # a bad file fails first
     key, legacy = eval_key(cfg, store, file_edits, dist)
+    # a named file's rows carry its content too: another file, or a changed one, never reuses them, while
+    # every file shares the no-update and passage-only cells
+    keys = {name: f"{key}:{_digest(edits)}" for name, edits in published.items()}
 
     def current(r: SelfEditRecord | EvalRecord) -> bool:  # measured under this evaluation's settings
-        return (r.eval_key or legacy) == key
+        return (r.eval_key or legacy) == keys.get(r.condition, key)
 
     if cfg.mode == "teacher_student":
         student = load_student(cfg.inner, cfg.student, domain, dist)
@@ -158,12 +218,14 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
              if "oracle" in conditions else [],
              "file": [(next(i for i in heldout if domain.instance_id(i) == iid), j, text)
                       for (iid, j), text in file_edits.items()]}
+    given.update({name: [(next(i for i in heldout if domain.instance_id(i) == iid), j, text)
+                         for (iid, j), text in edits.items()] for name, edits in published.items()})
     if dist.is_main:
         for label, rows in given.items():
             for inst, j, text in rows:
                 if (label, domain.instance_id(inst), j) not in have:
                     store.append("eval_self_edits", parse_record(domain, inst, text, j, condition=label,
-                                                                 eval_key=key))
+                                                                 eval_key=keys.get(label, key)))
     load_baselines(store, student)
     record_baselines(store, student, dist.shard(heldout), dist.is_main)
     dist.barrier()
@@ -179,9 +241,11 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
     labels += ["context_only"] if "context_only" in conditions else []
     labels += [label for label, _ in condition_teachers(cfg, store)]
     labels += ["file"] if "file" in conditions else []
+    labels += list(published)
     labels += ["oracle"] if "oracle" in conditions else []
     base_student = student
     for label in labels:
+        cell_key = keys.get(label, key)
         student = absorbing_student(cfg, domain, store, heldout, label, base_student, dist)
         plans = _plans(domain, heldout, label, edits.get(label, {}))
         jobs: list[Job] = []
@@ -191,14 +255,14 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
             if label == "no_update":
                 if ("no_update", "single", iid, None, None) not in done and dist.is_main:
                     store.append("eval_records", EvalRecord(label, "single", iid, None, None, base, "ok",
-                                                            eval_key=key))
+                                                            eval_key=cell_key))
                 continue
             for j, plan in plans.get(iid, []):
                 if j is not None and j >= cfg.eval.k and label != "oracle":  # sampled for CPT only
                     continue
                 for seed in cfg.eval.seeds:
                     # as recorded for an unusable self-edit; a job's result replaces score and status
-                    cell = EvalRecord(label, "single", iid, j, seed, base, "invalid", eval_key=key)
+                    cell = EvalRecord(label, "single", iid, j, seed, base, "invalid", eval_key=cell_key)
                     if cell.key in done:
                         continue
                     if plan is None:  # unusable: the student stays as it was
@@ -216,7 +280,7 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
         if label != "no_update":
             absorb_and_score(student, store, dist.shard(jobs), record, f"evaluation: {label}", dist.is_main)
         if cfg.eval.cpt and label not in ("no_update", "oracle"):
-            _cpt(cfg, domain, store, student, heldout, label, plans, done, dist, key)
+            _cpt(cfg, domain, store, student, heldout, label, plans, done, dist, cell_key)
     dist.barrier()
     return table_rows([r for r in store.iter("eval_records", EvalRecord) if current(r)], labels, cfg.eval.cpt)
 
@@ -258,6 +322,10 @@ def eval_key(cfg: SealConfig, store: RunStore, file_edits: dict[tuple[str, int],
     if dist.is_main:
         store.write_text("eval_settings.json", json.dumps({"legacy_key": key, "settings": settings}) + "\n")
     return key, key
+
+
+def _digest(edits: dict[tuple[str, int], str]) -> str:
+    return hashlib.sha256(json.dumps(sorted(f"{i}/{j}/{t}" for (i, j), t in edits.items())).encode()).hexdigest()[:12]
 
 
 def _plans(domain: Domain, heldout: Sequence[Any], label: str, edits: dict[str, list[SelfEditRecord]]) -> Plans:

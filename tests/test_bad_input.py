@@ -63,6 +63,10 @@ CONFIG_CASES = [
     (["--data.eval_split", "nosuch"], r"no split 'nosuch'"),
     (["--eval.conditions", "[no_update, file]", "--eval.self_edits_file", "/nonexistent.jsonl"],
      r"eval.self_edits_file not found"),
+    (["--eval.conditions", "[no_update, 'file:context_only=/x.json']"], r"names must be unique and not a built-in"),
+    (["--eval.conditions", "['file:a=/x.json', 'file:a=/y.json']"], r"names must be unique .*: a$"),
+    (["--eval.conditions", "[no_update, 'file:paper=/nonexistent_val.json']"],
+     r"self-edits file not found: /nonexistent_val.json"),
 ]
 
 

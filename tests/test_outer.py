@@ -172,3 +172,36 @@ def test_a_killed_continual_run_resumes_to_the_same_matrices(tiny_model_dir, tmp
     reference = [json.loads(line) for line in (ref / "continual" / "continual_steps.jsonl").read_text().splitlines()]
     key = lambda r: (r["sequence"], r["step"])  # noqa: E731
     assert sorted(rows, key=key) == sorted(reference, key=key)
+
+
+def test_published_self_edit_files_are_rows_of_their_own(tiny_model_dir, tmp_path):
+    """`file:NAME=PATH`, several at once: the official repository's JSON ({title, context, completions}) or
+    our JSONL; they share the no-update and passage-only cells, and changing one file recomputes only its
+    own rows."""
+    from seal.shared.knowledge import KnowledgeDomain
+
+    heldout = KnowledgeDomain().load("builtin", "heldout[:2]")
+
+    def official(path, tail):
+        path.write_text(json.dumps([{"title": p.title, "context": p.context, "questions": [],
+                                     "completions": [f"{p.questions[0].question} {p.questions[0].answer}{tail}",
+                                                     "unused second completion"]} for p in heldout]))
+        return path
+
+    a, b = official(tmp_path / "a_val.json", "."), official(tmp_path / "b_val.json", "!")
+    out = tmp_path / "ev"
+    cmd = [x if x != str(REPO / "recipes" / "seal.py") else str(REPO / "recipes" / "evaluate.py")
+           for x in args_for(tiny_model_dir, out, "--outer.rounds", "0", "--eval.seeds", "[0]", "--eval.cpt", "false",
+                             "--eval.conditions", f"[no_update, context_only, file:paper_a={a}, file:paper_b={b}]")]
+    run(cmd, tmp_path)
+    header, *rows = (out / "eval.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows] == ["no_update", "context_only", "paper_a", "paper_b"]
+    edits = table(out, "eval_self_edits")
+    assert {(e["condition"], e["index"]) for e in edits} == {("paper_a", 0), ("paper_b", 0)}  # eval.k 1
+    assert all(e["text"].endswith(".") for e in edits if e["condition"] == "paper_a")
+    before = table(out, "eval_records")
+    official(b, "?")  # b changes: its rows are measured afresh, a's and the shared ones are reused
+    run(cmd, tmp_path)
+    after = table(out, "eval_records")
+    new = after[len(before):]
+    assert after[:len(before)] == before and new and {r["condition"] for r in new} == {"paper_b"}
