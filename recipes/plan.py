@@ -8,7 +8,7 @@ only its config.json), and every phase's bytes per GPU are estimated from the ru
 terms of `seal.shared.memory`: sampling, the inner loop at K adapters, scoring, CPT, the teacher's SFT
 (or GRPO step). It prints the table, the K it would use and vLLM engine sizes, and refuses (exit 2) a
 plan that cannot fit, naming the phase and the key to change. Worst cases are assumed where the data
-decides (rows of batch_size × max_length tokens), so a plan that fits here fits the run.
+decides (rows of batch_size × max_length tokens). The terms are estimates not yet calibrated on a GPU.
 """
 
 from __future__ import annotations

@@ -452,8 +452,8 @@ def category_vote(by_view: dict[str, list[np.ndarray]]) -> list[np.ndarray]:
     if not pool:
         return []
     first, second, third = _top3(pool)  # type: ignore[misc]
-    if pool.count(second) == pool.count(third):
-        plain = as_tuple.get("identity", [])
+    plain = as_tuple.get("identity")
+    if pool.count(second) == pool.count(third) and plain:  # (without plain views theirs keeps the second)
         if plain.count(third) >= plain.count(second):
             second = third
     return [np.array(first, dtype=np.int64), np.array(second, dtype=np.int64)]

@@ -7,6 +7,7 @@ and returns None for anything else, so a malformed answer is a wrong answer, nev
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Callable
 
@@ -95,9 +96,9 @@ def _each_grid(transform: Transform) -> Augment:
 def translate(pairs: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator) -> list[tuple[np.ndarray,
                                                                                                    np.ndarray]]:
     """marc's RandomTranslateXY: roll each grid by up to 3 cells down and right (at most its size - 1).
-    Every pair replays one draw, so all inputs share a shift and all outputs share another, as theirs
-    (its per-example copies of one RandomState, read for the input and then the output)."""
-    state = rng.integers(2 ** 32)
+    Every pair reads a copy of `rng` and leaves `rng` itself as it was, as theirs (per-example deep
+    copies of one RandomState, read for the input and then the output): all inputs share a shift, all
+    outputs share another, and so does every task translated before `rng` moves on."""
 
     def shifted(grid: np.ndarray, draws: np.random.Generator) -> np.ndarray:
         dx, dy = draws.integers(0, min(4, grid.shape[0])), draws.integers(0, min(4, grid.shape[1]))
@@ -105,7 +106,7 @@ def translate(pairs: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generat
 
     out = []
     for a, b in pairs:
-        draws = np.random.default_rng(state)
+        draws = copy.deepcopy(rng)
         out.append((shifted(a, draws), shifted(b, draws)))
     return out
 

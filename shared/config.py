@@ -282,7 +282,7 @@ class InnerConfig:
     are answered in several generations (one CPT adapter answers every held-out question)."""
     gradient_checkpointing: bool = False
     """Recompute each layer's activations in the backward pass instead of keeping them (a large student:
-    ~1/30 of the activation memory for one more forward's time)."""
+    ~1/14 of the activation memory for Qwen2.5-7B, shared/memory.py, for one more forward's time)."""
     train_on_padding: bool = False
     """Pad every training sequence with EOS to max_length and keep the pads in the loss, as the official
     TTT_server.py does (padding="max_length", labels = input_ids); the pads attend to their sequence's

@@ -4,8 +4,9 @@ A model is built on the `meta` device (no weights are read or allocated) to coun
 the sizes of the linear layers LoRA wraps; the rest is arithmetic over the run's config. The figures
 are estimates with stated terms, not measurements: weights, LoRA slots and their optimizer, the
 activations a backward pass keeps, the logits and the loss over the vocabulary, the KV cache of a
-generation. `recipes/plan.py` prints them per phase; `auto_slots` uses the inner-loop term to choose
-how many adapters train at once.
+generation. They have not been calibrated against a GPU's allocator yet (no GPU has run this code):
+read them as the plan's arithmetic, with the 10 % headroom `recipes/plan.py` keeps. `recipes/plan.py`
+prints them per phase; `auto_slots` uses the inner-loop term to choose how many adapters train at once.
 """
 
 from __future__ import annotations
@@ -56,8 +57,17 @@ class ModelShape:
         return tokens * self.layers * self.hidden * b + self.activation_bytes(tokens, dtype) // self.layers
 
     def logits_bytes(self, tokens: int, dtype: str) -> int:
-        """The logits in the model's dtype, their fp32 copy for the loss and its gradient."""
-        return tokens * self.vocab * (DTYPE_BYTES.get(dtype, 2) + 4 + 4)
+        """The loss over the vocabulary at its backward peak: the logits and their gradient in the model's
+        dtype, the fp32 copy, the saved log-softmax and the fp32 gradient."""
+        return tokens * self.vocab * (2 * DTYPE_BYTES.get(dtype, 2) + 4 + 4 + 4)
+
+    def lora_input_bytes(self, tokens: int, r: int, targets: Sequence[str], dtype: str) -> int:
+        """What the adapters keep for backward beyond the frozen layers: each targeted layer's input cast
+        to the bank's fp32 (a copy unless the model is fp32 already) and its rank-r projection."""
+        every = list(targets) == ["all-linear"]
+        chosen = [(i, o) for name, i, o in self.linears if every or name.split(".")[-1] in targets]
+        copies = 0 if dtype == "float32" else sum(i for i, _ in chosen)
+        return tokens * (copies + len(chosen) * r) * 4
 
     def kv_bytes(self, tokens: int, dtype: str) -> int:
         """A generation's KV cache: K and V of every layer for every token held."""
@@ -107,7 +117,7 @@ def inner_loop_bytes(shape: ModelShape, slots: int, row: int, r: int, targets: S
     the block-diagonal attention mask (one byte per pair of positions per row)."""
     tokens = slots * row
     acts = shape.checkpointed_activation_bytes(tokens, dtype) if checkpointing else shape.activation_bytes(
-        tokens, dtype)
+        tokens, dtype) + shape.lora_input_bytes(tokens, r, targets, dtype)
     return (bank_bytes(shape, slots, r, targets, training=True) + acts + shape.logits_bytes(tokens, dtype)
             + slots * row * row)
 

@@ -120,7 +120,8 @@ class EvalRecord(Record):
     eval_key: str | None = None
     """The evaluation settings it was measured under (see `teacher.evaluation.eval_key`)."""
     checks: int | None = None
-    """How many checks (questions, test outputs) the score averages (CPT cells: for the pooled accuracy)."""
+    """How many checks (questions, test outputs) the score averages: the weight of the instance in the
+    pooled accuracy (the official CPT figure)."""
 
     OPTIONAL = ("reason", "eval_key", "checks")
 

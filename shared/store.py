@@ -45,24 +45,31 @@ def _clean(value: Any) -> Any:
 
 
 ADDED_KEYS = ("sampling.served", "inner.lr_scheduler", "inner.warmup_steps", "data.per_round", "data.shuffle_seed",
-              "data.eval_shuffle_seed", "inner.train_on_padding",
-              "inner.max_row_tokens", "inner.gradient_checkpointing", "inner.score_batch_tokens")
+              "data.eval_shuffle_seed", "inner.train_on_padding")
 """Config keys added after run directories existed: left out of the digest while they hold their default,
 so a run made before a key existed still resumes (the key could not have changed its results)."""
 
 
 NESTED_NON_RESULT_KEYS = ("sampling.served.url", "sampling.served.api_key_env", "sampling.served.timeout_s",
                           "sampling.served.retries", "sampling.served.backoff_s", "sampling.served.concurrency",
-                          "sampling.served.cache", "continual.paper_results")
+                          "sampling.served.cache", "continual.paper_results", "inner.max_row_tokens",
+                          "inner.gradient_checkpointing", "inner.score_batch_tokens")
 """How a served teacher is reached, not what it samples (the model, route, seeds and sampling settings are
-in the digest): a run may resume against a server on another port or with other timeouts. And what is only
-shown beside the results (the paper's continual matrix)."""
+in the digest): a run may resume against a server on another port or with other timeouts. What is only
+shown beside the results (the paper's continual matrix). And how the inner loop fits in memory (passes per
+step, recomputed activations, generation batches): the same steps, so a run that ran out of memory can
+resume with smaller ones."""
 
 
 def config_digest(config: dict[str, Any]) -> str:
     """A hash of what can change results (`result_config`)."""
     return hashlib.sha256(json.dumps(result_config(config), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+
+ARC_TTT_SET = "official families, plain and permuted copies"
+"""What an ARC self-edit's augmentation switches build since the official families landed (shared/arc.py
+_ttt_examples): marked in the digest, so an ARC run directory made before is refused instead of mixing
+rewards measured on two different test-time-training sets."""
 
 RENAMED_FORMATS = ("implications-long", "implications-very-long", "rewrite", "self-qa")
 """Knowledge formats whose names now stand for the official prompt texts (their earlier texts are the
@@ -87,6 +94,8 @@ def result_config(config: dict[str, Any]) -> dict[str, Any]:
     if isinstance(domain, dict) and domain.get("name", "knowledge") == "knowledge" \
             and domain.get("format") in RENAMED_FORMATS:
         relevant = _with(relevant, ["domain", "format"], f"{domain['format']} (official prompt)")
+    if isinstance(domain, dict) and domain.get("name") == "arc":  # see ARC_TTT_SET
+        relevant = _with(relevant, ["domain", "ttt_set"], ARC_TTT_SET)
     return relevant
 
 
@@ -142,8 +151,10 @@ class RunStore:
             saved = self._read_marker(marker)
             if saved.get("digest") != digest:
                 diff = _diff(result_config(saved.get("config", {})), result_config(redacted(config)))
+                changed = "; ".join(diff[:6]) or ("a setting whose meaning changed since it was made, e.g. the "
+                                                  "ARC test-time-training set")
                 raise RunDirError(
-                    f"{self.path} holds a run with a different config ({'; '.join(diff[:6]) or 'digest differs'}). "
+                    f"{self.path} holds a run with a different config ({changed}). "
                     "Use another output_dir, or delete the directory to start over.")
         else:  # a new run, or one that stopped before its first result: (re)write the marker
             if results:  # its identity is gone: results of an unknown config must not mix with new ones

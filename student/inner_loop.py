@@ -151,7 +151,13 @@ class Student:
         self.sync = sync
         self.engine = engine
         if inner.gradient_checkpointing:  # active in train mode only: generation keeps its KV cache
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # ZeRO-3's frozen, partitioned weights break non-reentrant recomputation ("saved N vs
+            # recomputed 0", deepspeedai/DeepSpeed#4332; TRL forces reentrant there too): reentrant needs
+            # an input that requires grad, which enable_input_require_grads gives the embeddings' output
+            reentrant = engine is not None
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+            if reentrant:
+                model.enable_input_require_grads()
 
     def agree(self, n: int) -> int:
         """How often to run a forward-running step so that every rank runs it equally often: the
@@ -223,9 +229,10 @@ class Student:
         if not self.inner.train_on_padding:
             # attention only within a sequence, causally: transformers reads the packing from the positions
             # restarting at 0 (masking_utils.find_packed_sequence_indices, with no 2D mask and no cache) and
-            # builds the block-diagonal mask on the device, or runs flash-attention's varlen kernel with
-            # none; each packed sequence sees exactly the context it would see alone (the equivalence tests
-            # rely on this). Row padding sits at position 0: each pad is a sequence of its own.
+            # builds the block-diagonal mask on the device (SDPA, eager); each packed sequence sees exactly
+            # the context it would see alone (the equivalence tests rely on this). Row padding sits at
+            # position 0: each pad is a sequence of its own. (flash_attention_2 reads packing from positions
+            # only for a single row: models load with SDPA.)
             return out
         # a sequence's trained-on pads see its text only, as under HF's attention mask: a dense mask
         same = (segment[:, :, None] == segment[:, None, :]) & attended[:, None, :]
@@ -366,23 +373,24 @@ class Student:
         """instances[i] is answered by adapter slots[i] (default: slot i) in batched generations of at most
         inner.score_batch_tokens tokens (rows × (longest prompt + answer)): one adapter may answer every
         held-out instance (CPT), which in one batch would not fit a GPU."""
-        if not instances:
-            if self.sync is not None:
-                self._idle_generate()
+        if not instances and self.sync is None:
             return []
         slots = list(range(len(instances))) if slots is None else list(slots)
         queries = [self.domain.queries(inst) for inst in instances]
-        width = max(len(q.prompts) for q in queries)
-        stops = {q.stop for q in queries}
-        if len(stops) > 1:
-            raise ValueError("instances scored together must share a stop string")
-        stop, new = stops.pop(), max(q.max_new_tokens for q in queries)
-        tok = self.tokenizer
-        longest = max(len(tok(format_prompt(tok, p, self.chat), add_special_tokens=not self.chat)["input_ids"])
-                      for q in queries for p in q.prompts)
-        group = max(1, self.inner.score_batch_tokens // (width * (longest + new)))
+        batches: list[range] = []
+        if queries:
+            width = max(len(q.prompts) for q in queries)
+            stops = {q.stop for q in queries}
+            if len(stops) > 1:
+                raise ValueError("instances scored together must share a stop string")
+            stop, new = stops.pop(), max(q.max_new_tokens for q in queries)
+            tok = self.tokenizer
+            longest = max(len(tok(format_prompt(tok, p, self.chat), add_special_tokens=not self.chat)["input_ids"])
+                          for q in queries for p in q.prompts)
+            group = max(1, self.inner.score_batch_tokens // (width * (longest + new)))
+            batches = [range(a, min(a + group, len(instances))) for a in range(0, len(instances), group)]
         answers: list[str] = []
-        batches = [range(a, min(a + group, len(instances))) for a in range(0, len(instances), group)]
+        # under lockstep every rank agrees on the number of generations, one with nothing to score too
         for n in range(self.agree(len(batches))):
             if n >= len(batches):  # another rank is still generating: take part in its passes
                 self._idle_generate()

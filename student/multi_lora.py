@@ -134,9 +134,10 @@ class LoRABank(nn.Module):
     @torch.no_grad()
     def reset(self, slot: int, seed: int) -> None:
         """Initialise one slot as peft does (A: kaiming-uniform(a=√5) per layer in module order, B: 0).
-        The draws come from a private CPU generator seeded with `seed` (the same values peft draws after
-        `torch.manual_seed(seed)`): seeding the global RNG would also reseed every CUDA generator
-        (torch/random.py manual_seed), restarting the sampling streams of whatever runs next."""
+        The draws come from a private CPU generator seeded with `seed` (peft's distribution, not its draws:
+        peft's layer constructors consume the global RNG first): seeding the global RNG would also reseed
+        every CUDA generator (torch/random.py manual_seed), restarting the sampling streams of whatever
+        runs next."""
         gen = torch.Generator().manual_seed(seed)
         row = self.weights[slot]
         for _, layer in self.layers:
@@ -205,6 +206,7 @@ class SlotAdamW:
         one bank-sized temporary: the peak is weights, gradient, two moments and that one (five bank
         copies; a 72B student's bank at K=4 is ~7 GB each)."""
         w, g = self.bank.weights, self.bank.weights.grad
+        g.masked_fill_(active <= 0, 0.0)  # a failed slot's NaN gradient must not reach its moments either
         # clipping per slot (a row of the flat weights is one adapter), as a separate optimizer per
         # self-edit would: one diverging adapter must not shrink the others' steps
         if max_grad_norm:

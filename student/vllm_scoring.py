@@ -13,6 +13,8 @@ import weakref
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+
 from seal.shared import vllm_engine
 from seal.shared.domain import Domain, Score
 from seal.shared.models import import_vllm, vllm_prompt
@@ -33,6 +35,7 @@ class VLLMScorer:
         # asleep between scorings, while the student trains (max_model_len from max_model_len below)
         args = vllm_engine.engine_args(engine_args, max_model_len=max_model_len, enable_lora=True,
                                        max_lora_rank=max_lora_rank, max_loras=max_loras)
+        self.max_model_len = args.get("max_model_len")
         self.llm = self.vllm.LLM(model=model_path, **args)
         self.sleeps = bool(args.get("enable_sleep_mode"))
         if self.sleeps:
@@ -66,7 +69,14 @@ class VLLMScorer:
                 prompts.append(vllm_prompt(self.tokenizer, p, self.chat))
                 params.append(sp)
                 loras.append(requests[slot])
+        limit = self.max_model_len
+        for prompt, param in zip(prompts, params):
+            if limit is not None and len(prompt["prompt_token_ids"]) + param.max_tokens > limit:
+                raise ValueError(f"a query of {len(prompt['prompt_token_ids'])} tokens plus {param.max_tokens} to "
+                                 f"answer exceeds the scoring engine's max_model_len {limit} "
+                                 "(set inner.vllm.max_model_len)")
         if self.sleeps:
+            torch.cuda.empty_cache()  # what training left in torch's cache goes back before the engine wakes
             self.llm.wake_up()
         try:
             outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=loras)

@@ -251,18 +251,20 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
         jobs: list[Job] = []
         for inst in heldout:
             iid = domain.instance_id(inst)
-            base = student.baselines[(student.base_fingerprint, iid)].value
+            baseline = student.baselines[(student.base_fingerprint, iid)]
+            base, checks = baseline.value, len(baseline.details) or None
             if label == "no_update":
                 if ("no_update", "single", iid, None, None) not in done and dist.is_main:
                     store.append("eval_records", EvalRecord(label, "single", iid, None, None, base, "ok",
-                                                            eval_key=cell_key))
+                                                            eval_key=cell_key, checks=checks))
                 continue
             for j, plan in plans.get(iid, []):
                 if j is not None and j >= cfg.eval.k and label != "oracle":  # sampled for CPT only
                     continue
                 for seed in cfg.eval.seeds:
                     # as recorded for an unusable self-edit; a job's result replaces score and status
-                    cell = EvalRecord(label, "single", iid, j, seed, base, "invalid", eval_key=cell_key)
+                    cell = EvalRecord(label, "single", iid, j, seed, base, "invalid", eval_key=cell_key,
+                                      checks=checks)
                     if cell.key in done:
                         continue
                     if plan is None:  # unusable: the student stays as it was
@@ -274,7 +276,8 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
         def record(results: list[JobResult]) -> None:
             store.append_many("eval_records", [
                 replace(result.job.key, **(dict(score=0.0, status="failed", reason=result.error) if result.error
-                                           else dict(score=result.score.value, status="ok")))
+                                           else dict(score=result.score.value, status="ok",
+                                                     checks=len(result.score.details) or None)))
                 for result in results])
 
         if label != "no_update":

@@ -21,8 +21,9 @@ from seal.teacher.sampling import Samples, derive_seed
 class VLLMTeacher:
     """`instances`: those it will sample for, if known; the engine's max_model_len is then the longest of
     their prompts plus max_new_tokens (rather than the model's whole context, whose KV cache may not fit).
-    The engine is sized and placed by `seal.shared.vllm_engine.engine_args`; `release()` puts it to sleep
-    until the next `sample`, handing its memory to the inner loops."""
+    The engine is sized and placed by `seal.shared.vllm_engine.engine_args`; `release()` hands its memory
+    back for good once its samples are drawn (a round's teacher and an evaluation teacher sample once;
+    deleting an engine does not reliably free its memory)."""
 
     def __init__(self, model_path: str, tokenizer, sampling: SamplingConfig, domain: Domain, chat: bool,
                  instances: Sequence[Any] = ()):
@@ -34,16 +35,17 @@ class VLLMTeacher:
         # seed: the config refuses a second one in sampling.vllm
         args = engine_args(sampling.vllm, max_model_len=self.max_model_len, seed=sampling.seed)
         self.llm = vllm.LLM(model=model_path, **args)
-        self.sleeps, self.asleep = bool(args.get("enable_sleep_mode")), False
+        self.sleeps, self.released = bool(args.get("enable_sleep_mode")), False
 
     def _input(self, instance: Any) -> dict[str, list[int]]:
         return vllm_prompt(self.tokenizer, self.domain.teacher_prompt(instance), self.chat)
 
     def release(self) -> None:
-        """Sleep (level 1: weights to host memory, KV cache dropped) where the engine has sleep mode."""
-        if self.sleeps and not self.asleep:
-            self.llm.sleep(level=1)
-            self.asleep = True
+        """Sleep at level 2 (weights and KV cache dropped, no host copy kept) where the engine has sleep
+        mode; it samples no more."""
+        if self.sleeps and not self.released:
+            self.llm.sleep(level=2)
+        self.released = True
 
     def prompt(self, instance: Any) -> str:
         return format_prompt(self.tokenizer, self.domain.teacher_prompt(instance), self.chat)
@@ -63,9 +65,8 @@ class VLLMTeacher:
                 raise ValueError(f"the teacher prompt of {self.domain.describe(inst)} has "
                                  f"{len(ids['prompt_token_ids'])} tokens: with sampling.max_new_tokens it exceeds "
                                  f"the engine's max_model_len {limit}")
-        if self.asleep:
-            self.llm.wake_up()
-            self.asleep = False
+        if self.released:
+            raise RuntimeError("this vLLM teacher was released after its sampling")
         outputs = self.llm.generate(inputs, params, use_tqdm=False)
         seconds = (time.perf_counter() - start) / max(1, len(instances))
         return [Samples(prompt=p, texts=[c.text.strip() for c in out.outputs], seconds=seconds)

@@ -206,6 +206,9 @@ def test_the_augmentation_families_have_the_official_members():
     assert (a0 == a1).all() and (b0 == b1).all()  # every input moves alike, every output alike
     assert any(not (x == big).all() for x in (a0, b0))  # it does move (seed 3 draws non-zero shifts)
     assert sorted(a0.flatten().tolist()) == sorted(big.flatten().tolist())  # a roll, nothing lost
+    rng = np.random.default_rng(3)
+    first = FAMILIES["basic"]["translate"]([(big, big)], rng)[0][0]
+    assert (FAMILIES["basic"]["translate"]([(big, big)], rng)[0][0] == first).all()  # rng left as it was
 
 
 def test_test_time_training_keeps_plain_and_permuted_copies():
@@ -255,3 +258,6 @@ def test_the_category_vote_pools_each_categorys_top_three():
     (only,) = {grid_text(g) for g in category_vote({"identity": [a, a]})}
     assert only == grid_text(a)
     assert category_vote({}) == []
+    # no plain views: a tie between the 2nd and 3rd keeps the 2nd (theirs: the identity lookup fails)
+    tie = category_vote({"transpose": [a, b, c], "flip_ud": [a]})  # pool: a 5 times, b and c twice each
+    assert [grid_text(g) for g in tie] == [grid_text(a), grid_text(b)]

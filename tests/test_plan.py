@@ -9,10 +9,10 @@ from tests.conftest import REPO, import_recipe
 
 CONFIGS = REPO / "tests" / "fixtures" / "configs"
 RECIPES = {  # recipe: (model overrides, launch flags, K the plan uses)
-    "knowledge/qwen2.5-7b.yaml": (["--teacher.name", str(CONFIGS / "qwen2.5-7b")], [], 4),
+    "knowledge/qwen2.5-7b.yaml": (["--teacher.name", str(CONFIGS / "qwen2.5-7b")], [], 3),
     "knowledge/qwen2.5-7b-teaches-72b.yaml": (["--teacher.name", str(CONFIGS / "qwen2.5-7b"), "--student.name",
                                                str(CONFIGS / "qwen2.5-72b-instruct")], ["--num_processes", "8"], 3),
-    "arc/llama-3.2-1b.yaml": (["--teacher.name", str(CONFIGS / "llama-3.2-1b-instruct")], [], 3),
+    "arc/llama-3.2-1b.yaml": (["--teacher.name", str(CONFIGS / "llama-3.2-1b-instruct")], [], 1),
 }
 
 

@@ -182,3 +182,30 @@ def test_a_chunk_of_records_is_one_write(tmp_path, monkeypatch):
     store.append_many("records", [{"a": 1}, {"a": 2}, {"a": 3}])
     assert len(writes) == 1 and writes[0].count(b"\n") == 3
     assert store.read("records") == [{"a": i} for i in range(4)]
+
+
+def test_memory_settings_can_change_on_resume_and_old_arc_runs_are_refused(tmp_path):
+    """A run that ran out of memory resumes with smaller passes (the same steps); an ARC run made before
+    the official augmentation families is refused rather than mixing two test-time-training sets."""
+    import hashlib
+    import json
+
+    from seal.shared.store import RunDirError, config_digest
+
+    from seal.shared.config_parser import parse_config, to_dict
+
+    store = RunStore(tmp_path / "r", to_dict(parse_config(["--inner.max_row_tokens", "4096"])))
+    store.append("records", {"x": 1})
+    RunStore(tmp_path / "r", to_dict(parse_config(["--inner.max_row_tokens", "1024", "--inner.gradient_checkpointing",
+                                                   "true", "--inner.score_batch_tokens", "4096"])))
+    with pytest.raises(RunDirError, match="inner.lr"):  # what does change results still counts
+        RunStore(tmp_path / "r", to_dict(parse_config(["--inner.lr", "0.5"])))
+    arc = {"domain": {"name": "arc"}}
+    old_digest = hashlib.sha256(json.dumps(arc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert config_digest(arc) != old_digest
+    old = tmp_path / "arc"
+    old.mkdir()
+    (old / "config.yaml").write_text(f"digest: {old_digest}\nconfig: {json.dumps(arc)}\n")
+    (old / "records.jsonl").write_text("{}\n")
+    with pytest.raises(RunDirError, match="meaning changed since it was made"):
+        RunStore(old, arc)

@@ -279,9 +279,10 @@ def test_every_rank_gets_its_engine_on_its_own_gpu(fake_vllm, tiny_model_dir, mo
         assert fake_vllm.CALLS[-1]["device"] == f"cuda:{rank}"
 
 
-def test_the_teacher_engine_sleeps_through_the_inner_loops(fake_vllm, small_gpu, tiny_model_dir, tmp_path):
-    """Once a round's self-edits are drawn the engine hands its memory back (sleep) for the student's
-    training, and wakes for the next sampling."""
+def test_the_teacher_engine_hands_its_memory_back_before_the_inner_loops(fake_vllm, small_gpu, tiny_model_dir,
+                                                                         tmp_path):
+    """Once a round's self-edits are drawn the engine sleeps at level 2 (it samples no more; deleting an
+    engine does not reliably free its memory) and the student trains in that memory."""
     from seal.shared import RunStore
     from seal.teacher.rest_em import build_session, reward_round
 
@@ -292,6 +293,25 @@ def test_the_teacher_engine_sleeps_through_the_inner_loops(fake_vllm, small_gpu,
     session = build_session(cfg, domain, instances=insts)
     free_after_start = fake_vllm.DEVICE["free"]
     reward_round(cfg, session, RunStore(tmp_path, {}), insts, 0)
-    assert session.teacher.asleep and session.teacher.llm.asleep
+    assert session.teacher.released and session.teacher.llm.asleep and session.teacher.llm.dropped
     assert fake_vllm.DEVICE["free"] > free_after_start  # its share is back while the student trains
-    assert session.teacher.sample(insts[:1])[0].texts and not session.teacher.llm.asleep
+    with pytest.raises(RuntimeError, match="released"):
+        session.teacher.sample(insts[:1])
+
+
+def test_the_scoring_engine_sleeps_between_scorings(fake_vllm, small_gpu, tiny_model_dir):
+    """The scoring engine and the student's training take turns on the GPU: asleep (level 1, weights kept
+    in host memory) while adapters train, awake to score them, and a query longer than its context is a
+    clear error rather than vLLM's rejection of the whole chunk."""
+    from seal.student.vllm_scoring import VLLMScorer
+
+    tok, domain, insts = small_gpu
+    free = fake_vllm.DEVICE["free"]
+    scorer = VLLMScorer(str(tiny_model_dir), tok, domain, True, max_lora_rank=8, max_loras=1, engine_args={},
+                        max_model_len=200)
+    assert scorer.llm.asleep and fake_vllm.DEVICE["free"] == free
+    assert scorer.score(insts[:1], None, [None]) and scorer.llm.asleep and fake_vllm.DEVICE["free"] == free
+    tight = VLLMScorer(str(tiny_model_dir), tok, domain, True, max_lora_rank=8, max_loras=1, engine_args={},
+                       max_model_len=20)
+    with pytest.raises(ValueError, match="exceeds the scoring engine's max_model_len 20"):
+        tight.score(insts[:1], None, [None])

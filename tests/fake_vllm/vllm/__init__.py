@@ -65,7 +65,7 @@ class LLM:
         self.model = AutoModelForCausalLM.from_pretrained(model).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self.adapters: dict[int, Any] = {}
-        self.sleep_mode, self.asleep = enable_sleep_mode, False
+        self.sleep_mode, self.asleep, self.dropped = enable_sleep_mode, False, False
         launched = distributed_executor_backend == "external_launcher"  # else the single-process executor:
         self.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if launched else "cuda:0"  # whatever the rank
         self.reserved = self._reserve(gpu_memory_utilization, max_model_len)
@@ -100,10 +100,14 @@ class LLM:
             raise ValueError("Sleep mode is not enabled: build the engine with enable_sleep_mode=True")
         if DEVICE is not None and not self.asleep:
             DEVICE["free"] += self.reserved
-        self.asleep = True
+        self.asleep, self.dropped = True, level == 2
 
     def wake_up(self, tags: list[str] | None = None) -> None:
+        if self.dropped:
+            raise RuntimeError("woken after sleep(level=2): the weights are gone until they are reloaded")
         if DEVICE is not None and self.asleep:
+            if self.reserved > DEVICE["free"]:
+                raise RuntimeError(f"CUDA out of memory: waking needs {self.reserved} bytes, {DEVICE['free']} free")
             DEVICE["free"] -= self.reserved
         self.asleep = False
 
