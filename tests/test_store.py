@@ -190,9 +190,8 @@ def test_memory_settings_can_change_on_resume_and_old_arc_runs_are_refused(tmp_p
     import hashlib
     import json
 
-    from seal.shared.store import RunDirError, config_digest
-
     from seal.shared.config_parser import parse_config, to_dict
+    from seal.shared.store import RunDirError, config_digest
 
     store = RunStore(tmp_path / "r", to_dict(parse_config(["--inner.max_row_tokens", "4096"])))
     store.append("records", {"x": 1})
