@@ -151,13 +151,12 @@ class Student:
         self.sync = sync
         self.engine = engine
         if inner.gradient_checkpointing:  # active in train mode only: generation keeps its KV cache
-            # ZeRO-3's frozen, partitioned weights break non-reentrant recomputation ("saved N vs
-            # recomputed 0", deepspeedai/DeepSpeed#4332; TRL forces reentrant there too): reentrant needs
-            # an input that requires grad, which enable_input_require_grads gives the embeddings' output
-            reentrant = engine is not None
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
-            if reentrant:
-                model.enable_input_require_grads()
+            # non-reentrant: the reentrant variant runs one backward per layer through the adapters' views,
+            # which all come from one routing of the bank (an index_select shared by every layer), so the
+            # second layer's backward finds its graph freed. Under ZeRO-3 non-reentrant recomputation is
+            # tested on CPU with DeepSpeed 0.19.8 (tests/test_distributed.py); older DeepSpeed releases
+            # reported saved/recomputed mismatches with it (deepspeedai/DeepSpeed#4332).
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def agree(self, n: int) -> int:
         """How often to run a forward-running step so that every rank runs it equally often: the

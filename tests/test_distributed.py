@@ -93,8 +93,9 @@ def test_teacher_sft_under_deepspeed_saves_a_real_adapter_and_a_changed_teacher(
 
 def test_a_zero3_partitioned_student_gives_the_rewards_of_a_whole_one(tiny_model_dir, tiny_qwen_dir, tmp_path):
     """inner.deepspeed: the student's weights are split over 2 ranks, which train and score different
-    self-edits in lockstep (rank 0 holds 2 of the 3 instances, so rank 1 runs no-op passes), through a
-    round and a sharded evaluation with CPT."""
+    self-edits in lockstep (rank 0 holds 2 of the 3 instances, so rank 1 runs no-op passes and empty
+    scorings), through a round and a sharded evaluation with CPT; with gradient checkpointing, which
+    recomputes the gathered layers in the backward pass."""
     pytest.importorskip("deepspeed")
     accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
     extra = ["--mode", "teacher_student", "--student.name", str(tiny_qwen_dir), "--student.dtype", "float32",
@@ -106,7 +107,8 @@ def test_a_zero3_partitioned_student_gives_the_rewards_of_a_whole_one(tiny_model
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = subprocess.run([accelerate, "launch", "--config_file", str(REPO / "recipes/accelerate/deepspeed_zero3.yaml"),
                            "--num_processes", "2", "--mixed_precision", "no",
-                           *args(tiny_model_dir, parted, *extra, "--inner.deepspeed", "true")],
+                           *args(tiny_model_dir, parted, *extra, "--inner.deepspeed", "true",
+                                 "--inner.gradient_checkpointing", "true")],  # recomputed gathered layers
                           capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert "partitioned across 2 ranks by DeepSpeed ZeRO-3" in proc.stderr
