@@ -51,15 +51,7 @@ class VLLMScorer:
     def score(self, instances: Sequence[Any], save_adapter, slots: Sequence[int | None]) -> list[Score]:
         """instances[i] answered by adapter slot slots[i] (None: the base model, no adapter);
         `save_adapter(slot, path, dtype)` writes a slot."""
-        requests: dict[int | None, Any] = {None: None}
-        written = []
-        for slot in dict.fromkeys(s for s in slots if s is not None):  # one adapter per slot, however many rows
-            path = self.workdir / f"adapter-{self.next_id}"
-            save_adapter(slot, path, self.adapter_dtype)
-            written.append(path)
-            requests[slot] = self.LoRARequest(f"seal-{self.next_id}", self.next_id, str(path))
-            self.next_id += 1
-        prompts, params, loras, spans = [], [], [], []
+        prompts, params, rows, spans = [], [], [], []
         for inst, slot in zip(instances, slots):
             q = self.domain.queries(inst)
             sp = self.vllm.SamplingParams(temperature=0.0, max_tokens=q.max_new_tokens,
@@ -68,13 +60,22 @@ class VLLMScorer:
             for p in q.prompts:
                 prompts.append(vllm_prompt(self.tokenizer, p, self.chat))
                 params.append(sp)
-                loras.append(requests[slot])
+                rows.append(slot)
         limit = self.max_model_len
-        for prompt, param in zip(prompts, params):
+        for prompt, param in zip(prompts, params):  # before any adapter is written
             if limit is not None and len(prompt["prompt_token_ids"]) + param.max_tokens > limit:
                 raise ValueError(f"a query of {len(prompt['prompt_token_ids'])} tokens plus {param.max_tokens} to "
                                  f"answer exceeds the scoring engine's max_model_len {limit} "
                                  "(set inner.vllm.max_model_len)")
+        requests: dict[int | None, Any] = {None: None}
+        written = []
+        for slot in dict.fromkeys(s for s in slots if s is not None):  # one adapter per slot, however many rows
+            path = self.workdir / f"adapter-{self.next_id}"
+            written.append(path)
+            save_adapter(slot, path, self.adapter_dtype)
+            requests[slot] = self.LoRARequest(f"seal-{self.next_id}", self.next_id, str(path))
+            self.next_id += 1
+        loras = [requests[slot] for slot in rows]
         if self.sleeps:
             torch.cuda.empty_cache()  # what training left in torch's cache goes back before the engine wakes
             self.llm.wake_up()
