@@ -107,27 +107,7 @@ def file_self_edits(cfg: SealConfig, domain: Domain, heldout: Sequence[Any]) -> 
     path = Path(cfg.eval.self_edits_file or "")
     if not path.is_file():
         raise DataError(f"eval.self_edits_file not found: {path}")
-    by_key: dict[str, list[str]] = {}
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path} is not UTF-8 text: {err}") from err
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            if not isinstance(row.get("text"), str):
-                raise TypeError("'text' must be a string")
-            by_key.setdefault(str(row.get("instance") or row["title"]), []).append(row["text"])
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
-            raise DataError(f"{path}:{n}: expected JSON with 'instance' or 'title' and 'text' ({err})") from err
-    out = {}
-    for inst in heldout:
-        texts = by_key.get(domain.instance_id(inst)) or by_key.get(domain.describe(inst)) or []
-        for j, text in enumerate(texts[: samples_per_instance(cfg)]):
-            out[(domain.instance_id(inst), j)] = text
-    return out
+    return published_self_edits(str(path), domain, heldout, samples_per_instance(cfg))
 
 
 def published_self_edits(path: str, domain: Domain, heldout: Sequence[Any], k: int) -> dict[tuple[str, int], str]:
