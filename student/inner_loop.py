@@ -384,8 +384,12 @@ class Student:
                 raise ValueError("instances scored together must share a stop string")
             stop, new = stops.pop(), max(q.max_new_tokens for q in queries)
             tok = self.tokenizer
-            longest = max(len(tok(format_prompt(tok, p, self.chat), add_special_tokens=not self.chat)["input_ids"])
-                          for q in queries for p in q.prompts)
+            texts = [format_prompt(tok, p, self.chat) for q in queries for p in q.prompts]
+            # a token covers at least one byte: when even that bound fits, skip tokenising every prompt
+            # twice (generate tokenises them again) on the scoring path of every chunk
+            longest = max(len(t.encode()) for t in texts) + 2
+            if len(instances) * width * (longest + new) > self.inner.score_batch_tokens:
+                longest = max(len(ids) for ids in tok(texts, add_special_tokens=not self.chat)["input_ids"])
             group = max(1, self.inner.score_batch_tokens // (width * (longest + new)))
             batches = [range(a, min(a + group, len(instances))) for a in range(0, len(instances), group)]
         answers: list[str] = []
