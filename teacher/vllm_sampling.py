@@ -1,8 +1,9 @@
 """The vLLM teacher backend: the same `sample` as `Teacher`, on vLLM's offline engine (GPU).
 
 `sampling.backend: vllm` selects it; `sampling.vllm` passes engine arguments to `vllm.LLM` (for example
-`gpu_memory_utilization`, `tensor_parallel_size`). One engine is built per teacher checkpoint, so a
-ReST-EM round's updated teacher is picked up by the next round's session. Every instance's request
+`gpu_memory_utilization`, `tensor_parallel_size`). A run keeps one engine for its teachers: once a teacher
+has drawn its samples the engine sleeps, and the next teacher checkpoint (a ReST-EM round's update, an
+evaluation condition's teacher) is loaded into it (`seal.shared.vllm_engine.teacher_engine`). Every instance's request
 carries its own seed (the same derivation as the HF backend), so batching does not change what is drawn.
 """
 
@@ -14,7 +15,7 @@ from typing import Any, Sequence
 from seal.shared.config import SamplingConfig
 from seal.shared.domain import Domain
 from seal.shared.models import format_prompt, import_vllm, vllm_prompt
-from seal.shared.vllm_engine import engine_args
+from seal.shared.vllm_engine import engine_args, release, teacher_engine
 from seal.teacher.sampling import Samples, derive_seed
 
 
@@ -34,7 +35,9 @@ class VLLMTeacher:
         self.max_model_len = None if longest is None else longest + sampling.max_new_tokens
         # seed: the config refuses a second one in sampling.vllm
         args = engine_args(sampling.vllm, max_model_len=self.max_model_len, seed=sampling.seed)
-        self.llm = vllm.LLM(model=model_path, **args)
+        # the run's engine from an earlier teacher, with this checkpoint's weights loaded, or a new one
+        self.engine = teacher_engine(vllm, model_path, args)
+        self.llm = self.engine.llm
         self.sleeps, self.released = bool(args.get("enable_sleep_mode")), False
 
     def _input(self, instance: Any) -> dict[str, list[int]]:
@@ -42,9 +45,9 @@ class VLLMTeacher:
 
     def release(self) -> None:
         """Sleep at level 2 (weights and KV cache dropped, no host copy kept) where the engine has sleep
-        mode; it samples no more."""
+        mode, and hand it back for the run's next teacher; this teacher samples no more."""
         if self.sleeps and not self.released:
-            self.llm.sleep(level=2)
+            release(self.engine)
         self.released = True
 
     def prompt(self, instance: Any) -> str:
@@ -59,7 +62,7 @@ class VLLMTeacher:
                                            seed=derive_seed(self.cfg.seed, round_, self.domain.instance_id(i)))
                   for i in instances]
         inputs = [self._input(i) for i in instances]
-        limit = self.cfg.vllm.get("max_model_len", self.max_model_len)
+        limit = self.engine.max_model_len  # a reused engine's may be longer than this teacher's prompts need
         for inst, ids in zip(instances, inputs):
             if limit is not None and len(ids["prompt_token_ids"]) + self.cfg.max_new_tokens > limit:
                 raise ValueError(f"the teacher prompt of {self.domain.describe(inst)} has "

@@ -25,6 +25,9 @@ def fake_vllm(monkeypatch):
         monkeypatch.delitem(sys.modules, name)
     module = importlib.import_module("vllm")
     module.CALLS.clear()
+    from seal.shared import vllm_engine
+
+    monkeypatch.setattr(vllm_engine, "_ENGINES", [])  # engines of another test's fake never serve this one
     yield module
     for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
         del sys.modules[name]  # the fake must not outlive its tests (TRL reads vllm's version at import)
@@ -315,3 +318,77 @@ def test_the_scoring_engine_sleeps_between_scorings(fake_vllm, small_gpu, tiny_m
                        max_model_len=20)
     with pytest.raises(ValueError, match="exceeds the scoring engine's max_model_len 20"):
         tight.score(insts[:1], None, [None])
+
+
+def test_one_engine_serves_every_teacher_checkpoint_of_a_run(fake_vllm, small_gpu, tiny_model_dir, tmp_path):
+    """A round's updated teacher, and each evaluation teacher, is loaded into the run's sleeping engine
+    (TRL's colocate weight sync) instead of a new engine per checkpoint: one engine's memory on the GPU,
+    and what it draws is what a fresh engine on that checkpoint draws."""
+    from seal.teacher.vllm_sampling import VLLMTeacher
+
+    tok, domain, insts = small_gpu
+    model, _ = load_model(ModelConfig(name=str(tiny_model_dir)))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)
+    updated = tmp_path / "round1"
+    model.save_pretrained(updated)
+    tok.save_pretrained(updated)
+    cfg = SamplingConfig(k=2, max_new_tokens=10, temperature=1.0)  # seeded per request
+
+    def draw(path):
+        teacher = VLLMTeacher(str(path), tok, cfg, domain, chat=True, instances=insts)
+        texts = [s.texts for s in teacher.sample(insts)]
+        teacher.release()
+        return teacher, texts
+
+    base_teacher, base_texts = draw(tiny_model_dir)
+    free = fake_vllm.DEVICE["free"]
+    round1, round1_texts = draw(updated)
+    again, again_texts = draw(tiny_model_dir)  # the base teacher once more, as the evaluation does
+    assert round1.llm is base_teacher.llm is again.llm and [c for c in fake_vllm.CALLS if "init" in c][1:] == []
+    assert fake_vllm.DEVICE["free"] == free  # asleep between teachers; no second engine's share taken
+    assert [c["load_weights"] for c in fake_vllm.CALLS if "load_weights" in c] == [len(list(model.parameters()))] * 2
+    assert round1.llm.prefix_cache_resets == 2  # cached prefixes of the old weights are not reused
+    assert again_texts == base_texts and round1_texts != base_texts
+    from seal.shared import vllm_engine
+
+    vllm_engine._ENGINES.clear()
+    fresh, fresh_texts = draw(updated)
+    assert fresh.llm is not round1.llm and fresh_texts == round1_texts
+
+
+def test_a_teacher_engine_is_shared_only_when_idle_and_long_enough(fake_vllm, small_gpu, tiny_model_dir):
+    from seal.teacher.vllm_sampling import VLLMTeacher
+
+    tok, domain, insts = small_gpu
+    short = VLLMTeacher(str(tiny_model_dir), tok, SamplingConfig(k=1, max_new_tokens=5), domain, chat=True,
+                        instances=insts)
+    short.sample(insts)
+    short.release()
+    longer = VLLMTeacher(str(tiny_model_dir), tok, SamplingConfig(k=1, max_new_tokens=10), domain, chat=True,
+                         instances=insts)  # its prompts need more context than the idle engine holds
+    assert longer.llm is not short.llm
+    longer.sample(insts)
+    longer.release()
+    fits = VLLMTeacher(str(tiny_model_dir), tok, SamplingConfig(k=1, max_new_tokens=5), domain, chat=True,
+                       instances=insts)
+    assert fits.llm in (short.llm, longer.llm)
+    assert fits.sample(insts)
+
+
+def test_a_level_two_sleep_needs_new_weights_before_the_engine_generates(fake_vllm, tiny_model_dir):
+    """As the real engine after sleep(level=2) computes with uninitialised memory, the fake refuses to
+    generate until weights are loaded: a plain wake_up() is not a reload."""
+    from seal.shared.vllm_engine import checkpoint_weights
+
+    llm = fake_vllm.LLM(str(tiny_model_dir), enable_sleep_mode=True)
+    llm.sleep(level=2)
+    llm.wake_up()
+    with pytest.raises(RuntimeError, match="uninitialised"):
+        llm.generate("hi", fake_vllm.SamplingParams(max_tokens=2))
+    model = llm.llm_engine.model_executor.driver_worker.model_runner.model
+    with pytest.raises(KeyError):
+        model.load_weights([("model.no_such_layer.weight", torch.zeros(1))])
+    model.load_weights(checkpoint_weights(str(tiny_model_dir)))
+    assert llm.generate("hi", fake_vllm.SamplingParams(max_tokens=2))

@@ -11,7 +11,11 @@ simulated GPU: total and free bytes) an engine reserves gpu_memory_utilization Ã
 that is not free, then fails when max_model_len tokens of KV cache do not fit beside the weights
 (vllm/v1/worker/gpu_worker.py, vllm/v1/core/kv_cache_utils.py); it sits on cuda:0 unless built with the
 external_launcher backend, which takes LOCAL_RANK's GPU; sleep() returns its memory, wake_up() takes
-it back, and generating while asleep fails."""
+it back (`tags` "weights" and "kv_cache" one at a time, vllm/v1/worker/gpu_worker.py), and generating
+while any part sleeps fails. After sleep(level=2) the weights are gone: vLLM then computes with
+uninitialised memory, the fake refuses to generate until new weights are loaded through the in-process
+model (`llm_engine.model_executor.driver_worker.model_runner.model.load_weights`, which takes
+(checkpoint name, tensor) pairs and raises KeyError on a name the model lacks, as vLLM's models do)."""
 
 from __future__ import annotations
 
@@ -65,7 +69,10 @@ class LLM:
         self.model = AutoModelForCausalLM.from_pretrained(model).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self.adapters: dict[int, Any] = {}
-        self.sleep_mode, self.asleep, self.dropped = enable_sleep_mode, False, False
+        self.sleep_mode, self.dropped = enable_sleep_mode, False
+        self.sleeping: set[str] = set()  # of "weights", "kv_cache"
+        self.llm_engine = _Engine(self)
+        self.prefix_cache_resets = 0
         launched = distributed_executor_backend == "external_launcher"  # else the single-process executor:
         self.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if launched else "cuda:0"  # whatever the rank
         self.reserved = self._reserve(gpu_memory_utilization, max_model_len)
@@ -95,21 +102,54 @@ class LLM:
         DEVICE["free"] -= requested
         return requested
 
+    @property
+    def asleep(self) -> bool:
+        return bool(self.sleeping)
+
+    def _bytes(self, tag: str) -> int:
+        weights = min(self.reserved, sum(p.numel() * p.element_size() for p in self.model.parameters()))
+        return weights if tag == "weights" else self.reserved - weights
+
     def sleep(self, level: int = 1) -> None:
         if not self.sleep_mode:
             raise ValueError("Sleep mode is not enabled: build the engine with enable_sleep_mode=True")
-        if DEVICE is not None and not self.asleep:
-            DEVICE["free"] += self.reserved
-        self.asleep, self.dropped = True, level == 2
+        if DEVICE is not None:
+            DEVICE["free"] += sum(self._bytes(t) for t in {"weights", "kv_cache"} - self.sleeping)
+        self.sleeping = {"weights", "kv_cache"}
+        self.dropped = self.dropped or level == 2
 
     def wake_up(self, tags: list[str] | None = None) -> None:
-        if self.dropped:
-            raise RuntimeError("woken after sleep(level=2): the weights are gone until they are reloaded")
-        if DEVICE is not None and self.asleep:
-            if self.reserved > DEVICE["free"]:
-                raise RuntimeError(f"CUDA out of memory: waking needs {self.reserved} bytes, {DEVICE['free']} free")
-            DEVICE["free"] -= self.reserved
-        self.asleep = False
+        tags = ["weights", "kv_cache"] if tags is None else tags
+        if set(tags) - {"weights", "kv_cache"}:
+            raise ValueError(f"unknown wake_up tags {tags}")
+        for tag in [t for t in tags if t in self.sleeping]:
+            if DEVICE is not None:
+                if self._bytes(tag) > DEVICE["free"]:
+                    raise RuntimeError(f"CUDA out of memory: waking {tag} needs {self._bytes(tag)} bytes, "
+                                       f"{DEVICE['free']} free")
+                DEVICE["free"] -= self._bytes(tag)
+            self.sleeping.discard(tag)
+
+    def reset_prefix_cache(self) -> bool:
+        self.prefix_cache_resets += 1
+        return True
+
+    def _load_weights(self, weights) -> set[str]:
+        if "weights" in self.sleeping:
+            raise RuntimeError("load_weights into sleeping weights: wake_up(tags=['weights']) first")
+        params = dict(self.model.named_parameters())
+        loaded = set()
+        with torch.no_grad():
+            for name, tensor in weights:
+                if name not in params:
+                    raise KeyError(name)
+                if params[name].shape != tensor.shape:
+                    raise ValueError(f"{name}: shape {tuple(tensor.shape)} into {tuple(params[name].shape)}")
+                params[name].copy_(tensor)
+                loaded.add(name)
+        self.dropped = False
+        CALLS.append({"load_weights": len(loaded)})
+        return loaded
 
     def _model_for(self, request):
         if request is None:
@@ -133,6 +173,9 @@ class LLM:
                  *, use_tqdm: bool = True, lora_request=None) -> list[RequestOutput]:
         if self.asleep:
             raise RuntimeError("generate() on a sleeping engine: call wake_up() first")
+        if self.dropped:
+            raise RuntimeError("generate() after sleep(level=2) with no weights loaded: the engine would compute "
+                               "with uninitialised memory")
         prompts = [prompts] if isinstance(prompts, (str, dict)) else list(prompts)
         params = (sampling_params if isinstance(sampling_params, (list, tuple))
                   else [sampling_params or SamplingParams()] * len(prompts))
@@ -170,3 +213,20 @@ class LLM:
         if not isinstance(prompt, str):
             raise TypeError(f"a prompt is a string or a TokensPrompt, got {type(prompt).__name__}")
         return self.tokenizer(prompt, add_special_tokens=True)["input_ids"]  # as vLLM's input processor
+
+
+class _Model:
+    """What `llm_engine.model_executor.driver_worker.model_runner.model` exposes in-process."""
+
+    def __init__(self, llm: LLM):
+        self._llm = llm
+
+    def load_weights(self, weights) -> set[str]:
+        return self._llm._load_weights(weights)
+
+
+class _Engine:
+    def __init__(self, llm: LLM):
+        runner = type("ModelRunner", (), {"model": _Model(llm)})()
+        worker = type("Worker", (), {"model_runner": runner})()
+        self.model_executor = type("Executor", (), {"driver_worker": worker})()
