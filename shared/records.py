@@ -122,8 +122,16 @@ class EvalRecord(Record):
     checks: int | None = None
     """How many checks (questions, test outputs) the score averages: the weight of the instance in the
     pooled accuracy (the official CPT figure)."""
+    grades: dict[str, float] | None = None
+    """The score under every grader the domain records (knowledge: contains, exact_match, f1), so a run
+    can be read under another grader without rescoring."""
+    seconds: dict[str, float] | None = None
+    """absorb, score: wall time of the cell's training and scoring. A CPT row holds its seed's: the one
+    adapter's training and its scoring of every held-out instance, the same on each instance's row."""
+    train: dict[str, Any] | None = None
+    """steps, tokens, first_loss, last_loss of the cell's inner loop."""
 
-    OPTIONAL = ("reason", "eval_key", "checks")
+    OPTIONAL = ("reason", "eval_key", "checks", "grades", "seconds", "train")
 
     @property
     def key(self) -> tuple[str, str, str, int | None, int | None]:
@@ -198,3 +206,12 @@ def edit_rewards(records: Sequence[RewardRecord]) -> dict[tuple[str, int], float
     for r in records:
         sums.setdefault(r.key, []).append(r.reward if r.reward is not None else 0.0)
     return {k: sum(v) / len(v) for k, v in sums.items()}
+
+
+def grade_means(details: Sequence[dict[str, Any]]) -> dict[str, float] | None:
+    """The mean of each grader over a score's checks, where every check carries `grades` (knowledge
+    domain); None otherwise."""
+    if not details or not all(isinstance(d.get("grades"), dict) for d in details):
+        return None
+    names = set.intersection(*(set(d["grades"]) for d in details))
+    return {name: sum(float(d["grades"][name]) for d in details) / len(details) for name in sorted(names)}

@@ -53,12 +53,15 @@ so a run made before a key existed still resumes (the key could not have changed
 NESTED_NON_RESULT_KEYS = ("sampling.served.url", "sampling.served.api_key_env", "sampling.served.timeout_s",
                           "sampling.served.retries", "sampling.served.backoff_s", "sampling.served.concurrency",
                           "sampling.served.cache", "continual.paper_results", "inner.max_row_tokens",
-                          "inner.gradient_checkpointing", "inner.score_batch_tokens")
+                          "inner.gradient_checkpointing", "inner.score_batch_tokens", "data.eval_split",
+                          "data.eval_limit", "data.eval_shuffle_seed")
 """How a served teacher is reached, not what it samples (the model, route, seeds and sampling settings are
 in the digest): a run may resume against a server on another port or with other timeouts. What is only
 shown beside the results (the paper's continual matrix). And how the inner loop fits in memory (passes per
 step, recomputed activations, generation batches): the same steps, so a run that ran out of memory can
-resume with smaller ones."""
+resume with smaller ones. And which held-out instances an evaluation reads, as the `eval` section: its
+cells are keyed by instance id (the instance's place in the data source), so evaluating more passages
+later reuses every cell already measured."""
 
 
 def config_digest(config: dict[str, Any]) -> str:

@@ -482,9 +482,10 @@ class Student:
         return results
 
     def run_shared(self, plan: TrainingPlan, seeds: Sequence[int], instances: Sequence[Any],
-                   done: Callable[[int, AbsorbStats, list[Score] | None], None]) -> None:
+                   done: Callable[[int, AbsorbStats, list[Score] | None, float], None]) -> None:
         """One adapter per seed on the same plan (e.g. every held-out instance's sequences at once), each
-        then scored on every instance; `done(seed, stats, scores)` per seed, scores None when it failed.
+        then scored on every instance; `done(seed, stats, scores, score_seconds)` per seed, scores None
+        (and 0 seconds) when it failed.
         Under lockstep a rank with fewer seeds takes part in the others' passes."""
         slots = self.slots
         for n in range(self.agree(math.ceil(len(seeds) / slots))):
@@ -493,10 +494,12 @@ class Student:
             trained = [slot for slot, st in enumerate(stats) if not st.error]
             for slot, st in enumerate(stats):
                 if st.error:
-                    done(chunk[slot], st, None)
+                    done(chunk[slot], st, None, 0.0)
             for m in range(self.agree(len(trained))):
                 if m >= len(trained):
                     self.score_many([])  # another rank is still scoring: take part in its passes
                     continue
                 slot = trained[m]
-                done(chunk[slot], stats[slot], self.score_many(instances, [slot] * len(instances)))
+                start = time.perf_counter()
+                scores = self.score_many(instances, [slot] * len(instances))
+                done(chunk[slot], stats[slot], scores, time.perf_counter() - start)

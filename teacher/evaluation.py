@@ -24,7 +24,7 @@ from seal.shared.config import SealConfig, ServedConfig, named_files
 from seal.shared.dist import Dist
 from seal.shared.domain import DataError, Domain, Example, SelfEdit, TrainingPlan
 from seal.shared.models import load_model, load_tokenizer, resolve, uses_chat_template
-from seal.shared.records import EvalRecord, SelfEditRecord
+from seal.shared.records import EvalRecord, SelfEditRecord, grade_means
 from seal.shared.store import RunStore
 from seal.shared.tracking import Phase
 from seal.student.inner_loop import AbsorbStats, Job, JobResult, Student
@@ -236,7 +236,8 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
             if label == "no_update":
                 if ("no_update", "single", iid, None, None) not in done and dist.is_main:
                     store.append("eval_records", EvalRecord(label, "single", iid, None, None, base, "ok",
-                                                            eval_key=cell_key, checks=checks))
+                                                            eval_key=cell_key, checks=checks,
+                                                            grades=grade_means(baseline.details)))
                 continue
             for j, plan in plans.get(iid, []):
                 if j is not None and j >= cfg.eval.k and label != "oracle":  # sampled for CPT only
@@ -244,7 +245,7 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
                 for seed in cfg.eval.seeds:
                     # as recorded for an unusable self-edit; a job's result replaces score and status
                     cell = EvalRecord(label, "single", iid, j, seed, base, "invalid", eval_key=cell_key,
-                                      checks=checks)
+                                      checks=checks, grades=grade_means(baseline.details))
                     if cell.key in done:
                         continue
                     if plan is None:  # unusable: the student stays as it was
@@ -255,9 +256,8 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
 
         def record(results: list[JobResult]) -> None:
             store.append_many("eval_records", [
-                replace(result.job.key, **(dict(score=0.0, status="failed", reason=result.error) if result.error
-                                           else dict(score=result.score.value, status="ok",
-                                                     checks=len(result.score.details) or None)))
+                replace(result.job.key, **(dict(score=0.0, status="failed", reason=result.error, grades=None)
+                                           if result.error else _scored(result)))
                 for result in results])
 
         if label != "no_update":
@@ -266,6 +266,17 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
             _cpt(cfg, domain, store, student, heldout, label, plans, done, dist, cell_key)
     dist.barrier()
     return table_rows([r for r in store.iter("eval_records", EvalRecord) if current(r)], labels, cfg.eval.cpt)
+
+
+def _scored(result: JobResult) -> dict[str, Any]:
+    """What an evaluation cell records of its inner loop: the score, every grader's, how long and how it trained."""
+    return dict(score=result.score.value, status="ok", checks=len(result.score.details) or None,
+                grades=grade_means(result.score.details),
+                seconds={"absorb": result.stats.seconds, "score": result.score_seconds}, train=_train(result.stats))
+
+
+def _train(stats: AbsorbStats) -> dict[str, Any]:
+    return {"steps": stats.steps, "tokens": stats.tokens, "first_loss": stats.first_loss, "last_loss": stats.last_loss}
 
 
 def absorbing_student(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence[Any], label: str,
@@ -343,14 +354,16 @@ def _cpt(cfg: SealConfig, domain: Domain, store: RunStore, student: Student, hel
     seeds = dist.shard([s for s in cfg.eval.seeds
                         if not all((label, "cpt", domain.instance_id(i), None, s) in done for i in heldout)])
 
-    def record(seed: int, stats: AbsorbStats, scores: list | None) -> None:
+    def record(seed: int, stats: AbsorbStats, scores: list | None, score_seconds: float) -> None:
         phase.update()
         if scores is None:
             log.warning("evaluation %s cpt seed %s failed: %s", label, seed, stats.error)
             return
         for inst, score in zip(heldout, scores):
             cell = EvalRecord(label, "cpt", domain.instance_id(inst), None, seed, score.value, "ok", eval_key=key,
-                              checks=len(score.details) or None)
+                              checks=len(score.details) or None, grades=grade_means(score.details),
+                              seconds={"absorb": stats.seconds, "score": score_seconds},
+                              train=_train(stats))
             if cell.key not in done:
                 store.append("eval_records", cell)
 

@@ -214,7 +214,7 @@ def test_cpt_trains_on_the_first_cpt_k_self_edits_each_with_its_passage(tmp_path
         def run_shared(self, plan, seeds, instances, done):
             seen["plan"] = plan
             for seed in seeds:
-                done(seed, AbsorbStats(1, 1, 1.0, 1.0, 0.0), [Score(0.5, [{}, {}, {}, {}])])
+                done(seed, AbsorbStats(1, 1, 1.0, 1.0, 0.0), [Score(0.5, [{}, {}, {}, {}])], 0.0)
 
     cfg = parse_config(["--eval.seeds", "[0]", "--eval.cpt_k", "2", "--eval.cpt_epochs", "3", "--eval.cpt_lr",
                         "0.001", "--eval.cpt_batch_size", "8"])

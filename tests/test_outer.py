@@ -132,6 +132,11 @@ def test_evaluation_table_from_a_file_of_self_edits(tiny_model_dir, tmp_path):
     assert len(single) == 2 * 2  # instances x seeds
     cpt = [r for r in records if r["condition"] == "file" and r["setting"] == "cpt"]
     assert len(cpt) == 2 * 2
+    # every cell keeps each grader's score (the run is graded by `contains`), the trained ones their timing
+    for r in (json.loads(line) for line in (out / "eval_records.jsonl").read_text().splitlines()):
+        assert set(r["grades"]) == {"contains", "exact_match", "f1"} and r["grades"]["contains"] == r["score"]
+        if r["condition"] != "no_update":
+            assert r["seconds"]["absorb"] > 0 and r["seconds"]["score"] > 0 and r["train"]["steps"] > 0
     header, *rows = (out / "eval.csv").read_text().splitlines()
     cols = header.split(",")
     file_row = dict(zip(cols, next(r for r in rows if r.startswith("file,")).split(",")))

@@ -197,6 +197,11 @@ def test_memory_settings_can_change_on_resume_and_old_arc_runs_are_refused(tmp_p
     store.append("records", {"x": 1})
     RunStore(tmp_path / "r", to_dict(parse_config(["--inner.max_row_tokens", "1024", "--inner.gradient_checkpointing",
                                                    "true", "--inner.score_batch_tokens", "4096"])))
+    # more held-out passages later: the evaluation's cells are keyed by instance, none is reused wrongly
+    RunStore(tmp_path / "r", to_dict(parse_config(["--data.eval_split", "heldout[:8]", "--data.eval_limit", "4",
+                                                   "--data.eval_shuffle_seed", "1"])))
+    with pytest.raises(RunDirError, match="data.train_split"):  # the training data is a result key
+        RunStore(tmp_path / "r", to_dict(parse_config(["--data.train_split", "train[:1]"])))
     with pytest.raises(RunDirError, match="inner.lr"):  # what does change results still counts
         RunStore(tmp_path / "r", to_dict(parse_config(["--inner.lr", "0.5"])))
     arc = {"domain": {"name": "arc"}}
