@@ -4,7 +4,10 @@
 
 Writes into RUN_DIR/report/: reward_by_round.png (reward distribution per round), eval_conditions.png
 (held-out accuracy per condition with standard-error bars), reward_vs_length.png (reward against
-self-edit length), and report.md that links them beside the round and evaluation tables.
+self-edit length), learning_curve.png (held-out accuracy per round with 95 % intervals, the other
+conditions as lines), and report.md that links them beside the round and evaluation tables, the
+evaluation under every recorded grader, each condition's paired difference from `--against`, what the
+teacher writes (length, items, copying, gold answers stated) and the time each phase took.
 """
 
 from __future__ import annotations
@@ -23,7 +26,17 @@ from pathlib import Path
 import matplotlib
 import matplotlib.pyplot as plt
 
-from seal.shared.records import Record, RewardRecord, RoundRecord, SelfEditRecord, edit_rewards
+from seal.shared.graders import normalize
+from seal.shared.records import (
+    EvalRecord,
+    Record,
+    RewardRecord,
+    RoundRecord,
+    SelfEditRecord,
+    edit_rewards,
+    mean_or_nan,
+    mean_se,
+)
 
 matplotlib.use("Agg")
 
@@ -125,6 +138,178 @@ def plot_continual(run: Path, out: Path) -> Path | None:
     return save(fig, out / "continual_heatmap.png")
 
 
+# ---------------------------------------------------------------- the evaluation read closer
+
+GRADERS = ("contains", "exact_match", "f1")
+
+
+def current_cells(run: Path) -> list[EvalRecord]:
+    """The single-instance cells of each condition's latest evaluation (its last eval_key)."""
+    records = [r for r in read(run, "eval_records", EvalRecord) if r.setting == "single"]
+    latest = {r.condition: r.eval_key for r in records}
+    return [r for r in records if r.eval_key == latest[r.condition]]
+
+
+def per_instance(cells: list[EvalRecord], grader: str) -> dict[str, dict[str, float]]:
+    """{condition: {instance: score}} under `grader` (a cell's recorded grades; its score where it has
+    none): the mean over an instance's self-edits, then over seeds, as the evaluation table."""
+    seeds: dict[str, dict[str, dict[object, list[float]]]] = {}
+    for r in cells:
+        value = (r.grades or {}).get(grader, r.score)
+        seeds.setdefault(r.condition, {}).setdefault(r.instance, {}).setdefault(r.seed, []).append(value)
+    return {c: {i: mean_or_nan([mean_or_nan(v) for v in by_seed.values()]) for i, by_seed in inst.items()}
+            for c, inst in seeds.items()}
+
+
+def _pct(mean: float, se: float, z: float = 1.0) -> str:
+    if math.isnan(mean):
+        return "–"
+    return f"{100 * mean:.1f}" + ("" if math.isnan(se) else f" ± {100 * z * se:.1f}")
+
+
+def grader_table(cells: list[EvalRecord]) -> str:
+    """Accuracy per condition under every recorded grader: mean ± SE over instances."""
+    tables = {g: per_instance(cells, g) for g in GRADERS}
+    conditions = list(tables["contains"])
+    lines = ["| condition | n | " + " | ".join(f"{g} %" for g in GRADERS) + " |",
+             "|---|---:|" + "---:|" * len(GRADERS)]
+    for c in conditions:
+        stats = [mean_se(list(tables[g][c].values())) for g in GRADERS]
+        lines.append(f"| {c} | {stats[0][2]} | " + " | ".join(_pct(m, se) for m, se, _ in stats) + " |")
+    return "\n".join(lines)
+
+
+def paired_table(cells: list[EvalRecord], against: list[str]) -> str:
+    """Each condition minus each reference condition on the instances both hold: mean difference with
+    its 95 % interval (1.96 SE over instances), the share of instances it wins and loses. Pairing by
+    instance removes what passages share, which the SE of two separate means does not."""
+    lines = ["| condition | minus | grader | n | difference (pp, 95 % CI) | wins | losses |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for g in GRADERS:
+        table = per_instance(cells, g)
+        for ref in [a for a in against if a in table]:
+            for c in [c for c in table if c != ref and c != "no_update"]:
+                common = sorted(set(table[c]) & set(table[ref]))
+                diffs = [table[c][i] - table[ref][i] for i in common]
+                mean, se, n = mean_se(diffs)
+                wins, losses = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+                lines.append(f"| {c} | {ref} | {g} | {n} | {_pct(mean, se, 1.96)} | {wins} | {losses} |")
+    return "\n".join(lines)
+
+
+def round_of(condition: str) -> int | None:
+    """0 for base_teacher, r for round{r}_teacher; None for a reference row."""
+    if condition == "base_teacher":
+        return 0
+    if condition.startswith("round") and condition.endswith("_teacher") and condition[5:-8].isdigit():
+        return int(condition[5:-8])
+    return None
+
+
+def plot_curve(cells: list[EvalRecord], grader: str, out: Path) -> Path | None:
+    """Held-out accuracy of each round's self-edits with 95 % intervals; the other conditions (no update,
+    passage only, published self-edits) as horizontal lines with their intervals shaded."""
+    table = per_instance(cells, grader)
+    points = sorted((r, c) for c in table if (r := round_of(c)) is not None)
+    if len(points) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    stats = [mean_se(list(table[c].values())) for _, c in points]
+    xs = [r for r, _ in points]
+    ax.errorbar(xs, [100 * m for m, _, _ in stats], yerr=[0 if math.isnan(se) else 196 * se for _, se, _ in stats],
+                marker="o", capsize=4, color="black", label="teacher of round r (r=0: base)")
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for colour, c in zip(colours, [c for c in table if round_of(c) is None]):
+        m, se, _ = mean_se(list(table[c].values()))
+        ax.axhline(100 * m, color=colour, ls="--", lw=1, label=c)
+        if not math.isnan(se):
+            ax.axhspan(100 * (m - 1.96 * se), 100 * (m + 1.96 * se), color=colour, alpha=0.08)
+    ax.set_xticks(xs)
+    ax.set(xlabel="ReST-EM round", ylabel=f"held-out accuracy % ({grader})",
+           title=f"Held-out accuracy by round ({len(next(iter(table.values())))} passages, 95 % CI)")
+    ax.legend(fontsize=7, loc="best")
+    return save(fig, out / "learning_curve.png")
+
+
+def timing_table(run: Path) -> str:
+    """Wall time per phase, from the records (seconds per adapter as the inner loop reports them, summed)."""
+    rows = []
+    edits = read(run, "self_edits", SelfEditRecord)
+    records = read(run, "records", RewardRecord)
+    for r in sorted({e.round for e in edits if e.round is not None}):
+        sample = sum(e.sample_seconds or 0 for e in edits if e.round == r)
+        inner = sum(sum((x.seconds or {}).values()) for x in records if x.round == r)
+        rows.append(f"| round {r}: sampling | {sample / 60:.1f} |")
+        rows.append(f"| round {r}: inner loops | {inner / 60:.1f} |")
+    evals = read(run, "eval_records", EvalRecord)
+    for c in dict.fromkeys(e.condition for e in evals):
+        timed = [e for e in evals if e.condition == c and e.seconds]
+        cpt = {e.seed: sum(e.seconds.values()) for e in timed if e.setting == "cpt"}  # one per seed, on every row
+        single = sum(sum(e.seconds.values()) for e in timed if e.setting == "single")
+        if single or cpt:
+            rows.append(f"| evaluation: {c} | {(single + sum(cpt.values())) / 60:.1f} |")
+    if not rows:
+        return ""
+    return "\n".join(["| phase | minutes |", "|---|---:|", *rows])
+
+
+def passages(run: Path) -> dict:
+    """The knowledge run's passages by id (every split it names, from its data source)."""
+    import yaml
+
+    from seal.shared.knowledge import KnowledgeDomain
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config = config.get("config", config)
+    if config.get("domain", {}).get("name", "knowledge") != "knowledge":
+        return {}
+    data, domain = config.get("data", {}), KnowledgeDomain()
+    found = {}
+    for split in (data.get("train_split", "train"), data.get("eval_split", "heldout")):
+        try:
+            found.update({p.id: p for p in domain.load(data.get("source", "builtin"), split)})
+        except (OSError, ValueError):  # moved data, an empty split: the table counts what it left out
+            continue
+    return found
+
+
+def self_edit_table(run: Path) -> str:
+    """What the teacher writes, per training round and per evaluation condition: how long, how many
+    items, how much of it is copied from the passage (share of its words found in the passage), and the
+    share of items that state a gold answer of the passage's questions (normalised, as `contains`)."""
+    by_id = passages(run)
+    if not by_id:
+        return ""
+    groups: dict[str, list[SelfEditRecord]] = {}
+    for e in read(run, "self_edits", SelfEditRecord):
+        groups.setdefault(f"round {e.round} (training)", []).append(e)
+    for e in read(run, "eval_self_edits", SelfEditRecord):
+        groups.setdefault(f"{e.condition} (held out)", []).append(e)
+    lines = ["| self-edits | n | usable % | words | items | words in passage % | items stating a gold answer % |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    missing = sum(e.instance not in by_id for edits in groups.values() for e in edits)
+    for name, edits in groups.items():
+        rows = [(e, by_id[e.instance]) for e in edits if e.instance in by_id]
+        if not rows:
+            continue
+        usable = [(e, p) for e, p in rows if e.ok]
+        words = [len(e.text.split()) for e, _ in rows]
+        items = [len(e.items) for e, _ in usable]
+        copied, stating = [], []
+        for e, p in usable:
+            passage = set(normalize(p.context).split())
+            tokens = normalize(e.text).split()
+            copied.append(sum(t in passage for t in tokens) / max(1, len(tokens)))
+            golds = [normalize(a) for q in p.questions for a in (q.answers or [q.answer]) if normalize(a)]
+            texts = [normalize(str(item)) for item in e.items]
+            stating.append(sum(any(g in t for g in golds) for t in texts) / max(1, len(texts)))
+        lines.append(f"| {name} | {len(rows)} | {100 * len(usable) / len(rows):.0f} | {mean_or_nan(words):.0f} | "
+                     f"{mean_or_nan(items):.1f} | {100 * mean_or_nan(copied):.0f} | {100 * mean_or_nan(stating):.0f} |")
+    if missing:
+        lines += ["", f"({missing} self-edits left out: their passages are not in the run's data source as found now)"]
+    return "\n".join(lines)
+
+
 def eval_rows(run: Path) -> list[dict]:
     path = run / "eval.csv"
     if not path.exists():
@@ -136,6 +321,10 @@ def eval_rows(run: Path) -> list[dict]:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", type=Path)
+    ap.add_argument("--grader", choices=GRADERS, default="contains",
+                    help="the grader of the learning curve (the tables show every recorded one)")
+    ap.add_argument("--against", default="context_only,base_teacher",
+                    help="conditions every other one is compared with, instance by instance (comma-separated)")
     args = ap.parse_args(argv)
     run = args.run_dir
     if not (run / "config.yaml").is_file():
@@ -145,8 +334,10 @@ def main(argv: list[str]) -> int:
     out.mkdir(exist_ok=True)
     records, edits = read(run, "records", RewardRecord), read(run, "self_edits", SelfEditRecord)
     rewards = round_rewards(records)
+    cells = current_cells(run)
     plots = [p for p in (plot_rewards(rewards, out), plot_eval(eval_rows(run), out),
-                         plot_length(rewards, edits, out), plot_continual(run, out)) if p]
+                         plot_length(rewards, edits, out), plot_continual(run, out),
+                         plot_curve(cells, args.grader, out)) if p]
     lines = [f"# SEAL run report: {run.name}", ""]
     for r in read(run, "rounds", RoundRecord):
         mean = "–" if r.mean_reward is None else f"{r.mean_reward:+.3f}"  # NaN is stored as null
@@ -156,6 +347,13 @@ def main(argv: list[str]) -> int:
         lines += ["", "## Continual self-edits", "", (run / "continual.md").read_text().strip()]
     if (run / "eval.md").exists():
         lines += ["", "## Held-out evaluation", "", (run / "eval.md").read_text().strip()]
+    if cells:
+        lines += ["", "## Single-instance accuracy under every grader (mean ± SE over instances)", "",
+                  grader_table(cells), "", "## Paired differences (per instance)", "",
+                  paired_table(cells, [a for a in args.against.split(",") if a])]
+    for title, table in (("What the teacher writes", self_edit_table(run)), ("Time per phase", timing_table(run))):
+        if table:
+            lines += ["", f"## {title}", "", table]
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'report.md'} and {len(plots)} plot(s): {', '.join(p.name for p in plots)}")

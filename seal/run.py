@@ -122,11 +122,19 @@ def start(argv: list[str], what: str = "run", config_cls: type = SealConfig, sub
 
 
 def load_split(run: Run, which: str) -> list[Any]:
-    """The `train` or `eval` instances of the run's data source: the split's slice, then `data.offset`
-    (training only) and `data.train_limit` / `data.eval_limit`."""
+    """The `train` or `eval` instances of the run's data source: the split's slice, then (training only)
+    the held-out set's articles dropped under `data.disjoint_articles` and `data.offset`, then
+    `data.train_limit` / `data.eval_limit`."""
     data = run.cfg.data
     if which == "train":
-        instances = run.domain.load(data.source, data.train_split)[data.offset:]
+        instances = run.domain.load(data.source, data.train_split)
+        if data.disjoint_articles:
+            heldout = {run.domain.article(i) for i in load_split(run, "eval")}
+            if None in heldout:
+                raise ConfigError(f"data.disjoint_articles: the {run.cfg.domain['name']} domain does not say which "
+                                  "article an instance comes from")
+            instances = [i for i in instances if run.domain.article(i) not in heldout]
+        instances = instances[data.offset:]
         limit = data.train_limit
     else:
         instances = run.domain.load(data.source, data.eval_split)
@@ -135,7 +143,8 @@ def load_split(run: Run, which: str) -> list[Any]:
         limit = data.eval_limit
     instances = instances[:limit] if limit is not None else instances
     if not instances:
-        raise DataError(f"data.offset {data.offset} leaves no {which} instances of {data.source}")
+        dropped = " and data.disjoint_articles" if which == "train" and data.disjoint_articles else ""
+        raise DataError(f"no {which} instances of {data.source} are left (after data.offset {data.offset}{dropped})")
     needed = (data.per_round or 0) * run.cfg.outer.rounds
     if which == "train" and needed > len(instances):
         raise DataError(f"data.per_round {data.per_round} × outer.rounds {run.cfg.outer.rounds} needs {needed} "

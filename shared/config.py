@@ -148,6 +148,11 @@ class DataConfig:
     passages per round, drawn across articles). None: every round uses the whole training split."""
     shuffle_seed: int = 42
     """Seed of that shuffle (the official make_squad_data.py shuffles with random.seed(42))."""
+    disjoint_articles: bool = False
+    """Training drops every instance of an article the held-out set holds (after eval_split,
+    eval_shuffle_seed and eval_limit): held-out passages whose articles the teacher never trained on, from
+    one file. The paper's 200 evaluation passages span 47 of the dev file's 48 articles; with `eval_limit`
+    24 of them, training takes its passages from the articles those 24 leave."""
     eval_shuffle_seed: int | None = None
     """Shuffle the held-out split with this seed before eval_limit (the paper's 200 evaluation passages are
     the first 200 of SQuAD dev after random.seed(42) and random.shuffle); None: keep the split's order."""

@@ -167,6 +167,12 @@ class Domain(ABC):
     def describe(self, instance: Any) -> str:
         return self.instance_id(instance)
 
+    def article(self, instance: Any) -> str | None:
+        """The document an instance was cut from (a SQuAD passage's article): instances of one article are
+        not independent, so `data.disjoint_articles` keeps the held-out set's articles out of training.
+        None: the domain has no such notion."""
+        return None
+
     def oracle_self_edits(self, instance: Any) -> list[str]:
         """Self-edits an oracle searches over (the evaluation's `oracle` row takes the best); none by default."""
         return []

@@ -315,6 +315,9 @@ class KnowledgeDomain(Domain):
     def describe(self, instance: Passage) -> str:
         return instance.title
 
+    def article(self, instance: Passage) -> str:
+        return instance.title
+
     # ------------------------------------------------------------------ self-edits
     def teacher_prompt(self, instance: Passage) -> str:
         return FORMATS[self.options.format].format(title=instance.title, context=instance.context)

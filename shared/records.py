@@ -191,6 +191,18 @@ def mean_or_nan(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
+def mean_se(values: Sequence[float]) -> tuple[float, float, int]:
+    """(mean, standard error of the mean, n); NaN where n is too small."""
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan, 0
+    mean = sum(values) / n
+    if n == 1:
+        return mean, math.nan, 1
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(var / n), n
+
+
 def edit_scores(records: Sequence[RewardRecord]) -> dict[tuple[str, int], float]:
     """Mean adapted score over seeds for each (instance, self-edit index); invalid and failed ones count
     as 0 (a self-edit solves its instance only when every seed does)."""

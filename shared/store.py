@@ -45,7 +45,7 @@ def _clean(value: Any) -> Any:
 
 
 ADDED_KEYS = ("sampling.served", "inner.lr_scheduler", "inner.warmup_steps", "data.per_round", "data.shuffle_seed",
-              "data.eval_shuffle_seed", "inner.train_on_padding")
+              "data.eval_shuffle_seed", "inner.train_on_padding", "data.disjoint_articles")
 """Config keys added after run directories existed: left out of the digest while they hold their default,
 so a run made before a key existed still resumes (the key could not have changed its results)."""
 

@@ -15,7 +15,15 @@ from typing import Any, Sequence
 
 from seal.shared.dist import Dist
 from seal.shared.domain import Domain, SelfEditError
-from seal.shared.records import EvalRecord, RewardRecord, RoundRecord, SelfEditRecord, edit_rewards, mean_or_nan
+from seal.shared.records import (
+    EvalRecord,
+    RewardRecord,
+    RoundRecord,
+    SelfEditRecord,
+    edit_rewards,
+    mean_or_nan,
+    mean_se,
+)
 from seal.shared.store import RunStore
 from seal.student.inner_loop import JobResult
 from seal.teacher.checkpoints import read_update
@@ -123,17 +131,6 @@ def _percent(value: float | None) -> str:
 # ---------------------------------------------------------------- the held-out evaluation
 
 
-def _mean_se(values: Sequence[float]) -> tuple[float, float, int]:
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan, 0
-    mean = sum(values) / n
-    if n == 1:
-        return mean, math.nan, 1
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, math.sqrt(var / n), n
-
-
 def table_rows(records: Sequence[EvalRecord], labels: Sequence[str], cpt: bool) -> list[dict[str, Any]]:
     """Per condition and setting: mean ± SE over instances (`n` counts instances). Each instance's value is
     the mean over seeds of its (seed) cell, a cell being the mean over the instance's self-edits (the
@@ -157,7 +154,7 @@ def table_rows(records: Sequence[EvalRecord], labels: Sequence[str], cpt: bool) 
             for (instance, _), scores in cells.get(source, {}).items():
                 per_instance.setdefault(instance, []).append(pick(scores))
             values = [mean_or_nan(seeds) for seeds in per_instance.values()]
-            row[f"{setting}_mean"], row[f"{setting}_se"], row[f"{setting}_n"] = _mean_se(values)
+            row[f"{setting}_mean"], row[f"{setting}_se"], row[f"{setting}_n"] = mean_se(values)
             if setting == "cpt":  # the official CPT figure: every question counts once, whatever its passage
                 weights = checks.get(source, {})
                 row["cpt_pooled"] = (sum(v * weights[i] for i, v in zip(per_instance, values)) /

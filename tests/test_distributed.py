@@ -31,14 +31,15 @@ def rows(out, table):
     return sorted(found, key=lambda r: json.dumps(r, sort_keys=True))
 
 
-def rounded(value):
-    if isinstance(value, float):
-        return float(f"{value:.5g}")
-    if isinstance(value, dict):
-        return {k: rounded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [rounded(v) for v in value]
-    return value
+def close(a, b) -> bool:
+    """Equal, floats up to a relative 1e-4 (float summation order differs between layouts)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return a == pytest.approx(b, rel=1e-4, abs=1e-7)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(close(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(close(x, y) for x, y in zip(a, b))
+    return a == b
 
 
 # the conditions whose self-edits do not depend on the teacher update (which sees other batches under DDP)
@@ -61,8 +62,10 @@ def test_two_processes_give_the_rewards_of_one(tiny_model_dir, tmp_path):
     # both ranks did work: rank 1 wrote its own files, and nothing was done twice
     assert (multi / "records.rank1.jsonl").exists() and (multi / "self_edits.rank1.jsonl").exists()
     assert (multi / "eval_records.rank1.jsonl").exists()  # the evaluation was sharded too
-    for table in ("self_edits", "baselines", "records", "eval_self_edits", "eval_records"):
+    for table in ("self_edits", "baselines", "records", "eval_self_edits"):
         assert rows(multi, table) == rows(single, table), table
+    # the same scores; an evaluation cell's losses come from batches of other adapters (another chunking)
+    assert close(rows(multi, "eval_records"), rows(single, "eval_records"))
     assert (multi / "eval.md").read_text() == (single / "eval.md").read_text()
     assert len(rows(multi, "rounds")) == 1
     assert (multi / "teachers" / "round1" / "model.safetensors").is_file()
@@ -117,7 +120,7 @@ def test_a_zero3_partitioned_student_gives_the_rewards_of_a_whole_one(tiny_model
     assert lines[1] < lines[0]  # unequal work per rank: rank 1 ran no-op passes while rank 0 measured
     for table in ("self_edits", "baselines", "records", "eval_self_edits", "eval_records"):
         # the same numbers, up to float summation order in the gathered layers (losses agree to ~1e-7)
-        assert rounded(rows(parted, table)) == rounded(rows(whole, table)), table
+        assert close(rows(parted, table), rows(whole, table)), table
     assert (parted / "eval.md").read_text() == (whole / "eval.md").read_text()
 
 

@@ -186,6 +186,37 @@ def test_article_slices_of_one_file_never_share_an_article(tmp_path):
         KnowledgeDomain().load("builtin", "articles[:2]")
 
 
+def test_disjoint_articles_trains_on_what_the_held_out_articles_leave(tmp_path):
+    """The paper's evaluation passages (a seeded shuffle of the whole dev file) span almost every article:
+    with `data.disjoint_articles` training keeps only the articles the held-out passages leave."""
+    import json
+
+    from seal.run import load_split
+    from seal.shared import ConfigError, DataError
+
+    rows = [{"title": f"Article {a}", "context": f"Passage {a}.{i} text.", "questions": [
+        {"question": f"Q{a}.{i}?", "answer": "text"}]} for a in range(6) for i in range(3)]
+    path = tmp_path / "dev.json"
+    path.write_text(json.dumps(rows))
+    args = ["--data.source", str(path), "--data.train_split", "all", "--data.eval_split", "all",
+            "--data.eval_shuffle_seed", "42", "--data.eval_limit", "3", "--data.disjoint_articles", "true"]
+    run = SimpleNamespace(cfg=parse_config(args), domain=KnowledgeDomain())
+    heldout, train = load_split(run, "eval"), load_split(run, "train")
+    held = {p.title for p in heldout}
+    assert len(heldout) == 3 and 1 <= len(held) <= 3
+    assert {p.title for p in train} == {f"Article {a}" for a in range(6)} - held and len(train) == 3 * (6 - len(held))
+    run = SimpleNamespace(cfg=parse_config(args[:-2]), domain=KnowledgeDomain())
+    assert len(load_split(run, "train")) == 18  # off: the same file's passages, articles shared
+    run = SimpleNamespace(cfg=parse_config([*args[:-4], "--data.eval_limit", "18", "--data.disjoint_articles", "true"]),
+                          domain=KnowledgeDomain())
+    with pytest.raises(DataError, match="no train instances .* data.disjoint_articles"):
+        load_split(run, "train")
+    arc = SimpleNamespace(cfg=parse_config(["--domain.name", "arc", "--data.disjoint_articles", "true"]),
+                          domain=SimpleNamespace(load=lambda source, split: ["t1", "t2"], article=lambda i: None))
+    with pytest.raises(ConfigError, match="does not say which article"):
+        load_split(arc, "train")
+
+
 def test_the_paper_recipes_split_the_dev_file_by_article():
     from seal.shared.config_parser import load_yaml
 

@@ -141,3 +141,51 @@ def test_a_sweep_run_command_line_runs_the_recipe(tiny_model_dir, tmp_path):
         section, key = dotted.split(".")
         assert saved[section][key] == pytest.approx(float(value)), dotted
     assert (out / "records.jsonl").exists()
+
+
+def test_report_reads_the_evaluation_under_every_grader_with_paired_differences_and_a_learning_curve(tmp_path):
+    """The study report: per-grader tables from the cells' recorded grades, each condition's per-instance
+    difference from a reference, the accuracy by round with its reference lines, what the self-edits
+    contain, and the time per phase."""
+    import importlib
+
+    import yaml
+
+    from seal.shared.knowledge import KnowledgeDomain
+    from seal.shared.records import EvalRecord, SelfEditRecord
+
+    sys.path.insert(0, str(REPO / "recipes"))
+    report = importlib.import_module("report")
+    heldout = KnowledgeDomain().load("builtin", "heldout[:3]")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"digest": "x", "config": {
+        "domain": {"name": "knowledge"}, "data": {"source": "builtin", "train_split": "train[:1]",
+                                                  "eval_split": "heldout[:3]"}}}))
+    scores = {"no_update": [0, 0, 0], "context_only": [0.5, 0, 0], "base_teacher": [0.5, 0.5, 0],
+              "round1_teacher": [1, 0.5, 0.5], "round2_teacher": [1, 1, 0.5]}
+    rows = [EvalRecord("round2_teacher", "single", heldout[0].id, 0, 0, 0.0, "ok", eval_key="old")]  # superseded
+    for condition, values in scores.items():
+        for p, v in zip(heldout, values):
+            for seed in (0, 1):  # both seeds the same: the mean over seeds is v
+                rows.append(EvalRecord(condition, "single", p.id, 0, seed, v, "ok", eval_key="k",
+                                       grades={"contains": v, "exact_match": v / 2, "f1": v / 4},
+                                       seconds={"absorb": 30.0, "score": 30.0}))
+    (tmp_path / "eval_records.jsonl").write_text("".join(json.dumps(r.to_json()) + "\n" for r in rows))
+    p = heldout[0]
+    gold = p.questions[0].answer
+    edits = [SelfEditRecord(p.id, 0, f"{gold} is stated here.\nNothing useful.", "ok",
+                            items=[f"{gold} is stated here.", "Nothing useful."], condition="round2_teacher")]
+    (tmp_path / "eval_self_edits.jsonl").write_text("".join(json.dumps(e.to_json()) + "\n" for e in edits))
+
+    cells = report.current_cells(tmp_path)
+    assert len(cells) == 5 * 3 * 2  # the cell of an earlier evaluation is left out
+    table = report.grader_table(cells)
+    assert "| round2_teacher | 3 | 83.3 ± 16.7 | 41.7 ± 8.3 | 20.8 ± 4.2 |" in table
+    paired = report.paired_table(cells, ["context_only"])
+    # round 2 minus passage only, per instance: +0.5, +1, +0.5 -> 66.7 ± 1.96 * 16.7
+    assert "| round2_teacher | context_only | contains | 3 | 66.7 ± 32.7 | 3 | 0 |" in paired
+    assert report.plot_curve(cells, "contains", tmp_path).read_bytes()[:4] == b"\x89PNG"
+    edits_table = report.self_edit_table(tmp_path)
+    words = len(edits[0].text.split())
+    assert f"| round2_teacher (held out) | 1 | 100 | {words} | 2.0 |" in edits_table
+    assert edits_table.rstrip().endswith("| 50 |")  # one of its two items states a gold answer
+    assert "| evaluation: round1_teacher | 6.0 |" in report.timing_table(tmp_path)  # 6 cells x 60 s
