@@ -144,18 +144,31 @@ GRADERS = ("contains", "exact_match", "f1")
 
 
 def current_cells(run: Path) -> list[EvalRecord]:
-    """The single-instance cells of each condition's latest evaluation (its last eval_key)."""
+    """The single-instance cells the last evaluation's tables were made of (its eval_current.json: the key
+    of each condition and the held-out instances); without that file, each condition's last eval_key."""
     records = [r for r in read(run, "eval_records", EvalRecord) if r.setting == "single"]
+    marker = run / "eval_current.json"
+    if marker.exists():
+        current = json.loads(marker.read_text())
+        held = set(current["instances"])
+        return [r for r in records if current["keys"].get(r.condition) == r.eval_key and r.instance in held]
     latest = {r.condition: r.eval_key for r in records}
     return [r for r in records if r.eval_key == latest[r.condition]]
 
 
+def graders(cells: list[EvalRecord]) -> tuple[str, ...]:
+    """The graders every cell recorded; ("score",) (the configured grader's) where some did not."""
+    if cells and all(r.grades for r in cells):
+        return tuple(g for g in GRADERS if all(g in r.grades for r in cells))
+    return ("score",)
+
+
 def per_instance(cells: list[EvalRecord], grader: str) -> dict[str, dict[str, float]]:
-    """{condition: {instance: score}} under `grader` (a cell's recorded grades; its score where it has
-    none): the mean over an instance's self-edits, then over seeds, as the evaluation table."""
+    """{condition: {instance: score}} under `grader` ("score": the configured grader's): the mean over an
+    instance's self-edits, then over seeds, as the evaluation table."""
     seeds: dict[str, dict[str, dict[object, list[float]]]] = {}
     for r in cells:
-        value = (r.grades or {}).get(grader, r.score)
+        value = r.score if grader == "score" else r.grades[grader]
         seeds.setdefault(r.condition, {}).setdefault(r.instance, {}).setdefault(r.seed, []).append(value)
     return {c: {i: mean_or_nan([mean_or_nan(v) for v in by_seed.values()]) for i, by_seed in inst.items()}
             for c, inst in seeds.items()}
@@ -169,23 +182,23 @@ def _pct(mean: float, se: float, z: float = 1.0) -> str:
 
 def grader_table(cells: list[EvalRecord]) -> str:
     """Accuracy per condition under every recorded grader: mean ± SE over instances."""
-    tables = {g: per_instance(cells, g) for g in GRADERS}
-    conditions = list(tables["contains"])
-    lines = ["| condition | n | " + " | ".join(f"{g} %" for g in GRADERS) + " |",
-             "|---|---:|" + "---:|" * len(GRADERS)]
-    for c in conditions:
-        stats = [mean_se(list(tables[g][c].values())) for g in GRADERS]
+    names = graders(cells)
+    tables = {g: per_instance(cells, g) for g in names}
+    lines = ["| condition | n | " + " | ".join(f"{g} %" for g in names) + " |",
+             "|---|---:|" + "---:|" * len(names)]
+    for c in tables[names[0]]:
+        stats = [mean_se(list(tables[g][c].values())) for g in names]
         lines.append(f"| {c} | {stats[0][2]} | " + " | ".join(_pct(m, se) for m, se, _ in stats) + " |")
     return "\n".join(lines)
 
 
 def paired_table(cells: list[EvalRecord], against: list[str]) -> str:
     """Each condition minus each reference condition on the instances both hold: mean difference with
-    its 95 % interval (1.96 SE over instances), the share of instances it wins and loses. Pairing by
-    instance removes what passages share, which the SE of two separate means does not."""
-    lines = ["| condition | minus | grader | n | difference (pp, 95 % CI) | wins | losses |",
+    its 95 % interval (1.96 SE over instances), and on how many instances it is ahead and behind. Pairing
+    by instance removes what passages share, which the SE of two separate means does not."""
+    lines = ["| condition | minus | grader | n | difference (pp, 95 % CI) | ahead | behind |",
              "|---|---|---|---:|---:|---:|---:|"]
-    for g in GRADERS:
+    for g in graders(cells):
         table = per_instance(cells, g)
         for ref in [a for a in against if a in table]:
             for c in [c for c in table if c != ref and c != "no_update"]:
@@ -209,6 +222,7 @@ def round_of(condition: str) -> int | None:
 def plot_curve(cells: list[EvalRecord], grader: str, out: Path) -> Path | None:
     """Held-out accuracy of each round's self-edits with 95 % intervals; the other conditions (no update,
     passage only, published self-edits) as horizontal lines with their intervals shaded."""
+    grader = grader if grader in graders(cells) else "score"
     table = per_instance(cells, grader)
     points = sorted((r, c) for c in table if (r := round_of(c)) is not None)
     if len(points) < 2:
@@ -242,9 +256,14 @@ def timing_table(run: Path) -> str:
         rows.append(f"| round {r}: sampling | {sample / 60:.1f} |")
         rows.append(f"| round {r}: inner loops | {inner / 60:.1f} |")
     evals = read(run, "eval_records", EvalRecord)
+    sampled = read(run, "eval_self_edits", SelfEditRecord)
+    for c in dict.fromkeys(e.condition for e in sampled if e.sample_seconds):
+        seconds = sum(e.sample_seconds or 0 for e in sampled if e.condition == c)
+        rows.append(f"| evaluation: sampling {c} | {seconds / 60:.1f} |")
     for c in dict.fromkeys(e.condition for e in evals):
         timed = [e for e in evals if e.condition == c and e.seconds]
-        cpt = {e.seed: sum(e.seconds.values()) for e in timed if e.setting == "cpt"}  # one per seed, on every row
+        # one adapter per seed (and evaluation), its time on every instance's row
+        cpt = {(e.eval_key, e.seed): sum(e.seconds.values()) for e in timed if e.setting == "cpt"}
         single = sum(sum(e.seconds.values()) for e in timed if e.setting == "single")
         if single or cpt:
             rows.append(f"| evaluation: {c} | {(single + sum(cpt.values())) / 60:.1f} |")

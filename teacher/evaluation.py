@@ -86,20 +86,23 @@ def _sample_condition(cfg: SealConfig, domain: Domain, store: RunStore, instance
     else:
         model, tok = shared_model if shared_model is not None else load_model(teacher_cfg)
         teacher = Teacher(model, tok, sampling, domain, uses_chat_template(teacher_cfg, tok))
-    with Phase(f"evaluation: sampling {k} self-edit(s) per held-out instance from {label}", len(missing),
-               is_main) as phase:
-        for start in range(0, len(missing), step):
-            chunk = missing[start:start + step]
-            for inst, samples in zip(chunk, teacher.sample(chunk, k)):
-                iid = domain.instance_id(inst)
-                for j, text in enumerate(samples.texts):
-                    if (label, iid, j) not in have:
-                        store.append("eval_self_edits", parse_record(domain, inst, text, j, condition=label,
-                                                                     eval_key=key))
-                        have.add((label, iid, j))
-                phase.update()
-    if isinstance(teacher, VLLMTeacher):  # deleting an engine does not reliably free its memory; sleeping does
-        teacher.release()
+    try:
+        with Phase(f"evaluation: sampling {k} self-edit(s) per held-out instance from {label}", len(missing),
+                   is_main) as phase:
+            for start in range(0, len(missing), step):
+                chunk = missing[start:start + step]
+                for inst, samples in zip(chunk, teacher.sample(chunk, k)):
+                    iid = domain.instance_id(inst)
+                    for j, text in enumerate(samples.texts):
+                        if (label, iid, j) not in have:
+                            store.append("eval_self_edits", parse_record(
+                                domain, inst, text, j, condition=label, eval_key=key,
+                                sample_seconds=samples.seconds / max(1, len(samples.texts))))
+                            have.add((label, iid, j))
+                    phase.update()
+    finally:
+        if isinstance(teacher, VLLMTeacher):  # deleting an engine does not reliably free its memory; sleeping does
+            teacher.release()
 
 
 def file_self_edits(cfg: SealConfig, domain: Domain, heldout: Sequence[Any]) -> dict[tuple[str, int], str]:
@@ -177,9 +180,16 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
     # a named file's rows carry its content too: another file, or a changed one, never reuses them, while
     # every file shares the no-update and passage-only cells
     keys = {name: f"{key}:{_digest(edits)}" for name, edits in published.items()}
+    # the held-out selection may change between evaluations (more passages later): single-instance cells are
+    # reused by instance, while a CPT adapter trains on the whole held-out set, so its cells name that set
+    ids = [domain.instance_id(i) for i in heldout]
+    heldout_set = hashlib.sha256(json.dumps(sorted(ids)).encode()).hexdigest()[:12]
+
+    def expected(condition: str, setting: str | None) -> str:
+        return keys.get(condition, key) + (f":{heldout_set}" if setting == "cpt" else "")
 
     def current(r: SelfEditRecord | EvalRecord) -> bool:  # measured under this evaluation's settings
-        return (r.eval_key or legacy) == keys.get(r.condition, key)
+        return (r.eval_key or legacy) == expected(r.condition, getattr(r, "setting", None))
 
     if cfg.mode == "teacher_student":
         student = load_student(cfg.inner, cfg.student, domain, dist)
@@ -263,9 +273,15 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
         if label != "no_update":
             absorb_and_score(student, store, dist.shard(jobs), record, f"evaluation: {label}", dist.is_main)
         if cfg.eval.cpt and label not in ("no_update", "oracle"):
-            _cpt(cfg, domain, store, student, heldout, label, plans, done, dist, cell_key)
+            _cpt(cfg, domain, store, student, heldout, label, plans, done, dist, expected(label, "cpt"))
     dist.barrier()
-    return table_rows([r for r in store.iter("eval_records", EvalRecord) if current(r)], labels, cfg.eval.cpt)
+    if dist.is_main:  # what the tables were made of, for recipes/report.py
+        made_of = {"keys": {label: expected(label, "single") for label in labels},
+                   "cpt_keys": {label: expected(label, "cpt") for label in labels}, "instances": ids}
+        store.write_text("eval_current.json", json.dumps(made_of) + "\n")
+    held = set(ids)
+    return table_rows([r for r in store.iter("eval_records", EvalRecord) if current(r) and r.instance in held],
+                      labels, cfg.eval.cpt)
 
 
 def _scored(result: JobResult) -> dict[str, Any]:

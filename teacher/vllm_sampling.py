@@ -22,9 +22,10 @@ from seal.teacher.sampling import Samples, derive_seed
 class VLLMTeacher:
     """`instances`: those it will sample for, if known; the engine's max_model_len is then the longest of
     their prompts plus max_new_tokens (rather than the model's whole context, whose KV cache may not fit).
-    The engine is sized and placed by `seal.shared.vllm_engine.engine_args`; `release()` hands its memory
-    back for good once its samples are drawn (a round's teacher and an evaluation teacher sample once;
-    deleting an engine does not reliably free its memory)."""
+    The engine is sized and placed by `seal.shared.vllm_engine.engine_args` and shared between the run's
+    teachers (`teacher_engine`); `release()` puts it to sleep once this teacher's samples are drawn (a
+    round's teacher and an evaluation teacher sample once; deleting an engine does not reliably free its
+    memory), for the next teacher checkpoint to be loaded into."""
 
     def __init__(self, model_path: str, tokenizer, sampling: SamplingConfig, domain: Domain, chat: bool,
                  instances: Sequence[Any] = ()):

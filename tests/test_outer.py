@@ -148,6 +148,35 @@ def test_evaluation_table_from_a_file_of_self_edits(tiny_model_dir, tmp_path):
     assert table(out, "eval_records") == records and table(out, "baselines") == baselines
 
 
+def test_an_evaluation_over_more_held_out_passages_reuses_their_cells_and_retrains_cpt(tiny_model_dir, tmp_path):
+    """The held-out selection may grow between evaluations of one run directory: each passage's cells are
+    kept, CPT (one adapter on the whole held-out set) is trained anew, and the tables hold the current
+    passages only."""
+    out = tmp_path / "ev"
+
+    def evaluate(split):
+        cmd = [a if a != str(REPO / "recipes" / "seal.py") else str(REPO / "recipes" / "evaluate.py")
+               for a in args_for(tiny_model_dir, out, "--outer.rounds", "0", "--eval.conditions",
+                                 "[no_update, context_only]", "--eval.seeds", "[0]", "--data.eval_split", split)]
+        run(cmd, tmp_path)
+        return table(out, "eval_records")
+
+    two = evaluate("heldout[:2]")
+    three = evaluate("heldout[:3]")
+    assert three[:len(two)] == two  # nothing of the first evaluation recomputed or lost
+    new = three[len(two):]
+    assert sum(r["setting"] == "single" for r in new) == 2  # the third passage's no-update and passage-only cells
+    assert sum(r["setting"] == "cpt" for r in new) == 3  # CPT trained on the three passages
+    rows = {line.split(",")[0]: line.split(",") for line in (out / "eval.csv").read_text().splitlines()[1:]}
+    header = (out / "eval.csv").read_text().splitlines()[0].split(",")
+    assert rows["context_only"][header.index("single_n")] == "3" and rows["context_only"][header.index("cpt_n")] == "3"
+    evaluate("heldout[:1]")
+    rows = {line.split(",")[0]: line.split(",") for line in (out / "eval.csv").read_text().splitlines()[1:]}
+    assert rows["context_only"][header.index("single_n")] == "1"
+    current = json.loads((out / "eval_current.json").read_text())
+    assert current["instances"] == ["heldout-00000"] and set(current["keys"]) == {"no_update", "context_only"}
+
+
 @pytest.mark.slow
 def test_a_killed_continual_run_resumes_to_the_same_matrices(tiny_model_dir, tmp_path):
     def continual_args(out):

@@ -1,4 +1,5 @@
 import pytest
+import yaml
 
 from seal.shared.store import RunDirError, RunStore
 
@@ -200,6 +201,20 @@ def test_memory_settings_can_change_on_resume_and_old_arc_runs_are_refused(tmp_p
     # more held-out passages later: the evaluation's cells are keyed by instance, none is reused wrongly
     RunStore(tmp_path / "r", to_dict(parse_config(["--data.eval_split", "heldout[:8]", "--data.eval_limit", "4",
                                                    "--data.eval_shuffle_seed", "1"])))
+    # ... but not where the held-out articles decide the training set
+    disjoint = to_dict(parse_config(["--data.disjoint_articles", "true"]))
+    RunStore(tmp_path / "d", disjoint).append("records", {"x": 1})
+    with pytest.raises(RunDirError, match="data.eval_limit"):
+        RunStore(tmp_path / "d", to_dict(parse_config(["--data.disjoint_articles", "true", "--data.eval_limit", "3"])))
+    # a run made while the held-out selection was a result key resumes, and is marked anew
+    old_style = to_dict(parse_config(["--data.eval_split", "heldout[:2]"]))
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.yaml").write_text(yaml.safe_dump({"digest": config_digest(old_style, legacy=True),
+                                                                 "config": old_style}))
+    (tmp_path / "old" / "records.jsonl").write_text("{}\n")
+    assert config_digest(old_style, legacy=True) != config_digest(old_style)
+    RunStore(tmp_path / "old", old_style)
+    assert yaml.safe_load((tmp_path / "old" / "config.yaml").read_text())["digest"] == config_digest(old_style)
     with pytest.raises(RunDirError, match="data.train_split"):  # the training data is a result key
         RunStore(tmp_path / "r", to_dict(parse_config(["--data.train_split", "train[:1]"])))
     with pytest.raises(RunDirError, match="inner.lr"):  # what does change results still counts

@@ -130,6 +130,29 @@ def test_many_adapters_at_once_equal_one_at_a_time(tiny_model_dir):
     assert [t.steps for t in together] == [3 * 2, 3 * 1, 3 * 2, 5]
 
 
+
+def test_one_adapter_answering_many_instances_uses_the_slot_itself(tiny_model_dir):
+    """CPT's adapter answers every held-out instance: the groups of one slot become one group of all the
+    rows (no copy of the slot per group), with the outputs of the grouped path."""
+    student = make_student(tiny_model_dir)
+    student.absorb_many([plan(), plan(TEXTS[:2])], [0, 1])
+    bank, x = student.bank, torch.randn(3 * 5, 7, student.model.config.hidden_size)
+    name, layer = bank.layers[0]
+    with bank.routed([1, 1, 1]):
+        assert bank.views[0][0].shape[0] == 1 and bank.views[0][0].data_ptr() >= bank.weights.data_ptr()
+        shared = layer(x)
+    # the grouped path, as for distinct slots: the slot's weights copied once per group
+    with bank.routed([1, 0]):
+        bank.views = [(a.index_select(0, torch.tensor([0, 0, 0])), b.index_select(0, torch.tensor([0, 0, 0])))
+                      for a, b in bank.views]
+        bank.route = torch.tensor([1, 1, 1])
+        grouped = layer(x)
+    torch.testing.assert_close(shared, grouped)
+    insts = KnowledgeDomain().load("builtin", "train[:3]")
+    many = student.score_many(insts, [1, 1, 1])
+    assert [s.details for s in many] == [student.score_many([i], [1])[0].details for i in insts]
+
+
 @pytest.mark.parametrize("scheduler, warmup", [("constant", 0), ("linear", 0), ("cosine", 2)])
 def test_one_slot_trains_like_peft_lora_with_torch_adamw(tiny_model_dir, scheduler, warmup):
     """Our LoRA forward, loss, optimizer and schedule against peft's LoRA layers, torch.optim.AdamW and

@@ -28,6 +28,9 @@ def fake_vllm(monkeypatch):
     from seal.shared import vllm_engine
 
     monkeypatch.setattr(vllm_engine, "_ENGINES", [])  # engines of another test's fake never serve this one
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):  # engine_args may set them
+        monkeypatch.setenv(name, "0")
+        monkeypatch.delenv(name)  # restored to unset after the test, whatever set it meanwhile
     yield module
     for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
         del sys.modules[name]  # the fake must not outlive its tests (TRL reads vllm's version at import)
@@ -312,6 +315,7 @@ def test_the_scoring_engine_sleeps_between_scorings(fake_vllm, small_gpu, tiny_m
     free = fake_vllm.DEVICE["free"]
     scorer = VLLMScorer(str(tiny_model_dir), tok, domain, True, max_lora_rank=8, max_loras=1, engine_args={},
                         max_model_len=200)
+    free -= fake_vllm.CONTEXT  # what an engine asleep keeps
     assert scorer.llm.asleep and fake_vllm.DEVICE["free"] == free
     assert scorer.score(insts[:1], None, [None]) and scorer.llm.asleep and fake_vllm.DEVICE["free"] == free
     tight = VLLMScorer(str(tiny_model_dir), tok, domain, True, max_lora_rank=8, max_loras=1, engine_args={},
@@ -359,30 +363,57 @@ def test_one_engine_serves_every_teacher_checkpoint_of_a_run(fake_vllm, small_gp
 
 
 def test_a_teacher_engine_is_shared_only_when_idle_and_long_enough(fake_vllm, small_gpu, tiny_model_dir):
+    """A teacher still sampling keeps its engine; a teacher whose prompts need a longer context than the
+    idle engine holds gets a new engine long enough for both, which then serves the shorter ones."""
+    from seal.shared import vllm_engine
     from seal.teacher.vllm_sampling import VLLMTeacher
 
     tok, domain, insts = small_gpu
-    short = VLLMTeacher(str(tiny_model_dir), tok, SamplingConfig(k=1, max_new_tokens=5), domain, chat=True,
-                        instances=insts)
-    short.sample(insts)
+    fake_vllm.DEVICE = {k: 4 * v for k, v in fake_vllm.DEVICE.items()}  # room for engines side by side
+
+    def teacher(new_tokens):  # a share each, as a user would set to run two engines at once
+        sampling = SamplingConfig(k=1, max_new_tokens=new_tokens, vllm={"gpu_memory_utilization": 0.2})
+        return VLLMTeacher(str(tiny_model_dir), tok, sampling, domain, chat=True, instances=insts)
+
+    short = teacher(5)
+    busy = teacher(5)  # short has not been released: a second engine
+    assert busy.llm is not short.llm
+    busy.release()
     short.release()
-    longer = VLLMTeacher(str(tiny_model_dir), tok, SamplingConfig(k=1, max_new_tokens=10), domain, chat=True,
-                         instances=insts)  # its prompts need more context than the idle engine holds
-    assert longer.llm is not short.llm
-    longer.sample(insts)
+    longer = teacher(10)  # more context than either idle engine holds
+    assert longer.llm not in (short.llm, busy.llm) and longer.engine.max_model_len == short.engine.max_model_len + 5
+    assert [e.llm for e in vllm_engine._ENGINES] == [longer.llm]  # the short ones retired, asleep
     longer.release()
-    fits = VLLMTeacher(str(tiny_model_dir), tok, SamplingConfig(k=1, max_new_tokens=5), domain, chat=True,
-                       instances=insts)
-    assert fits.llm in (short.llm, longer.llm)
-    assert fits.sample(insts)
+    again = teacher(5)
+    assert again.llm is longer.llm and again.sample(insts)
 
 
-def test_a_level_two_sleep_needs_new_weights_before_the_engine_generates(fake_vllm, tiny_model_dir):
+def test_a_gpu_engine_runs_in_process_so_its_weights_can_be_reloaded(fake_vllm, small_gpu, tiny_model_dir):
+    """vLLM's V1 engine core runs in another process unless the external_launcher backend (or
+    VLLM_ENABLE_V1_MULTIPROCESSING=0) keeps it in this one, and only then is its model reachable for a
+    weight reload: a single-process run gets the backend and the rendezvous variables it needs, as in TRL."""
+    import os
+
+    from seal.shared.vllm_engine import engine_args
+
+    llm = fake_vllm.LLM(str(tiny_model_dir), enable_sleep_mode=True, gpu_memory_utilization=0.4, max_model_len=64)
+    with pytest.raises(AttributeError):  # the multiprocess engine core: the model is in another process
+        assert llm.llm_engine.model_executor is None
+    llm.sleep()
+    args = engine_args({}, max_model_len=64)
+    assert args["distributed_executor_backend"] == "external_launcher" and os.environ["WORLD_SIZE"] == "1"
+    llm = fake_vllm.LLM(str(tiny_model_dir), **args)
+    assert llm.llm_engine.model_executor.driver_worker.model_runner.model
+
+
+def test_a_level_two_sleep_needs_new_weights_before_the_engine_generates(fake_vllm, tiny_model_dir, monkeypatch):
     """As the real engine after sleep(level=2) computes with uninitialised memory, the fake refuses to
     generate until weights are loaded: a plain wake_up() is not a reload."""
     from seal.shared.vllm_engine import checkpoint_weights
 
-    llm = fake_vllm.LLM(str(tiny_model_dir), enable_sleep_mode=True)
+    for name, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500")):
+        monkeypatch.setenv(name, value)
+    llm = fake_vllm.LLM(str(tiny_model_dir), enable_sleep_mode=True, distributed_executor_backend="external_launcher")
     llm.sleep(level=2)
     llm.wake_up()
     with pytest.raises(RuntimeError, match="uninitialised"):
@@ -390,5 +421,9 @@ def test_a_level_two_sleep_needs_new_weights_before_the_engine_generates(fake_vl
     model = llm.llm_engine.model_executor.driver_worker.model_runner.model
     with pytest.raises(KeyError):
         model.load_weights([("model.no_such_layer.weight", torch.zeros(1))])
-    model.load_weights(checkpoint_weights(str(tiny_model_dir)))
+    weights = list(checkpoint_weights(str(tiny_model_dir)))
+    model.load_weights(weights[:1])
+    with pytest.raises(RuntimeError, match="uninitialised"):  # one tensor is not the model
+        llm.generate("hi", fake_vllm.SamplingParams(max_tokens=2))
+    model.load_weights(weights[1:])
     assert llm.generate("hi", fake_vllm.SamplingParams(max_tokens=2))

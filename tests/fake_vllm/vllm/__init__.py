@@ -15,7 +15,10 @@ it back (`tags` "weights" and "kv_cache" one at a time, vllm/v1/worker/gpu_worke
 while any part sleeps fails. After sleep(level=2) the weights are gone: vLLM then computes with
 uninitialised memory, the fake refuses to generate until new weights are loaded through the in-process
 model (`llm_engine.model_executor.driver_worker.model_runner.model.load_weights`, which takes
-(checkpoint name, tensor) pairs and raises KeyError on a name the model lacks, as vLLM's models do)."""
+(checkpoint name, tensor) pairs and raises KeyError on a name the model lacks, as vLLM's models do; the
+weights count as loaded once every parameter was). That model is reachable only when the engine core
+runs in-process: the external_launcher backend (which needs torch.distributed's env:// variables) or
+VLLM_ENABLE_V1_MULTIPROCESSING=0. An engine asleep keeps CONTEXT bytes."""
 
 from __future__ import annotations
 
@@ -29,6 +32,9 @@ MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 DEVICE: dict[str, int] | None = None
 """A simulated GPU, {"total": bytes, "free": bytes}; None: no memory checks."""
 GiB = 1024 ** 3
+CONTEXT = 4096
+"""Bytes an engine keeps while asleep (CUDA context, graphs): a second engine's share of free memory
+differs from the first's."""
 
 
 @dataclass
@@ -71,10 +77,19 @@ class LLM:
         self.adapters: dict[int, Any] = {}
         self.sleep_mode, self.dropped = enable_sleep_mode, False
         self.sleeping: set[str] = set()  # of "weights", "kv_cache"
-        self.llm_engine = _Engine(self)
-        self.prefix_cache_resets = 0
         launched = distributed_executor_backend == "external_launcher"  # else the single-process executor:
         self.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if launched else "cuda:0"  # whatever the rank
+        if launched and not torch.distributed.is_initialized():  # its env:// rendezvous (torch's message)
+            for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+                if name not in os.environ:
+                    raise ValueError(f"Error initializing torch.distributed using env:// rendezvous: environment "
+                                     f"variable {name} expected, but not set")
+        # the engine core runs in this process only with external_launcher or V1 multiprocessing off
+        # (vllm/v1/engine/llm_engine.py: model_executor exists only then)
+        in_process = launched or os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
+        self.llm_engine = _Engine(self) if in_process else _ClientEngine()
+        self.loaded: set[str] = set()
+        self.prefix_cache_resets = 0
         self.reserved = self._reserve(gpu_memory_utilization, max_model_len)
         CALLS.append({"init": model, "enable_lora": enable_lora, "engine_args": engine_args, "device": self.device,
                       "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len})
@@ -107,8 +122,9 @@ class LLM:
         return bool(self.sleeping)
 
     def _bytes(self, tag: str) -> int:
+        """What waking `tag` takes; an engine asleep keeps its CUDA context and graphs (CONTEXT bytes)."""
         weights = min(self.reserved, sum(p.numel() * p.element_size() for p in self.model.parameters()))
-        return weights if tag == "weights" else self.reserved - weights
+        return weights if tag == "weights" else max(0, self.reserved - weights - CONTEXT)
 
     def sleep(self, level: int = 1) -> None:
         if not self.sleep_mode:
@@ -116,7 +132,8 @@ class LLM:
         if DEVICE is not None:
             DEVICE["free"] += sum(self._bytes(t) for t in {"weights", "kv_cache"} - self.sleeping)
         self.sleeping = {"weights", "kv_cache"}
-        self.dropped = self.dropped or level == 2
+        if level == 2:
+            self.dropped, self.loaded = True, set()
 
     def wake_up(self, tags: list[str] | None = None) -> None:
         tags = ["weights", "kv_cache"] if tags is None else tags
@@ -147,7 +164,9 @@ class LLM:
                     raise ValueError(f"{name}: shape {tuple(tensor.shape)} into {tuple(params[name].shape)}")
                 params[name].copy_(tensor)
                 loaded.add(name)
-        self.dropped = False
+        self.loaded |= loaded
+        if self.loaded >= set(params):  # every weight written since the level-2 sleep
+            self.dropped = False
         CALLS.append({"load_weights": len(loaded)})
         return loaded
 
@@ -223,6 +242,10 @@ class _Model:
 
     def load_weights(self, weights) -> set[str]:
         return self._llm._load_weights(weights)
+
+
+class _ClientEngine:
+    """The engine of a multiprocess V1 engine core: the model lives in another process."""
 
 
 class _Engine:
