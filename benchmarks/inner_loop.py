@@ -3,6 +3,7 @@
     python benchmarks/inner_loop.py                          # embedded SmolLM2-135M, demo inner-loop settings
     python benchmarks/inner_loop.py --model tiny --n 8       # a tiny model built from config
     python benchmarks/inner_loop.py --device cuda            # on a GPU
+    python benchmarks/inner_loop.py --ref-length 256,2048 --n-ref 1   # (a) at both paddings, one run
 
 Three ways to evaluate the same N self-edits, each in its own subprocess (so peak memory is its own):
   a  the reference procedure of the paper's code: a fresh peft model and HF `Trainer` per self-edit,
@@ -99,7 +100,7 @@ def run_reference(args) -> dict:
     from seal.shared.models import format_prompt
 
     cfg, model, tok, domain, pairs = workload(args)
-    inner, length = cfg.inner, args.ref_length
+    inner, length = cfg.inner, int(args.ref_length)
     targets = "all-linear" if inner.target_modules == ["all-linear"] else inner.target_modules
 
     def answer(m, passage):
@@ -155,6 +156,7 @@ def run_ours(args, slots: int) -> dict:
     for p, _ in pairs:
         student.baseline(p)  # cached once per student in a run; not part of a self-edit evaluation
     student.run([Job(p, plan, 0) for p, plan in pairs[:1]])  # warm-up
+    phases = _time_phases(student, args.device)
     jobs = [Job(p, plan, 0) for p, plan in pairs[1:]]
     start = time.perf_counter()
     results = student.run(jobs)
@@ -163,7 +165,61 @@ def run_ours(args, slots: int) -> dict:
     absorb = sum(r.stats.seconds for r in results)
     return {"seconds": wall, "evals": len(jobs), "real_tokens": sum(r.stats.tokens for r in results),
             "absorb_seconds": absorb, "score_seconds": sum(r.score_seconds for r in results), "slots": slots,
+            "phases": _phase_split(phases, wall),
             "flop_params": params_for_flops(model), "peak_rss_mib": peak_rss_mib(), **_gpu_peak()}
+
+
+def _time_phases(student, device: str) -> dict[str, float]:
+    """Wall time per phase of the timed run, from wrappers around the student's own steps (on a GPU each
+    boundary synchronises, which the untimed path does not): tokenise/pack (encode, the packed rows),
+    forward (training passes), the rest of a training pass (loss and backward), the optimizer step, and
+    scoring (generation and grading)."""
+    import torch
+
+    from seal.student import multi_lora
+
+    spent = {"encode": 0.0, "rows": 0.0, "forward": 0.0, "pass": 0.0, "optimizer": 0.0, "scoring": 0.0}
+    scoring = [False]
+
+    def sync():
+        if device != "cpu":
+            torch.cuda.synchronize()
+
+    def wrap(owner, name, phase, skip_while_scoring=False):
+        inner = getattr(owner, name)
+
+        def timed(*a, **kw):
+            if skip_while_scoring and scoring[0]:
+                return inner(*a, **kw)
+            sync()
+            t = time.perf_counter()
+            if phase == "scoring":
+                scoring[0] = True
+            try:
+                return inner(*a, **kw)
+            finally:
+                sync()
+                scoring[0] = scoring[0] and phase != "scoring"
+                spent[phase] += time.perf_counter() - t
+        setattr(owner, name, timed)
+
+    wrap(student, "encode", "encode")
+    wrap(student, "_rows", "rows")  # inside a training pass
+    wrap(student.model, "forward", "forward", skip_while_scoring=True)
+    wrap(student, "_backward", "pass")
+    wrap(multi_lora.SlotAdamW, "step", "optimizer")
+    wrap(student, "score_many", "scoring")
+    return spent
+
+
+def _phase_split(spent: dict[str, float], wall: float) -> dict[str, float]:
+    """Seconds per phase; `backward` is a training pass less its packed rows and forward (the loss and the
+    backward pass); `other` the rest (adapter init, schedules, bookkeeping)."""
+    out = {"pack": spent["encode"] + spent["rows"], "forward": spent["forward"],
+           "backward": max(0.0, spent["pass"] - spent["forward"] - spent["rows"]), "optimizer": spent["optimizer"],
+           "scoring": spent["scoring"]}
+    out["other"] = max(0.0, wall - sum(out.values()))
+    return out
 
 
 def _gpu_peak() -> dict:
@@ -194,7 +250,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=8, help="self-edits timed for (b) and (c), after one warm-up")
     ap.add_argument("--n-ref", type=int, default=2, help="self-edits timed for (a), the slow reference")
     ap.add_argument("--k", type=int, default=None, help="adapters per pass for (c)")
-    ap.add_argument("--ref-length", type=int, default=256, help="fixed padded length for (a)")
+    ap.add_argument("--ref-length", default="256",
+                    help="fixed padded length(s) for (a), comma-separated: one (a) row each (the paper pads to 2048)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--methods", default="a,b,c")
@@ -209,28 +266,36 @@ def main() -> None:
     print(f"model={args.model} device={args.device} threads={args.threads} cpus={os.cpu_count()} "
           f"torch={torch.__version__} recipe={Path(args.recipe).name} fp32 matmul peak {peak:.1f} GFLOP/s")
     results = {}
-    for method in args.methods.split(","):
+    runs = [(m, length) for m in args.methods.split(",")
+            for length in (args.ref_length.split(",") if m == "a" else [args.ref_length.split(",")[0]])]
+    for method, length in runs:
+        name = f"a@{length}" if method == "a" else method
         n = args.n_ref if method == "a" else args.n
         cmd = [sys.executable, __file__, "--method", method, "--model", args.model, "--recipe", args.recipe,
-               "--n", str(n), "--ref-length", str(args.ref_length), "--threads", str(args.threads),
+               "--n", str(n), "--ref-length", length, "--threads", str(args.threads),
                "--device", args.device] + (["--k", str(args.k)] if args.k else [])
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if proc.returncode or not line:
-            sys.exit(f"method {method} failed:\n{proc.stderr[-3000:]}")
-        r = results[method] = json.loads(line[0][7:])
+            sys.exit(f"method {name} failed:\n{proc.stderr[-3000:]}")
+        r = results[name] = json.loads(line[0][7:])
         per = r["seconds"] / r["evals"]
         flops = 4 * r["flop_params"] * r["real_tokens"] / r["seconds"] / 1e9
-        extra = f", K={r['slots']}" if "slots" in r else f", padded to {args.ref_length}"
+        extra = f", K={r['slots']}" if "slots" in r else f", padded to {length}, {n} self-edits"
         mem = f"peak RSS {r['peak_rss_mib']:.0f} MiB" + (f", peak GPU {r['peak_gpu_mib']:.0f} MiB"
                                                         if "peak_gpu_mib" in r else "")
-        print(f"({method}) {per:7.2f} s per self-edit evaluation, {60 / per:6.2f} evaluations/min{extra}; "
+        print(f"({name}) {per:7.2f} s per self-edit evaluation, {60 / per:6.2f} evaluations/min{extra}; "
               f"useful {flops:.1f} GFLOP/s ({100 * flops / peak:.0f}% of peak); {mem}")
+        if "phases" in r:
+            ph = r["phases"]
+            train = sum(ph[k] for k in ("pack", "forward", "backward", "optimizer"))
+            split = ", ".join(f"{k} {v / r['evals']:.2f}" for k, v in ph.items())
+            train_gflops = 4 * r["flop_params"] * r["real_tokens"] / train / 1e9
+            print(f"    per self-edit, s: {split}; training phase {100 * train_gflops / peak:.0f}% of peak")
     if "c" in results:
         per_c = results["c"]["seconds"] / results["c"]["evals"]
-        for m in ("a", "b"):
-            if m in results:
-                print(f"speed-up (c) over ({m}): x{results[m]['seconds'] / results[m]['evals'] / per_c:.1f}")
+        for m in [name for name in results if name != "c"]:
+            print(f"speed-up (c) over ({m}): x{results[m]['seconds'] / results[m]['evals'] / per_c:.1f}")
 
 
 if __name__ == "__main__":
