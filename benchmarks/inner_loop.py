@@ -193,13 +193,13 @@ def _time_phases(student, device: str) -> dict[str, float]:
                 return inner(*a, **kw)
             sync()
             t = time.perf_counter()
-            if phase == "scoring":
-                scoring[0] = True
+            scoring[0] = scoring[0] or phase == "scoring"
             try:
                 return inner(*a, **kw)
             finally:
                 sync()
-                scoring[0] = scoring[0] and phase != "scoring"
+                if phase == "scoring":
+                    scoring[0] = False
                 spent[phase] += time.perf_counter() - t
         setattr(owner, name, timed)
 

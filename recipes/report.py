@@ -36,6 +36,7 @@ from seal.shared.records import (
     edit_rewards,
     mean_or_nan,
     mean_se,
+    teacher_round,
 )
 
 matplotlib.use("Agg")
@@ -210,21 +211,12 @@ def paired_table(cells: list[EvalRecord], against: list[str]) -> str:
     return "\n".join(lines)
 
 
-def round_of(condition: str) -> int | None:
-    """0 for base_teacher, r for round{r}_teacher; None for a reference row."""
-    if condition == "base_teacher":
-        return 0
-    if condition.startswith("round") and condition.endswith("_teacher") and condition[5:-8].isdigit():
-        return int(condition[5:-8])
-    return None
-
-
 def plot_curve(cells: list[EvalRecord], grader: str, out: Path) -> Path | None:
     """Held-out accuracy of each round's self-edits with 95 % intervals; the other conditions (no update,
     passage only, published self-edits) as horizontal lines with their intervals shaded."""
     grader = grader if grader in graders(cells) else "score"
     table = per_instance(cells, grader)
-    points = sorted((r, c) for c in table if (r := round_of(c)) is not None)
+    points = sorted((r, c) for c in table if (r := teacher_round(c)) is not None)
     if len(points) < 2:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -233,7 +225,7 @@ def plot_curve(cells: list[EvalRecord], grader: str, out: Path) -> Path | None:
     ax.errorbar(xs, [100 * m for m, _, _ in stats], yerr=[0 if math.isnan(se) else 196 * se for _, se, _ in stats],
                 marker="o", capsize=4, color="black", label="teacher of round r (r=0: base)")
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for colour, c in zip(colours, [c for c in table if round_of(c) is None]):
+    for colour, c in zip(colours, [c for c in table if teacher_round(c) is None]):
         m, se, _ = mean_se(list(table[c].values()))
         ax.axhline(100 * m, color=colour, ls="--", lw=1, label=c)
         if not math.isnan(se):

@@ -220,6 +220,17 @@ def edit_rewards(records: Sequence[RewardRecord]) -> dict[tuple[str, int], float
     return {k: sum(v) / len(v) for k, v in sums.items()}
 
 
+def teacher_round(condition: str) -> int | None:
+    """The round whose teacher an evaluation condition samples: 0 for base_teacher, r for round{r}_teacher;
+    None for any other row."""
+    if condition == "base_teacher":
+        return 0
+    if not (condition.startswith("round") and condition.endswith("_teacher")):
+        return None
+    middle = condition[len("round"):-len("_teacher")]
+    return int(middle) if middle.isdigit() else None
+
+
 def grade_means(details: Sequence[dict[str, Any]]) -> dict[str, float] | None:
     """The mean of each grader over a score's checks, where every check carries `grades` (knowledge
     domain); None otherwise."""

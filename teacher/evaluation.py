@@ -24,7 +24,7 @@ from seal.shared.config import SealConfig, ServedConfig, named_files
 from seal.shared.dist import Dist
 from seal.shared.domain import DataError, Domain, Example, SelfEdit, TrainingPlan
 from seal.shared.models import load_model, load_tokenizer, resolve, uses_chat_template
-from seal.shared.records import EvalRecord, SelfEditRecord, grade_means
+from seal.shared.records import EvalRecord, SelfEditRecord, grade_means, teacher_round
 from seal.shared.store import RunStore
 from seal.shared.tracking import Phase
 from seal.student.inner_loop import AbsorbStats, Job, JobResult, Student
@@ -299,10 +299,10 @@ def absorbing_student(cfg: SealConfig, domain: Domain, store: RunStore, heldout:
                       base: Student, dist: Dist) -> Student:
     """The student that absorbs a condition's self-edits: the base student, or with `eval.student: round`
     in mode self the round-r model for `round{r}_teacher` (its baselines measured and stored first)."""
-    if cfg.mode != "self" or cfg.eval.student != "round" or not (label.startswith("round") and
-                                                                label.endswith("_teacher")):
+    round_ = teacher_round(label)
+    if cfg.mode != "self" or cfg.eval.student != "round" or not round_:  # base_teacher: the base student
         return base
-    round_cfg = teacher_config(cfg, store, int(label[len("round"):-len("_teacher")]))
+    round_cfg = teacher_config(cfg, store, round_)
     model, tok = load_model(round_cfg)
     student = make_student(model, tok, cfg.inner, round_cfg, domain)
     load_baselines(store, student)
