@@ -12,10 +12,15 @@ Three ways to evaluate the same N self-edits, each in its own subprocess (so pea
   b  our inner loop restricted to one adapter at a time (dynamic padding, cached baseline, the recipe's
      batch size, no Trainer);
   c  ours at full speed: K adapters trained and scored in one pass (K from `--k`, else the recipe's
-     `inner.parallel_adapters`, else chosen from free memory).
+     `inner.parallel_adapters`, else chosen from free memory);
+  c0 (c) with the adapter forward as it was before issue 18 (the delta as its own bmm, bmm, scale and add,
+     four kernels and two casts per targeted layer, instead of bmm + baddbmm): the scoring phase before
+     and after, in the same run (`--methods a,b,c0,c`).
 Each self-edit is a fixed restatement of a built-in passage (its sentences as items), so the figures
 measure the inner loop alone. Achieved FLOP/s counts 4·params·(real tokens) per training step
-(forward + activation gradients; the base is frozen) against a measured fp32 matmul peak.
+(forward + activation gradients; the base is frozen) against a measured fp32 matmul peak; (b) and (c) also
+report the share of their training tokens that is row padding (an adapter's batch is one packed row, and
+the K rows of a pass are padded to the longest).
 """
 
 from __future__ import annotations
@@ -136,7 +141,11 @@ def run_reference(args) -> dict:
         return sum(sum(m) for m in enc["attention_mask"]) * inner.epochs
 
     with tempfile.TemporaryDirectory() as tmp:
-        one(*pairs[0], tmp)  # warm-up
+        # warm-up (first-call costs: kernels, Trainer set-up) at a short padding: at 2048 one self-edit
+        # takes minutes on a CPU, and the warm-up's length does not change what the timed ones cost
+        length, timed_length = min(length, 256), length
+        one(*pairs[0], tmp)
+        length = timed_length
         start = time.perf_counter()
         real_tokens = sum(one(p, plan, tmp) for p, plan in pairs[1:])
         wall = time.perf_counter() - start
@@ -144,12 +153,30 @@ def run_reference(args) -> dict:
             "flop_params": params_for_flops(model), "peak_rss_mib": peak_rss_mib(), **_gpu_peak()}
 
 
-def run_ours(args, slots: int) -> dict:
+def previous_adapter_forward(self, x):
+    """MultiLoRALinear.forward before issue 18: the adapters' delta as its own tensor, scaled, cast and
+    added to the base output (for c0, the before of the scoring comparison)."""
+    import torch
+
+    y = self.base(x)
+    bank = self.bank
+    if bank.route is None:
+        return y
+    a_t, b_t = bank.views[self.index]
+    xa = x.reshape(a_t.shape[0], -1, x.shape[-1]).to(a_t.dtype)
+    delta = torch.bmm(torch.bmm(xa, a_t), b_t) * bank.scaling
+    return y + delta.reshape(y.shape).to(y.dtype)
+
+
+def run_ours(args, slots: int, previous_forward: bool = False) -> dict:
     """(b) slots=1, (c) slots=K: our Student.run over the same jobs, baselines cached first."""
     from dataclasses import replace
 
     from seal.student import Job, Student
+    from seal.student.multi_lora import MultiLoRALinear
 
+    if previous_forward:
+        MultiLoRALinear.forward = previous_adapter_forward
     cfg, model, tok, domain, pairs = workload(args)
     inner = replace(cfg.inner, parallel_adapters=slots)
     student = Student(model, tok, inner, domain, chat=tok.chat_template is not None)
@@ -165,7 +192,7 @@ def run_ours(args, slots: int) -> dict:
     absorb = sum(r.stats.seconds for r in results)
     return {"seconds": wall, "evals": len(jobs), "real_tokens": sum(r.stats.tokens for r in results),
             "absorb_seconds": absorb, "score_seconds": sum(r.score_seconds for r in results), "slots": slots,
-            "phases": _phase_split(phases, wall),
+            "phases": _phase_split(phases, wall), "row_tokens": phases["row_tokens"],
             "flop_params": params_for_flops(model), "peak_rss_mib": peak_rss_mib(), **_gpu_peak()}
 
 
@@ -178,7 +205,8 @@ def _time_phases(student, device: str) -> dict[str, float]:
 
     from seal.student import multi_lora
 
-    spent = {"encode": 0.0, "rows": 0.0, "forward": 0.0, "pass": 0.0, "optimizer": 0.0, "scoring": 0.0}
+    spent = {"encode": 0.0, "rows": 0.0, "forward": 0.0, "pass": 0.0, "optimizer": 0.0, "scoring": 0.0,
+             "row_tokens": 0}
     scoring = [False]
 
     def sync():
@@ -204,6 +232,13 @@ def _time_phases(student, device: str) -> dict[str, float]:
         setattr(owner, name, timed)
 
     wrap(student, "encode", "encode")
+    rows = student._rows
+
+    def counted(groups):  # the tokens a training pass computes, row padding included
+        out = rows(groups)
+        spent["row_tokens"] += out["input_ids"].numel()
+        return out
+    student._rows = counted
     wrap(student, "_rows", "rows")  # inside a training pass
     wrap(student.model, "forward", "forward", skip_while_scoring=True)
     wrap(student, "_backward", "pass")
@@ -239,7 +274,7 @@ def child(args) -> None:
         from seal.shared.config_parser import parse_config
 
         k = args.k or parse_config(["--config", args.recipe]).inner.parallel_adapters or args.n
-        out = run_ours(args, min(k, args.n))
+        out = run_ours(args, min(k, args.n), previous_forward=args.method == "c0")
     print("RESULT " + json.dumps(out))
 
 
@@ -254,7 +289,7 @@ def main() -> None:
                     help="fixed padded length(s) for (a), comma-separated: one (a) row each (the paper pads to 2048)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--methods", default="a,b,c")
+    ap.add_argument("--methods", default="a,b,c0,c")
     ap.add_argument("--method", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.method:
@@ -291,11 +326,16 @@ def main() -> None:
             train = sum(ph[k] for k in ("pack", "forward", "backward", "optimizer"))
             split = ", ".join(f"{k} {v / r['evals']:.2f}" for k, v in ph.items())
             train_gflops = 4 * r["flop_params"] * r["real_tokens"] / train / 1e9
-            print(f"    per self-edit, s: {split}; training phase {100 * train_gflops / peak:.0f}% of peak")
+            padding = 1 - r["real_tokens"] / max(r["row_tokens"], 1)
+            print(f"    per self-edit, s: {split}; training phase {100 * train_gflops / peak:.0f}% of peak; "
+                  f"row padding {100 * padding:.0f}% of the tokens trained")
     if "c" in results:
         per_c = results["c"]["seconds"] / results["c"]["evals"]
         for m in [name for name in results if name != "c"]:
-            print(f"speed-up (c) over ({m}): x{results[m]['seconds'] / results[m]['evals'] / per_c:.1f}")
+            print(f"speed-up (c) over ({m}): x{results[m]['seconds'] / results[m]['evals'] / per_c:.2f}")
+        if "c0" in results:
+            before, after = results["c0"]["phases"]["scoring"], results["c"]["phases"]["scoring"]
+            print(f"scoring phase, (c0) over (c): x{before / after:.2f}")
 
 
 if __name__ == "__main__":

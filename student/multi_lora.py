@@ -42,15 +42,17 @@ class MultiLoRALinear(nn.Module):
         bank = self.bank
         if bank.route is None:
             return y
-        r = bank.r
-        a, b = bank.views[self.index]
-        ka = a.shape[0]
-        a = a.view(ka, r, self.base.in_features)
-        b = b.view(ka, self.base.out_features, r)
-        xa = x.reshape(ka, -1, x.shape[-1]).to(a.dtype)
+        a_t, b_t = bank.views[self.index]  # [K, in, r], [K, r, out]
+        ka = a_t.shape[0]
+        xa = x.reshape(ka, -1, x.shape[-1])
         if bank.dropout and self.training:
             xa = nn.functional.dropout(xa, bank.dropout)
-        delta = torch.bmm(torch.bmm(xa, a.transpose(1, 2)), b.transpose(1, 2)) * bank.scaling
+        if y.dtype == a_t.dtype:
+            # y + scaling·(x Aᵀ) Bᵀ as two kernels: while generating, every decoded token pays this per
+            # targeted layer, and the launch count, not the adapters' FLOPs, is its cost
+            return torch.baddbmm(y.reshape(ka, -1, y.shape[-1]), torch.bmm(xa, a_t), b_t,
+                                 alpha=bank.scaling).view(y.shape)
+        delta = torch.bmm(torch.bmm(xa.to(a_t.dtype), a_t), b_t) * bank.scaling  # adapters in fp32 over bf16
         return y + delta.reshape(y.shape).to(y.dtype)
 
 
@@ -134,7 +136,11 @@ class LoRABank(nn.Module):
             else:
                 flat = self.weights.index_select(0, self.route)
             parts = torch.split(flat, self._sizes, dim=1)
-            self.views = list(zip(parts[0::2], parts[1::2]))
+            k = flat.shape[0]
+            # each layer's A and B as the matmuls take them, transposed views made once per routing
+            self.views = [(a.view(k, self.r, layer.base.in_features).transpose(1, 2),
+                           b.view(k, layer.base.out_features, self.r).transpose(1, 2))
+                          for (a, b), (_, layer) in zip(zip(parts[0::2], parts[1::2]), self.layers)]
         try:
             yield
         finally:
