@@ -154,6 +154,30 @@ def test_one_adapter_answering_many_instances_uses_the_slot_itself(tiny_model_di
     assert [s.details for s in many] == [student.score_many([i], [1])[0].details for i in insts]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_each_group_of_rows_gets_its_slots_scaled_update_over_the_base_output(dtype):
+    """y = W x + (alpha/r)·B_s A_s x for the rows routed to slot s, computed in the bank's fp32 and added
+    in the model's dtype (a bf16 model on a GPU carries fp32 adapters)."""
+    from collections import OrderedDict
+
+    from seal.student.multi_lora import LoRABank
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(OrderedDict(proj=torch.nn.Linear(8, 6))).to(dtype)
+    bank = LoRABank(model, slots=3, r=2, alpha=4, dropout=0.0, target_modules=["proj"])
+    with torch.no_grad():
+        bank.weights.normal_()
+    x = torch.randn(4, 5, 8, dtype=dtype)
+    with bank.routed([2, 0]), torch.no_grad():  # rows 0-1 to slot 2, rows 2-3 to slot 0
+        got = model(x)
+    base = model.proj.base
+    for rows, slot in ((slice(0, 2), 2), (slice(2, 4), 0)):
+        state = bank.peft_state_dict(slot)
+        a, b = state["base_model.model.proj.lora_A.weight"], state["base_model.model.proj.lora_B.weight"]
+        delta = 2.0 * (x[rows].float() @ a.T @ b.T)
+        torch.testing.assert_close(got[rows], base(x[rows]) + delta.to(dtype))
+
+
 @pytest.mark.parametrize("scheduler, warmup", [("constant", 0), ("linear", 0), ("cosine", 2)])
 def test_one_slot_trains_like_peft_lora_with_torch_adamw(tiny_model_dir, scheduler, warmup):
     """Our LoRA forward, loss, optimizer and schedule against peft's LoRA layers, torch.optim.AdamW and
