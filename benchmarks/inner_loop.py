@@ -14,8 +14,9 @@ Three ways to evaluate the same N self-edits, each in its own subprocess (so pea
   c  ours at full speed: K adapters trained and scored in one pass (K from `--k`, else the recipe's
      `inner.parallel_adapters`, else chosen from free memory);
   c0 (c) with the adapter forward as it was before issue 18 (the delta as its own bmm, bmm, scale and add,
-     four kernels and two casts per targeted layer, instead of bmm + baddbmm): the scoring phase before
-     and after, in the same run (`--methods a,b,c0,c`).
+     four kernels per targeted layer, instead of bmm + baddbmm; fp32 models only, a bf16 model keeps the
+     old path): the scoring phase before and after in the same run (`--methods a,b,c0,c`). c0 also
+     trains with it, so its adapters, and hence its answers, may differ from (c)'s in the last bits.
 Each self-edit is a fixed restatement of a built-in passage (its sentences as items), so the figures
 measure the inner loop alone. Achieved FLOP/s counts 4·params·(real tokens) per training step
 (forward + activation gradients; the base is frozen) against a measured fp32 matmul peak; (b) and (c) also
@@ -142,7 +143,8 @@ def run_reference(args) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         # warm-up (first-call costs: kernels, Trainer set-up) at a short padding: at 2048 one self-edit
-        # takes minutes on a CPU, and the warm-up's length does not change what the timed ones cost
+        # takes minutes on a CPU; the first timed one still pays the longer shapes' first allocations,
+        # small beside those minutes
         length, timed_length = min(length, 256), length
         one(*pairs[0], tmp)
         length = timed_length
@@ -164,6 +166,8 @@ def previous_adapter_forward(self, x):
         return y
     a_t, b_t = bank.views[self.index]
     xa = x.reshape(a_t.shape[0], -1, x.shape[-1]).to(a_t.dtype)
+    if bank.dropout and self.training:
+        xa = torch.nn.functional.dropout(xa, bank.dropout)
     delta = torch.bmm(torch.bmm(xa, a_t), b_t) * bank.scaling
     return y + delta.reshape(y.shape).to(y.dtype)
 

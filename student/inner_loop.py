@@ -342,14 +342,16 @@ class Student:
             # the loss reads only the positions that predict a label, gathered into one contiguous
             # [tokens, vocab] block: a log-softmax across a transposed [rows, vocab, width] view and the
             # backward of slicing off the last position each cost a pass over every row's logits, padding
-            # included (with a 49k vocabulary, ~15 % of a training step on CPU; benchmarks/inner_loop.py)
+            # included (with a 49k vocabulary, ~11 % of a K=4 step on CPU in a torch profile; BENCHMARKS.md)
             n, width = batch["labels"].shape
             target = torch.full_like(batch["labels"], -100)
             target[:, :-1] = batch["labels"][:, 1:]  # position t predicts token t+1
             keep = (target.flatten() != -100).nonzero().flatten()
             per_token = F.cross_entropy(logits.reshape(n * width, -1).index_select(0, keep).float(),
                                         target.flatten()[keep], reduction="none")
-            summed = per_token.new_zeros(n).index_add_(0, keep // width, per_token)
+            # back into rows to sum each one (index_copy_: every index once, deterministic on CUDA too,
+            # where index_add_ adds with atomics)
+            summed = per_token.new_zeros(n * width).index_copy_(0, keep, per_token).view(n, width).sum(1)
             part = summed / torch.tensor(counts or [1], dtype=per_token.dtype, device=per_token.device)
             finite = torch.isfinite(part) if slots else torch.ones(1, dtype=torch.bool, device=self.device)
             for row in (~finite).nonzero().flatten().tolist():

@@ -44,15 +44,16 @@ class MultiLoRALinear(nn.Module):
             return y
         a_t, b_t = bank.views[self.index]  # [K, in, r], [K, r, out]
         ka = a_t.shape[0]
+        same_dtype = y.dtype == a_t.dtype
         xa = x.reshape(ka, -1, x.shape[-1])
+        xa = xa if same_dtype else xa.to(a_t.dtype)  # cast first: dropout in the adapters' dtype, as peft
         if bank.dropout and self.training:
             xa = nn.functional.dropout(xa, bank.dropout)
-        if y.dtype == a_t.dtype:
-            # y + scaling·(x Aᵀ) Bᵀ as two kernels: while generating, every decoded token pays this per
-            # targeted layer, and the launch count, not the adapters' FLOPs, is its cost
+        if same_dtype:  # an fp32 model (the CPU path): y + scaling·(x Aᵀ) Bᵀ in two kernels, fewer launches
             return torch.baddbmm(y.reshape(ka, -1, y.shape[-1]), torch.bmm(xa, a_t), b_t,
                                  alpha=bank.scaling).view(y.shape)
-        delta = torch.bmm(torch.bmm(xa.to(a_t.dtype), a_t), b_t) * bank.scaling  # adapters in fp32 over bf16
+        # a bf16 model over the fp32 bank (GPU recipes): the delta in fp32, added in the model's dtype
+        delta = torch.bmm(torch.bmm(xa, a_t), b_t) * bank.scaling
         return y + delta.reshape(y.shape).to(y.dtype)
 
 
