@@ -349,9 +349,11 @@ class Student:
             keep = (target.flatten() != -100).nonzero().flatten()
             per_token = F.cross_entropy(logits.reshape(n * width, -1).index_select(0, keep).float(),
                                         target.flatten()[keep], reduction="none")
-            # back into rows to sum each one (index_copy_: every index once, deterministic on CUDA too,
-            # where index_add_ adds with atomics)
-            summed = per_token.new_zeros(n * width).index_copy_(0, keep, per_token).view(n, width).sum(1)
+            # each row's sum over its own labelled tokens only, added in order: the same bits whatever the
+            # other rows' padding (one process and two give the same records; a sum over the padded rows
+            # does not). On CUDA index_add_ adds with atomics: the recorded loss may differ in its last
+            # bits between runs there, the gradients (1/count per token) do not.
+            summed = per_token.new_zeros(n).index_add_(0, keep // width, per_token)
             part = summed / torch.tensor(counts or [1], dtype=per_token.dtype, device=per_token.device)
             finite = torch.isfinite(part) if slots else torch.ones(1, dtype=torch.bool, device=self.device)
             for row in (~finite).nonzero().flatten().tolist():
