@@ -247,7 +247,8 @@ class SamplingConfig:
 
     def __post_init__(self):
         check_choice("sampling.backend", self.backend, ("hf", "vllm", "openai"))
-        check_engine_args("sampling.vllm", self.vllm, {"model": "teacher.name", "seed": "sampling.seed"})
+        check_engine_args("sampling.vllm", self.vllm, {"model": "teacher.name", "seed": "sampling.seed",
+                                                       "revision": "teacher.revision"})
         if self.backend == "openai" and not self.served.ready:
             raise ConfigError("sampling.backend openai needs sampling.served.url (e.g. http://localhost:8000/v1) "
                               "and sampling.served.model")
@@ -315,6 +316,7 @@ class InnerConfig:
         check_choice("inner.score_backend", self.score_backend, ("hf", "vllm"))
         check_choice("inner.lr_scheduler", self.lr_scheduler, ("constant", "linear", "cosine"))
         check_engine_args("inner.vllm", self.vllm, {"model": "student.name (or teacher.name in mode self)",
+                                                    "revision": "student.revision (or teacher.revision in mode self)",
                                                     "enable_lora": "inner.score_backend"})
         if self.score_backend == "vllm":
             rank = self.vllm.get("max_lora_rank", self.vllm_lora_rank)

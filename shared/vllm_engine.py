@@ -76,25 +76,25 @@ max_model_len serves shorter prompts, and the memory share is sized from what is
 (an engine asleep still holds its context, so the share differs from one teacher to the next)."""
 
 
-def architecture(model_path: str) -> str:
+def architecture(model_path: str, revision: str | None = None) -> str:
     """What an engine's weights must match: the model's config as transformers reads it (local or hub, with
     the defaults of this transformers version), less the keys a save rewrites; its dtype stays, so a
     reused engine computes as a fresh one on that checkpoint would."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(model_path).to_dict()
+    config = AutoConfig.from_pretrained(model_path, revision=revision).to_dict()
     return json.dumps({k: v for k, v in config.items() if k not in _VOLATILE_CONFIG}, sort_keys=True, default=str)
 
 
-def checkpoint_files(model_path: str) -> list[Path]:
+def checkpoint_files(model_path: str, revision: str | None = None) -> list[Path]:
     """The checkpoint's weight files, as transformers finds them: the shards its index names, else
     model.safetensors (not every *.safetensors: an adapter or a consolidated copy may sit beside them).
-    A hub name is read from its local snapshot."""
+    A hub name is read from its local snapshot at `revision` (a local directory has none)."""
     root = Path(model_path)
     if not root.is_dir():
         from huggingface_hub import snapshot_download
 
-        root = Path(snapshot_download(model_path, allow_patterns=["*.safetensors", "*.json"]))
+        root = Path(snapshot_download(model_path, revision=revision, allow_patterns=["*.safetensors", "*.json"]))
     index = root / "model.safetensors.index.json"
     if index.is_file():
         return [root / f for f in dict.fromkeys(json.loads(index.read_text())["weight_map"].values())]
@@ -103,12 +103,12 @@ def checkpoint_files(model_path: str) -> list[Path]:
     raise FileNotFoundError(f"{model_path} has no model.safetensors (or index) to load into the vLLM engine")
 
 
-def checkpoint_weights(model_path: str) -> Iterator[tuple[str, torch.Tensor]]:
+def checkpoint_weights(model_path: str, revision: str | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) in the checkpoint's own (transformers) names, one tensor at a time, as vLLM's model
     `load_weights` takes them (its default loader feeds it the same names from the same files)."""
     from safetensors import safe_open
 
-    for file in checkpoint_files(model_path):
+    for file in checkpoint_files(model_path, revision):
         with safe_open(str(file), framework="pt") as f:
             for name in f.keys():
                 yield name, f.get_tensor(name)
@@ -126,7 +126,7 @@ _ENGINES: list[_Engine] = []
 """The run's idle and busy teacher engines (those with sleep mode: only they can hand memory back)."""
 
 
-def teacher_engine(vllm: Any, model_path: str, args: dict[str, Any]) -> _Engine:
+def teacher_engine(vllm: Any, model_path: str, args: dict[str, Any], revision: str | None = None) -> _Engine:
     """A vLLM engine serving the teacher checkpoint at `model_path`: the run's idle engine for a model of
     the same architecture and engine arguments (DERIVED_ARGS aside) when there is one, with the
     checkpoint's weights loaded into it, else a new one. ReST-EM writes a new teacher every round and the
@@ -135,15 +135,20 @@ def teacher_engine(vllm: Any, model_path: str, args: dict[str, Any]) -> _Engine:
     (trl/generation/vllm_generation.py `sync_weights`): empty torch's cache, wake the weights only,
     `load_weights` on the in-process model, then the KV cache, and reset the prefix cache (cached
     prefixes hold the old weights' keys). An idle engine too short for the new prompts is retired (left
-    asleep, out of the pool) and the new one is built long enough for both."""
+    asleep, out of the pool) and the new one is built long enough for both. `revision`: the hub revision of
+    `model_path` (the checkpoint's, like the path: it does not split engines; vLLM ignores it for a local
+    directory, as transformers does)."""
+    if revision is not None:
+        args = {**args, "revision": revision}
     if not args.get("enable_sleep_mode"):  # it cannot give its memory back between teachers: not shared
         return _Engine(vllm.LLM(model=model_path, **args), "", args.get("max_model_len"))
-    key = json.dumps({"model": architecture(model_path),
-                      "args": {k: v for k, v in args.items() if k not in DERIVED_ARGS}}, sort_keys=True, default=str)
+    key = json.dumps({"model": architecture(model_path, revision),
+                      "args": {k: v for k, v in args.items() if k not in (*DERIVED_ARGS, "revision")}},
+                     sort_keys=True, default=str)
     need = args.get("max_model_len")
     for engine in [e for e in _ENGINES if e.key == key and not e.in_use]:
         if engine.max_model_len is None or (need is not None and need <= engine.max_model_len):
-            _load(engine, model_path)
+            _load(engine, model_path, revision)
             engine.in_use = True
             return engine
         _ENGINES.remove(engine)
@@ -155,7 +160,7 @@ def teacher_engine(vllm: Any, model_path: str, args: dict[str, Any]) -> _Engine:
     return engine
 
 
-def _load(engine: _Engine, model_path: str) -> None:
+def _load(engine: _Engine, model_path: str, revision: str | None = None) -> None:
     llm = engine.llm
     try:
         torch.cuda.empty_cache()  # what training left in torch's cache goes back before the weights wake
@@ -163,7 +168,7 @@ def _load(engine: _Engine, model_path: str) -> None:
         # the in-process model: engine_args builds sleep-mode engines with the external_launcher backend,
         # which runs the V1 engine core in this process (vllm/v1/engine/llm_engine.py), as TRL's colocate mode
         model = llm.llm_engine.model_executor.driver_worker.model_runner.model
-        model.load_weights(checkpoint_weights(model_path))
+        model.load_weights(checkpoint_weights(model_path, revision))
         llm.wake_up(tags=["kv_cache"])
         llm.reset_prefix_cache()
     except BaseException:  # half-loaded weights must never serve a teacher: out of the pool, asleep

@@ -22,7 +22,8 @@ def make_student(model, tokenizer, inner: InnerConfig, model_cfg: ModelConfig, d
         context = getattr(model.config, "max_position_embeddings", None)
         scorer = VLLMScorer(resolve(model_cfg.name), tokenizer, domain, chat, inner.vllm_lora_rank, bank.slots,
                             inner.vllm, adapter_dtype=next(model.parameters()).dtype,
-                            max_model_len=min(inner.max_length + 1024, context or inner.max_length + 1024))
+                            max_model_len=min(inner.max_length + 1024, context or inner.max_length + 1024),
+                            revision=model_cfg.revision)
     return Student(model, tokenizer, inner, domain, chat, bank=bank, scorer=scorer)
 
 

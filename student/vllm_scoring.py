@@ -22,10 +22,11 @@ from seal.shared.models import import_vllm, vllm_prompt
 
 class VLLMScorer:
     def __init__(self, model_path: str, tokenizer, domain: Domain, chat: bool, max_lora_rank: int, max_loras: int,
-                 engine_args: dict[str, Any], adapter_dtype=None, max_model_len: int | None = None):
+                 engine_args: dict[str, Any], adapter_dtype=None, max_model_len: int | None = None,
+                 revision: str | None = None):
         """`engine_args` (inner.vllm) take precedence over what SEAL derives (max_lora_rank, max_loras,
-        max_model_len, the memory share); the config refuses those that would repeat `model` or
-        `enable_lora`."""
+        max_model_len, the memory share); the config refuses those that would repeat `model`, `revision`
+        or `enable_lora`. `revision`: the hub revision of `model_path` (the student's `revision`)."""
         self.vllm = import_vllm()
         from vllm.lora.request import LoRARequest
 
@@ -34,7 +35,8 @@ class VLLMScorer:
         # enable_lora: the config refuses it in inner.vllm; sized and placed by vllm_engine.engine_args, and
         # asleep between scorings, while the student trains (max_model_len from max_model_len below)
         args = vllm_engine.engine_args(engine_args, max_model_len=max_model_len, enable_lora=True,
-                                       max_lora_rank=max_lora_rank, max_loras=max_loras)
+                                       max_lora_rank=max_lora_rank, max_loras=max_loras,
+                                       **({"revision": revision} if revision is not None else {}))
         self.max_model_len = args.get("max_model_len")
         self.llm = self.vllm.LLM(model=model_path, **args)
         self.sleeps = bool(args.get("enable_sleep_mode"))

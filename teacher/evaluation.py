@@ -82,7 +82,7 @@ def _sample_condition(cfg: SealConfig, domain: Domain, store: RunStore, instance
     elif cfg.sampling.backend == "vllm":
         tok = load_tokenizer(teacher_cfg)
         teacher = VLLMTeacher(resolve(teacher_cfg.name), tok, sampling, domain, uses_chat_template(teacher_cfg, tok),
-                              missing)
+                              missing, revision=teacher_cfg.revision)
     else:
         model, tok = shared_model if shared_model is not None else load_model(teacher_cfg)
         teacher = Teacher(model, tok, sampling, domain, uses_chat_template(teacher_cfg, tok))

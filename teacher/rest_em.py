@@ -179,7 +179,7 @@ def build_session(cfg: SealConfig, domain: Domain, teacher_cfg: ModelConfig | No
         student = load_student(cfg.inner, cfg.student, domain, dist)
     if vllm_teacher:
         teacher: Any = VLLMTeacher(resolve(teacher_cfg.name), teacher_tok, cfg.sampling, domain, teacher_chat,
-                                   instances)
+                                   instances, revision=teacher_cfg.revision)
     else:
         # in self mode the student's model is the teacher's: its LoRA slots are off outside Student calls
         teacher = Teacher(student.model if cfg.mode == "self" else teacher_model, teacher_tok, cfg.sampling,

@@ -20,7 +20,8 @@ from seal.teacher.sampling import Samples, derive_seed
 
 
 class VLLMTeacher:
-    """`instances`: those it will sample for, if known; the engine's max_model_len is then the longest of
+    """`revision`: the hub revision of `model_path` (`teacher.revision`). `instances`: those it will sample
+    for, if known; the engine's max_model_len is then the longest of
     their prompts plus max_new_tokens (rather than the model's whole context, whose KV cache may not fit).
     The engine is sized and placed by `seal.shared.vllm_engine.engine_args` and shared between the run's
     teachers (`teacher_engine`); `release()` puts it to sleep once this teacher's samples are drawn (a
@@ -28,7 +29,7 @@ class VLLMTeacher:
     memory), for the next teacher checkpoint to be loaded into."""
 
     def __init__(self, model_path: str, tokenizer, sampling: SamplingConfig, domain: Domain, chat: bool,
-                 instances: Sequence[Any] = ()):
+                 instances: Sequence[Any] = (), revision: str | None = None):
         vllm = import_vllm()
         self.vllm = vllm
         self.tokenizer, self.cfg, self.domain, self.chat = tokenizer, sampling, domain, chat
@@ -37,7 +38,7 @@ class VLLMTeacher:
         # seed: the config refuses a second one in sampling.vllm
         args = engine_args(sampling.vllm, max_model_len=self.max_model_len, seed=sampling.seed)
         # the run's engine from an earlier teacher, with this checkpoint's weights loaded, or a new one
-        self.engine = teacher_engine(vllm, model_path, args)
+        self.engine = teacher_engine(vllm, model_path, args, revision)
         self.llm = self.engine.llm
         self.sleeps, self.released = bool(args.get("enable_sleep_mode")), False
 

@@ -170,7 +170,9 @@ def test_the_lora_rank_vllm_serves_is_chosen_and_checked_at_config_time():
 
 @pytest.mark.parametrize("section, args, key", [("sampling", {"seed": 3}, "sampling.seed"),
                                                 ("sampling", {"model": "x"}, "teacher.name"),
-                                                ("inner", {"enable_lora": False}, "inner.score_backend")])
+                                                ("sampling", {"revision": "v2"}, "teacher.revision"),
+                                                ("inner", {"enable_lora": False}, "inner.score_backend"),
+                                                ("inner", {"revision": "v2"}, "student.revision")])
 def test_engine_arguments_seal_sets_itself_are_refused_at_config_time(section, args, key):
     """vllm.LLM(model=..., seed=..., **args) with `seed` in args is a duplicate-keyword TypeError, after
     every model has loaded; the config names the key to use instead."""
@@ -360,6 +362,40 @@ def test_one_engine_serves_every_teacher_checkpoint_of_a_run(fake_vllm, small_gp
     vllm_engine._ENGINES.clear()
     fresh, fresh_texts = draw(updated)
     assert fresh.llm is not round1.llm and fresh_texts == round1_texts
+
+
+def test_a_pinned_teacher_revision_reaches_the_engine_and_its_weight_reloads(fake_vllm, small_gpu, tiny_model_dir,
+                                                                           monkeypatch):
+    """teacher.revision pins the hub revision: a new engine is built at it, and a checkpoint loaded into
+    the run's sleeping engine is read from the snapshot at it (config and weights), not the default
+    branch's."""
+    import huggingface_hub
+
+    from seal.shared import vllm_engine
+    from seal.teacher.vllm_sampling import VLLMTeacher
+
+    tok, domain, insts = small_gpu
+    seen = []
+    local = vllm_engine.architecture(str(tiny_model_dir))
+
+    def config(path, revision=None):  # no hub here: the tiny model stands for org/tiny at v2
+        seen.append(("config", path, revision))
+        return local
+
+    def snapshot(repo_id, revision=None, **_):
+        seen.append(("weights", repo_id, revision))
+        return str(tiny_model_dir)
+    monkeypatch.setattr(vllm_engine, "architecture", config)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot)
+    cfg = SamplingConfig(k=1, max_new_tokens=4)
+    first = VLLMTeacher(str(tiny_model_dir), tok, cfg, domain, chat=True, instances=insts, revision="v2")
+    assert [c["engine_args"].get("revision") for c in fake_vllm.CALLS if "init" in c] == ["v2"]
+    drawn = first.sample(insts)
+    first.release()
+    hub = VLLMTeacher("org/tiny", tok, cfg, domain, chat=True, instances=insts, revision="v2")
+    assert hub.llm is first.llm  # the revision does not split engines: the checkpoint is loaded into it
+    assert ("config", "org/tiny", "v2") in seen and ("weights", "org/tiny", "v2") in seen
+    assert [s.texts for s in hub.sample(insts)] == [s.texts for s in drawn]
 
 
 def test_a_teacher_engine_is_shared_only_when_idle_and_long_enough(fake_vllm, small_gpu, tiny_model_dir):
