@@ -150,6 +150,12 @@ class Student:
         self.scorer = scorer
         self.sync = sync
         self.engine = engine
+        # FLOPs per token of a training pass (forward + activation gradients; ZeRO-3 partitions report their
+        # full size as ds_numel) and per token² of attention (scores and weighted values, forward and
+        # backward): what `_packs` weighs
+        config = getattr(model.config, "get_text_config", lambda: model.config)()
+        self._flops_per_token = 4 * sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+        self._flops_per_token_pair = 12 * config.hidden_size * config.num_hidden_layers
         if inner.gradient_checkpointing:  # active in train mode only: generation keeps its KV cache
             # non-reentrant: the reentrant variant runs one backward per layer through the adapters' views,
             # which all come from one routing of the bank (an index_select shared by every layer), so the
@@ -202,11 +208,34 @@ class Student:
             batches += [order[i: i + bs] for i in range(0, len(order), bs)]
         return batches
 
-    def _rows(self, groups: Sequence[Sequence[tuple[list[int], list[int], int]]]) -> dict[str, torch.Tensor]:
+    def _packs(self, lengths: Sequence[int]) -> bool:
+        """Whether one pass over groups of these token counts runs as a single row of all of them rather
+        than a row per group padded to the longest: padding costs every layer's matmuls, one long row costs
+        attention over all its tokens (the mask is block-diagonal, but attention kernels compute it whole).
+        With the paper's batch of 1, the groups of a pass are single sequences of very different lengths (a
+        passage beside one-line items): ~40 % of a padded pass is padding."""
+        if self.inner.train_on_padding or len(lengths) < 2:
+            return False
+        total, width = sum(lengths), max(lengths)
+        if self.inner.max_row_tokens is not None and total > self.inner.max_row_tokens:
+            return False
+        packed = total * self._flops_per_token + total ** 2 * self._flops_per_token_pair
+        rows = len(lengths) * (width * self._flops_per_token + width ** 2 * self._flops_per_token_pair)
+        return packed < rows
+
+    def _rows(self, groups: Sequence[Sequence[tuple[list[int], list[int], int]]]) -> dict[str, Any]:
         """One packed row per group (an adapter's batch): its sequences back to back, positions restarting
         at each, attention block-diagonal and causal, so every sequence is computed exactly as if alone
-        while no compute goes to padding inside an adapter's batch. Rows are right-padded to the longest."""
-        width = max(sum(len(ids) for ids, _, _ in g) for g in groups)
+        while no compute goes to padding inside an adapter's batch. Rows are right-padded to the longest,
+        unless `_packs` puts every group into one row, back to back (`segments`: the groups' token counts,
+        for the adapters to route by). `owner`: the group of every position, rows flattened."""
+        lengths = [sum(len(ids) for ids, _, _ in g) for g in groups]
+        if self._packs(lengths):
+            batch = self._rows([[seq for g in groups for seq in g]])
+            batch["segments"] = lengths
+            batch["owner"] = torch.repeat_interleave(torch.arange(len(groups)), torch.tensor(lengths)).to(self.device)
+            return batch
+        width = max(lengths)
         n = len(groups)
         ids = torch.full((n, width), self.tokenizer.pad_token_id, dtype=torch.long)
         labels = torch.full((n, width), -100, dtype=torch.long)
@@ -224,7 +253,8 @@ class Student:
                 attended[row, at:at + text] = True
                 at = end
         out = {"input_ids": ids.to(self.device), "labels": labels.to(self.device),
-               "position_ids": positions.to(self.device), "attention_mask": None}
+               "position_ids": positions.to(self.device), "attention_mask": None, "segments": None,
+               "owner": torch.arange(n, device=self.device).repeat_interleave(width)}
         if not self.inner.train_on_padding:
             # attention only within a sequence, causally: transformers reads the packing from the positions
             # restarting at 0 (masking_utils.find_packed_sequence_indices, with no 2D mask and no cache) and
@@ -336,7 +366,7 @@ class Student:
         else:
             batch = self._rows([[([self.tokenizer.eos_token_id] * 2, [-100] * 2, 2)]])
         # backward inside the routing: with gradient checkpointing the layers run again during it
-        with self.bank.routed(slots or [0]):
+        with self.bank.routed(slots or [0], batch["segments"]):
             logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                 position_ids=batch["position_ids"], use_cache=False).logits
             # the loss reads only the positions that predict a label, gathered into one contiguous
@@ -353,7 +383,7 @@ class Student:
             # other rows' padding (one process and two give the same records; a sum over the padded rows
             # does not). On CUDA index_add_ adds with atomics: the recorded loss may differ in its last
             # bits between runs there, the gradients (1/count per token) do not.
-            summed = per_token.new_zeros(n).index_add_(0, keep // width, per_token)
+            summed = per_token.new_zeros(len(counts) or 1).index_add_(0, batch["owner"][keep], per_token)
             part = summed / torch.tensor(counts or [1], dtype=per_token.dtype, device=per_token.device)
             finite = torch.isfinite(part) if slots else torch.ones(1, dtype=torch.bool, device=self.device)
             for row in (~finite).nonzero().flatten().tolist():

@@ -45,10 +45,17 @@ class MultiLoRALinear(nn.Module):
         a_t, b_t = bank.views[self.index]  # [K, in, r], [K, r, out]
         ka = a_t.shape[0]
         same_dtype = y.dtype == a_t.dtype
-        xa = x.reshape(ka, -1, x.shape[-1])
+        xa = x.reshape(ka, -1, x.shape[-1]) if bank.segments is None else x.reshape(-1, x.shape[-1])
         xa = xa if same_dtype else xa.to(a_t.dtype)  # cast first: dropout in the adapters' dtype, as peft
         if bank.dropout and self.training:
             xa = nn.functional.dropout(xa, bank.dropout)
+        if bank.segments is not None:  # one row of every group's tokens: group i's run of them to slot i
+            # (split, not slicing: the backward of split concatenates, where slices would each fill a
+            # zero gradient of the whole input)
+            one = ka == 1  # every segment on one slot: its single view
+            delta = torch.cat([torch.mm(torch.mm(part, a_t[0 if one else i]), b_t[0 if one else i])
+                               for i, part in enumerate(torch.split(xa, bank.segments))]) * bank.scaling
+            return y + delta.view(y.shape).to(y.dtype)
         if same_dtype:  # an fp32 model (the CPU path): y + scaling·(x Aᵀ) Bᵀ in two kernels, fewer launches
             return torch.baddbmm(y.reshape(ka, -1, y.shape[-1]), torch.bmm(xa, a_t), b_t,
                                  alpha=bank.scaling).view(y.shape)
@@ -78,6 +85,7 @@ class LoRABank(nn.Module):
         super().__init__()
         self.slots, self.r, self.scaling, self.dropout = slots, r, alpha / r, dropout
         self.route: torch.Tensor | None = None
+        self.segments: list[int] | None = None
         self.views: list[tuple[torch.Tensor, torch.Tensor]] = []
         # The model owns its wrapped layers and each layer the bank; the bank only points back weakly, so
         # no reference cycle keeps a dropped model's weights alive until the next full collection (which
@@ -116,15 +124,19 @@ class LoRABank(nn.Module):
         return self.weights.shape[1]
 
     @contextlib.contextmanager
-    def routed(self, slots: Sequence[int] | None) -> Iterator[None]:
+    def routed(self, slots: Sequence[int] | None, segments: Sequence[int] | None = None) -> Iterator[None]:
         """Rows of the passes inside are grouped by slot: rows [i*b:(i+1)*b] use `slots[i]` (slots may
-        repeat). None: the plain base model. Each layer's A and B are cut from the routed weights by one
-        `split` here, so the backward pass gathers every layer's gradient with a single concatenation
-        (slicing per layer would materialise a full-size gradient per layer). Every group on one slot
-        (CPT's adapter answering every held-out instance) is one group of all the rows (no copy of the
-        slot per group, which at 7B would be a slot's size per instance of the batch; on this CPU the same
-        speed, measured within 2 %)."""
-        previous = (self.route, self.views)
+        repeat). With `segments`, the tokens (rows flattened) are: the first segments[0] to slots[0], the
+        next segments[1] to slots[1], ... None: the plain base model. Each layer's A and B are cut from the
+        routed weights by one `split` here, so the backward pass gathers every layer's gradient with a
+        single concatenation (slicing per layer would materialise a full-size gradient per layer). Every
+        group on one slot (CPT's adapter answering every held-out instance) is one group of all the rows
+        (no copy of the slot per group, which at 7B would be a slot's size per instance of the batch; on
+        this CPU the same speed, measured within 2 %)."""
+        previous = (self.route, self.views, self.segments)
+        if segments is not None and (slots is None or len(segments) != len(slots)):
+            raise ValueError(f"segments {list(segments)} need one slot each, got slots {slots}")
+        self.segments = list(segments) if segments is not None else None
         if slots is None:
             self.route, self.views = None, []
         else:
@@ -145,7 +157,7 @@ class LoRABank(nn.Module):
         try:
             yield
         finally:
-            self.route, self.views = previous
+            self.route, self.views, self.segments = previous
 
     @torch.no_grad()
     def reset(self, slot: int, seed: int) -> None:

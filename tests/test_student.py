@@ -131,6 +131,30 @@ def test_many_adapters_at_once_equal_one_at_a_time(tiny_model_dir):
 
 
 
+def test_a_pass_of_very_different_lengths_runs_as_one_row_and_trains_as_padded_rows(tiny_model_dir):
+    """With the paper's batch of 1, a pass holds one sequence per adapter: a passage beside one-line items.
+    Such a pass runs as one row of all of them (each adapter on its own run of tokens) instead of rows
+    padded to the passage, and trains the adapters, with the losses, that padded rows give."""
+    passage = "Velmora Lighthouse\n" + " ".join(TEXTS[0].split("\n")[1:] * 8)
+    plans = [plan((passage, "Built in 1874.")), plan(("Oda Brannick.", "Its keeper.")),
+             plan(("Green.", "White.")), plan(("Velmora.",))]
+    seeds = [0, 1, 2, 3]
+    packed, padded = (make_student(tiny_model_dir, batch_size=1, epochs=2, lr=3e-2) for _ in range(2))
+    padded._packs = lambda lengths: False
+    seen = []
+    rows = packed._rows
+    packed._rows = lambda groups: seen.append(rows(groups)) or seen[-1]
+    a = packed.absorb_many(plans, seeds)
+    b = padded.absorb_many(plans, seeds)
+    assert any(batch["segments"] for batch in seen)  # packed passes happened
+    assert all(batch["input_ids"].shape[0] == 1 for batch in seen if batch["segments"])
+    assert [x.steps for x in a] == [x.steps for x in b] and [x.tokens for x in a] == [x.tokens for x in b]
+    for x, y in zip(a, b):
+        assert x.first_loss == pytest.approx(y.first_loss, rel=1e-5)
+        assert x.last_loss == pytest.approx(y.last_loss, rel=1e-4)
+    torch.testing.assert_close(packed.bank.weights, padded.bank.weights, rtol=1e-4, atol=5e-5)
+
+
 def test_one_adapter_answering_many_instances_uses_the_slot_itself(tiny_model_dir):
     """CPT's adapter answers every held-out instance: the groups of one slot become one group of all the
     rows (no copy of the slot per group), with the outputs of the grouped path."""
