@@ -13,10 +13,11 @@ Three ways to evaluate the same N self-edits, each in its own subprocess (so pea
      batch size, no Trainer);
   c  ours at full speed: K adapters trained and scored in one pass (K from `--k`, else the recipe's
      `inner.parallel_adapters`, else chosen from free memory);
-  c0 (c) with the adapter forward as it was before issue 18 (the delta as its own bmm, bmm, scale and add,
-     four kernels per targeted layer, instead of bmm + baddbmm; fp32 models only, a bf16 model keeps the
-     old path): the scoring phase before and after in the same run (`--methods a,b,c0,c`). c0 also
-     trains with it, so its adapters, and hence its answers, may differ from (c)'s in the last bits.
+  c0 (c) as before issue 18's adapter changes: the adapters' delta as its own bmm, bmm, scale and add (four
+     kernels per targeted layer, instead of bmm + baddbmm; fp32 models only, a bf16 model keeps the old
+     path) and every pass in rows padded to the longest adapter's batch (never one packed row): the
+     scoring and training phases before and after in the same run (`--methods a,b,c0,c`). Its adapters,
+     and hence its answers, may differ from (c)'s in the last bits.
 Each self-edit is a fixed restatement of a built-in passage (its sentences as items), so the figures
 measure the inner loop alone. Achieved FLOP/s counts 4·params·(real tokens) per training step
 (forward + activation gradients; the base is frozen) against a measured fp32 matmul peak; (b) and (c) also
@@ -172,15 +173,17 @@ def previous_adapter_forward(self, x):
     return y + delta.reshape(y.shape).to(y.dtype)
 
 
-def run_ours(args, slots: int, previous_forward: bool = False) -> dict:
-    """(b) slots=1, (c) slots=K: our Student.run over the same jobs, baselines cached first."""
+def run_ours(args, slots: int, previous: bool = False) -> dict:
+    """(b) slots=1, (c) slots=K: our Student.run over the same jobs, baselines cached first. `previous`:
+    c0, the adapter forward and padded rows of before issue 18."""
     from dataclasses import replace
 
     from seal.student import Job, Student
     from seal.student.multi_lora import MultiLoRALinear
 
-    if previous_forward:
+    if previous:
         MultiLoRALinear.forward = previous_adapter_forward
+        Student._packs = lambda self, lengths: False
     cfg, model, tok, domain, pairs = workload(args)
     inner = replace(cfg.inner, parallel_adapters=slots)
     student = Student(model, tok, inner, domain, chat=tok.chat_template is not None)
@@ -278,7 +281,7 @@ def child(args) -> None:
         from seal.shared.config_parser import parse_config
 
         k = args.k or parse_config(["--config", args.recipe]).inner.parallel_adapters or args.n
-        out = run_ours(args, min(k, args.n), previous_forward=args.method == "c0")
+        out = run_ours(args, min(k, args.n), previous=args.method == "c0")
     print("RESULT " + json.dumps(out))
 
 
@@ -338,8 +341,9 @@ def main() -> None:
         for m in [name for name in results if name != "c"]:
             print(f"speed-up (c) over ({m}): x{results[m]['seconds'] / results[m]['evals'] / per_c:.2f}")
         if "c0" in results:
-            before, after = results["c0"]["phases"]["scoring"], results["c"]["phases"]["scoring"]
-            print(f"scoring phase, (c0) over (c): x{before / after:.2f}")
+            for phase in ("scoring", "forward", "backward"):
+                before, after = results["c0"]["phases"][phase], results["c"]["phases"][phase]
+                print(f"{phase} phase, (c0) over (c): x{before / after:.2f}")
 
 
 if __name__ == "__main__":
