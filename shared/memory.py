@@ -114,12 +114,13 @@ def inner_loop_bytes(shape: ModelShape, slots: int, row: int, r: int, targets: S
                      checkpointing: bool = False) -> int:
     """One training pass of `slots` packed rows of `row` tokens each, beyond the weights: the bank and its
     optimizer, activations (or, checkpointed, each layer's input and one layer's), logits and loss, and
-    the block-diagonal attention mask (one byte per pair of positions per row)."""
+    the block-diagonal attention mask (one byte per pair of positions of a row; a pass of batches of
+    unequal lengths may run as one row of all of them, student/inner_loop.py `_packs`)."""
     tokens = slots * row
     acts = shape.checkpointed_activation_bytes(tokens, dtype) if checkpointing else shape.activation_bytes(
         tokens, dtype) + shape.lora_input_bytes(tokens, r, targets, dtype)
     return (bank_bytes(shape, slots, r, targets, training=True) + acts + shape.logits_bytes(tokens, dtype)
-            + slots * row * row)
+            + tokens * tokens)
 
 
 def auto_slots(model: nn.Module, row: int, r: int, targets: Sequence[str], dtype: str, free: int,
