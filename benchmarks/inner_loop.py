@@ -19,10 +19,14 @@ Three ways to evaluate the same N self-edits, each in its own subprocess (so pea
      scoring and training phases before and after in the same run (`--methods a,b,c0,c`). Its adapters,
      and hence its answers, may differ from (c)'s in the last bits.
 Each self-edit is a fixed restatement of a built-in passage (its sentences as items), so the figures
-measure the inner loop alone. Achieved FLOP/s counts 4·params·(real tokens) per training step
+measure the inner loop alone; `--self-edits FILE` times the self-edits the paper's models wrote instead
+(an official *_val.json, its passages from 100 on), e.g. with the paper's inner loop:
+    python benchmarks/inner_loop.py --methods c0,c --recipe recipes/knowledge/smollm2-135m-calibration.yaml \
+        --self-edits $SEAL/knowledge-incorporation/data/synthetic_data/eval/base_val.json
+Achieved FLOP/s counts 4·params·(real tokens) per training step
 (forward + activation gradients; the base is frozen) against a measured fp32 matmul peak; (b) and (c) also
 report the share of their training tokens that is row padding (an adapter's batch is one packed row, and
-the K rows of a pass are padded to the longest).
+the K rows of a pass are padded to the longest unless the pass runs as one row of all of them).
 """
 
 from __future__ import annotations
@@ -86,6 +90,13 @@ def workload(args):
                                         dtype="bfloat16" if args.device != "cpu" else "float32"))
     domain = KnowledgeDomain(KnowledgeDomain.Options(**{k: v for k, v in cfg.domain.items() if k != "name"}))
     pairs = []
+    if args.self_edits:  # real passages and the self-edits a model wrote for them (their first completion)
+        from seal.teacher.evaluation import published_self_edits
+
+        passages = domain.load(args.self_edits, f"all[100:{101 + args.n}]")
+        edits = published_self_edits(args.self_edits, domain, passages, 1)
+        return cfg, model, tok, domain, [(p, domain.plan(p, domain.parse(p, edits[(domain.instance_id(p), 0)])))
+                                         for p in passages]
     for p in domain.load("builtin", "train")[: args.n + 1]:
         items = [s for s in re.split(r"(?<=\.)\s+", p.context) if s]
         pairs.append((p, domain.plan(p, SelfEdit(text=p.context, items=items))))
@@ -294,6 +305,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=None, help="adapters per pass for (c)")
     ap.add_argument("--ref-length", default="256",
                     help="fixed padded length(s) for (a), comma-separated: one (a) row each (the paper pads to 2048)")
+    ap.add_argument("--self-edits", help="an official self-edits file (knowledge-incorporation/data/synthetic_data/"
+                    "eval/*_val.json): its passages 100.. and their first self-edit instead of the built-in ones")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--methods", default="a,b,c0,c")
@@ -315,7 +328,8 @@ def main() -> None:
         n = args.n_ref if method == "a" else args.n
         cmd = [sys.executable, __file__, "--method", method, "--model", args.model, "--recipe", args.recipe,
                "--n", str(n), "--ref-length", length, "--threads", str(args.threads),
-               "--device", args.device] + (["--k", str(args.k)] if args.k else [])
+               "--device", args.device] + (["--k", str(args.k)] if args.k else []) + \
+              (["--self-edits", args.self_edits] if args.self_edits else [])
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if proc.returncode or not line:
