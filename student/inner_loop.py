@@ -215,8 +215,9 @@ class Student:
         and a matmul per adapter per layer instead of one batched one, launches the FLOP count does not
         see; hence only when it saves at least a fifth of the FLOPs. With the paper's batch of 1 on the
         published self-edits, the groups of a pass are single sequences of very different lengths (a
-        passage beside one-line items): ~40 % of a padded pass is padding, and packing trains 1.66× as fast
-        on this CPU; with batches of 4 (the demo) padding is ~10 % and packing was slower."""
+        passage beside one-line items): ~40 % of a padded pass is padding, and this rule trains 1.26× as
+        fast on this CPU (BENCHMARKS.md); with batches of 4 (the demo) padding is ~10 %, and packing every
+        pass that saves anything measured slower than not packing."""
         if self.inner.train_on_padding or len(lengths) < 2:
             return False
         total, width = sum(lengths), max(lengths)
