@@ -150,11 +150,15 @@ class Student:
         self.scorer = scorer
         self.sync = sync
         self.engine = engine
-        # FLOPs per token of a training pass (forward + activation gradients; ZeRO-3 partitions report their
-        # full size as ds_numel) and per token² of attention (scores and weighted values, forward and
-        # backward): what `_packs` weighs
+        # FLOPs per token of a training pass (forward + activation gradients over the weights that multiply:
+        # an untied input embedding is a lookup; ZeRO-3 partitions report their full size as ds_numel) and
+        # per token² of attention (scores and weighted values, forward and backward): what `_packs` weighs
         config = getattr(model.config, "get_text_config", lambda: model.config)()
-        self._flops_per_token = 4 * sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+        embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
+        untied = head is not None and head.weight is not embedding.weight
+        weights = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()
+                      if not (untied and p is embedding.weight))
+        self._flops_per_token = 4 * weights
         self._flops_per_token_pair = 12 * config.hidden_size * config.num_hidden_layers
         if inner.gradient_checkpointing:  # active in train mode only: generation keeps its KV cache
             # non-reentrant: the reentrant variant runs one backward per layer through the adapters' views,

@@ -194,6 +194,9 @@ def test_each_group_of_rows_gets_its_slots_scaled_update_over_the_base_output(dt
     x = torch.randn(4, 5, 8, dtype=dtype)
     with bank.routed([2, 0]), torch.no_grad():  # rows 0-1 to slot 2, rows 2-3 to slot 0
         got = model(x)
+    with bank.routed([2, 0], segments=[10, 10]), torch.no_grad():  # the same tokens as one packed row
+        packed = model(x.reshape(1, 20, 8)).view(got.shape)
+    torch.testing.assert_close(packed, got)
     base = model.proj.base
     for rows, slot in ((slice(0, 2), 2), (slice(2, 4), 0)):
         state = bank.peft_state_dict(slot)
