@@ -146,6 +146,11 @@ class Domain(ABC):
     def plan(self, instance: Any, edit: SelfEdit | None) -> TrainingPlan:
         """The training plan for a parsed self-edit; `None` means the instance's own context only."""
 
+    def cpt_plan(self, instance: Any, edit: SelfEdit | None) -> TrainingPlan:
+        """The sequences a self-edit adds to the CPT corpus (eval.cpt: one adapter on every held-out
+        instance); `plan`'s by default."""
+        return self.plan(instance, edit)
+
     @abstractmethod
     def queries(self, instance: Any) -> Queries:
         """The prompts a student answers for this instance (no context shown)."""

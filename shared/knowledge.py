@@ -114,12 +114,17 @@ class KnowledgeOptions:
     """split seal: items with fewer words are dropped."""
     answer_max_new_tokens: int = 24
     """Tokens the student may generate per answer (official: 64)."""
+    cpt_split: str | None = None
+    """How the CPT evaluation (eval.cpt) splits a self-edit. segments: on `---` only, a self-edit without one
+    is one sequence (the official CPT: CPT.sh runs CPT.py without --split_newlines); None: as `split`."""
 
     def __post_init__(self):
         if self.format not in FORMATS:
             raise ValueError(f"unknown self-edit format {self.format!r}; choose one of {', '.join(FORMATS)}")
         if self.split not in ("official", "seal"):
             raise ValueError(f"split: expected 'official' or 'seal', got {self.split!r}")
+        if self.cpt_split not in (None, "segments"):
+            raise ValueError(f"cpt_split: expected 'segments' or null, got {self.cpt_split!r}")
         if self.qa_format not in QA_FORMATS:
             raise ValueError(f"qa_format: expected 'line' or 'official', got {self.qa_format!r}")
         if self.grader != "judge":
@@ -190,12 +195,17 @@ def _squad_v1(data: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def official_segments(text: str) -> list[str]:
+    """The `---` segments of a self-edit, or the whole of it (utils.py `_split_segments`)."""
+    return [seg.strip() for seg in text.split("---") if seg.strip()] or [text.strip()]
+
+
 def official_items(text: str) -> list[str]:
     """The official split (knowledge-incorporation/src/utils.py, build_train_sequences with split_newlines):
     `---` segments, then a self-QA completion (one with `Question N:` and `Answer:`) as one item per
     question from the raw text, anything else as one item per non-empty line, a leading preamble line
     dropped when the list proper starts at "1."; nothing else is dropped or capped."""
-    segments = [seg.strip() for seg in text.split("---") if seg.strip()] or [text.strip()]
+    segments = official_segments(text)
     if re.search(r"Question\s+\d+:", text) and re.search(r"Answer\s*:", text):
         items = [item.strip() for item in re.split(r"\n(?=Question\s+\d+:)", text.strip()) if item.strip()]
         if items and not items[0].startswith("Question"):  # the prompt ended with "Question 1: "
@@ -366,6 +376,11 @@ class KnowledgeDomain(Domain):
         if self.options.include_passage or edit is None:
             sequences.append(f"{instance.title}\n{instance.context}")
         return TrainingPlan(examples=[Example(prompt="", completion=s) for s in sequences])
+
+    def cpt_plan(self, instance: Passage, edit: SelfEdit | None) -> TrainingPlan:
+        if edit is not None and self.options.cpt_split == "segments":
+            edit = SelfEdit(text=edit.text, items=official_segments(edit.text))
+        return self.plan(instance, edit)
 
     # ------------------------------------------------------------------ scoring
     def qa_prompt(self, instance: Passage, question: Question) -> str:

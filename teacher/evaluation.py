@@ -273,7 +273,7 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
         if label != "no_update":
             absorb_and_score(student, store, dist.shard(jobs), record, f"evaluation: {label}", dist.is_main)
         if cfg.eval.cpt and label not in ("no_update", "oracle"):
-            _cpt(cfg, domain, store, student, heldout, label, plans, done, dist, expected(label, "cpt"))
+            _cpt(cfg, domain, store, student, heldout, label, edits.get(label, {}), done, dist, expected(label, "cpt"))
     dist.barrier()
     if dist.is_main:  # what the tables were made of, for recipes/report.py
         made_of = {"keys": {label: expected(label, "single") for label in labels},
@@ -338,32 +338,35 @@ def _digest(edits: dict[tuple[str, int], str]) -> str:
     return hashlib.sha256(json.dumps(sorted(f"{i}/{j}/{t}" for (i, j), t in edits.items())).encode()).hexdigest()[:12]
 
 
-def _plans(domain: Domain, heldout: Sequence[Any], label: str, edits: dict[str, list[SelfEditRecord]]) -> Plans:
+def _plans(domain: Domain, heldout: Sequence[Any], label: str, edits: dict[str, list[SelfEditRecord]],
+           cpt: bool = False) -> Plans:
     """Per instance, (self-edit index, plan) — plan None for an unusable self-edit, which leaves the
-    student as it was (scored as the no-update baseline, as its reward is 0 in a round)."""
+    student as it was (scored as the no-update baseline, as its reward is 0 in a round). `cpt`: the
+    domain's CPT plans (`Domain.cpt_plan`)."""
+    make = domain.cpt_plan if cpt else domain.plan
     out: Plans = {}
     for inst in heldout:
         iid = domain.instance_id(inst)
         if label == "context_only":
-            out[iid] = [(None, domain.plan(inst, None))]
+            out[iid] = [(None, make(inst, None))]
             continue
         for rec in sorted(edits.get(iid, []), key=lambda r: r.index):
-            plan = domain.plan(inst, SelfEdit(rec.text, rec.items)) if rec.ok else None
+            plan = make(inst, SelfEdit(rec.text, rec.items)) if rec.ok else None
             out.setdefault(iid, []).append((rec.index, plan))
     return out
 
 
 def _cpt(cfg: SealConfig, domain: Domain, store: RunStore, student: Student, heldout: Sequence[Any], label: str,
-         plans: Plans, done: set, dist: Dist, key: str | None = None) -> None:
+         edits: dict[str, list[SelfEditRecord]], done: set, dist: Dist, key: str | None = None) -> None:
     """One adapter on every held-out instance's sequences, then every question; each rank trains every
     N-th seed. As the official CPT.py: the first eval.cpt_k self-edits of each instance, each plan with its
     own copy of the context (a passage with 5 self-edits appears 5 times), nothing deduplicated."""
     examples: list[Example] = []
     by_id = {domain.instance_id(i): i for i in heldout}
     cpt_k = cfg.eval.cpt_k or cfg.eval.k
-    for iid, items in plans.items():
+    for iid, items in _plans(domain, heldout, label, edits, cpt=True).items():
         usable = [plan for j, plan in items if plan is not None and (j is None or j < cpt_k)]
-        for plan in usable or [domain.plan(by_id[iid], None)]:  # no usable self-edit: the passage alone
+        for plan in usable or [domain.cpt_plan(by_id[iid], None)]:  # no usable self-edit: the passage alone
             examples += plan.examples
     merged = TrainingPlan(examples=examples, epochs=cfg.eval.cpt_epochs, lr=cfg.eval.cpt_lr,
                           batch_size=cfg.eval.cpt_batch_size)

@@ -39,11 +39,13 @@ def test_b6_offset_and_limits_select_the_instances():
 
 def test_b7_cpt_absorbs_the_passage_of_an_instance_whose_self_edit_was_unusable(tmp_path):
     from seal.teacher import evaluation
+    from seal.teacher.records import parse_record
 
     domain = KnowledgeDomain()
     heldout = domain.load("builtin", "heldout[:2]")
-    ok = domain.plan(heldout[0], domain.parse(heldout[0], "The keeper lit the lamp every night at dusk."))
-    plans = {heldout[0].id: [(0, ok)], heldout[1].id: [(0, None)]}  # the second self-edit was unusable
+    edits = {heldout[0].id: [parse_record(domain, heldout[0], "The keeper lit the lamp every night at dusk.", 0)],
+             heldout[1].id: [parse_record(domain, heldout[1], "", 0)]}  # the second self-edit is unusable
+    assert not edits[heldout[1].id][0].ok
     seen = {}
 
     class Student:
@@ -53,7 +55,7 @@ def test_b7_cpt_absorbs_the_passage_of_an_instance_whose_self_edit_was_unusable(
             seen["texts"] = [e.completion for e in plan.examples]
 
     cfg = parse_config(["--eval.seeds", "[0]"])
-    evaluation._cpt(cfg, domain, RunStore(tmp_path, {}), Student(), heldout, "base_teacher", plans, set(),
+    evaluation._cpt(cfg, domain, RunStore(tmp_path, {}), Student(), heldout, "base_teacher", edits, set(),
                     SimpleNamespace(shard=lambda x: list(x), is_main=True))
     assert f"{heldout[1].title}\n{heldout[1].context}" in seen["texts"]
 
@@ -231,12 +233,13 @@ def test_cpt_trains_on_the_first_cpt_k_self_edits_each_with_its_passage(tmp_path
     from seal.shared.domain import Score
     from seal.student.inner_loop import AbsorbStats
     from seal.teacher import evaluation
+    from seal.teacher.records import parse_record
 
     domain = KnowledgeDomain()
     (inst,) = domain.load("builtin", "heldout[:1]")
     texts = ["The keeper lit the lamp every night at dusk.", "The lamp was lit by the keeper at dusk.",
              "A third self-edit that CPT must leave out."]
-    plans = {inst.id: [(j, domain.plan(inst, domain.parse(inst, t))) for j, t in enumerate(texts)]}
+    edits = {inst.id: [parse_record(domain, inst, t, j) for j, t in enumerate(texts)]}
     seen = {}
 
     class Student:
@@ -250,7 +253,7 @@ def test_cpt_trains_on_the_first_cpt_k_self_edits_each_with_its_passage(tmp_path
     cfg = parse_config(["--eval.seeds", "[0]", "--eval.cpt_k", "2", "--eval.cpt_epochs", "3", "--eval.cpt_lr",
                         "0.001", "--eval.cpt_batch_size", "8"])
     store = RunStore(tmp_path, {})
-    evaluation._cpt(cfg, domain, store, Student(), [inst], "base_teacher", plans, set(),
+    evaluation._cpt(cfg, domain, store, Student(), [inst], "base_teacher", edits, set(),
                     SimpleNamespace(shard=lambda x: list(x), is_main=True))
     plan = seen["plan"]
     completions = [e.completion for e in plan.examples]
@@ -261,6 +264,42 @@ def test_cpt_trains_on_the_first_cpt_k_self_edits_each_with_its_passage(tmp_path
     (cell,) = store.iter("eval_records", EvalRecord)
     assert cell.checks == 4
     assert evaluation.samples_per_instance(cfg) == 2  # eval.k 1 for single passages, 2 sampled for CPT
+
+
+def test_cpt_splits_a_self_edit_on_dashes_only_as_the_official_cpt(tmp_path):
+    """The official CPT.sh runs CPT.py without --split_newlines: a self-edit trains as its `---` segments
+    (the whole of it when it has none), each under the title, then the passage; the single-passage plans
+    keep the line split (query_server.sh passes --split_newlines). Before, CPT used the line split too."""
+    from seal.shared.config_parser import load_yaml
+    from seal.teacher import evaluation
+    from seal.teacher.records import parse_record
+
+    texts = ["The keeper lit the lamp.\nThe lamp burned all night.", "First part.\n---\nSecond part.\nMore."]
+
+    def corpus(**options) -> list[str]:
+        domain = KnowledgeDomain(KnowledgeDomain.Options(split="official", **options))
+        (inst,) = domain.load("builtin", "heldout[:1]")
+        seen = {}
+
+        class Student:
+            slots = 1
+
+            def run_shared(self, plan, seeds, instances, done):
+                seen["texts"] = [e.completion.removeprefix(f"{inst.title}\n") for e in plan.examples]
+
+        edits = {inst.id: [parse_record(domain, inst, t, j) for j, t in enumerate(texts)]}
+        cfg = parse_config(["--eval.seeds", "[0]", "--eval.cpt_k", "2"])
+        evaluation._cpt(cfg, domain, RunStore(tmp_path, {}), Student(), [inst], "base_teacher", edits, set(),
+                        SimpleNamespace(shard=lambda x: list(x), is_main=True))
+        return [t if t != inst.context else "<passage>" for t in seen["texts"]]
+
+    assert corpus(cpt_split="segments") == [texts[0], "<passage>", "First part.", "Second part.\nMore.", "<passage>"]
+    assert corpus() == ["The keeper lit the lamp.", "The lamp burned all night.", "<passage>",
+                        "First part.", "Second part.", "More.", "<passage>"]  # null: as domain.split
+    with pytest.raises(ValueError, match="cpt_split"):
+        KnowledgeDomain.Options(cpt_split="lines")
+    for recipe in ("qwen2.5-7b.yaml", "qwen2.5-7b-teaches-72b.yaml"):
+        assert load_yaml(f"recipes/knowledge/{recipe}")["domain"]["cpt_split"] == "segments", recipe
 
 
 def test_cpt_rows_report_the_accuracy_pooled_over_questions_beside_the_mean_over_instances():
