@@ -155,6 +155,10 @@ def load_split(run: Run, which: str) -> list[Any]:
 def preflight(cfg: SealConfig, domain: Domain, dist: Dist) -> None:
     """What the run will need from outside, checked before any model loads, once (on the main process; every
     rank stops with its message): the domain's own needs (the knowledge judge) and a served teacher."""
+    split = cfg.eval.cpt_split
+    if cfg.eval.enabled and cfg.eval.cpt and split is not None and split not in domain.cpt_splits:
+        raise ConfigError(f"eval.cpt_split {split!r}: the {domain.name} domain's CPT splits are "
+                          f"{', '.join(domain.cpt_splits) or 'none'} (null: as its single-instance plans)")
     message = None
     if dist.is_main:
         try:

@@ -439,6 +439,10 @@ class EvalConfig:
     """Sequences per optimizer step of the CPT adapter; None: inner.batch_size. The official 4 × grad-accum
     2 is 8: transformers' Trainer normalises the accumulated loss over every token of the accumulated
     micro-batches, so the two give the same step."""
+    cpt_split: str | None = None
+    """How the CPT corpus splits a self-edit; None: as the single-instance plans. knowledge: segments (on
+    `---` only, a self-edit without one is one sequence: the official CPT, whose CPT.sh runs CPT.py without
+    --split_newlines; with domain.split official, as there, every non-empty self-edit is usable)."""
 
 
 EVAL_CONDITIONS = ("no_update", "context_only", "base_teacher", "round_teachers", "file", "oracle", "served")

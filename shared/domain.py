@@ -146,9 +146,14 @@ class Domain(ABC):
     def plan(self, instance: Any, edit: SelfEdit | None) -> TrainingPlan:
         """The training plan for a parsed self-edit; `None` means the instance's own context only."""
 
-    def cpt_plan(self, instance: Any, edit: SelfEdit | None) -> TrainingPlan:
+    cpt_splits: tuple[str, ...] = ()
+    """The names `cpt_plan` accepts as eval.cpt_split."""
+
+    def cpt_plan(self, instance: Any, edit: SelfEdit | None, split: str | None = None) -> TrainingPlan:
         """The sequences a self-edit adds to the CPT corpus (eval.cpt: one adapter on every held-out
-        instance); `plan`'s by default."""
+        instance): `plan`'s, or under `split` (one of `cpt_splits`, eval.cpt_split) the domain's own."""
+        if split is not None:
+            raise ValueError(f"the {self.name} domain has no CPT split {split!r}")
         return self.plan(instance, edit)
 
     @abstractmethod

@@ -114,17 +114,12 @@ class KnowledgeOptions:
     """split seal: items with fewer words are dropped."""
     answer_max_new_tokens: int = 24
     """Tokens the student may generate per answer (official: 64)."""
-    cpt_split: str | None = None
-    """How the CPT evaluation (eval.cpt) splits a self-edit. segments: on `---` only, a self-edit without one
-    is one sequence (the official CPT: CPT.sh runs CPT.py without --split_newlines); None: as `split`."""
 
     def __post_init__(self):
         if self.format not in FORMATS:
             raise ValueError(f"unknown self-edit format {self.format!r}; choose one of {', '.join(FORMATS)}")
         if self.split not in ("official", "seal"):
             raise ValueError(f"split: expected 'official' or 'seal', got {self.split!r}")
-        if self.cpt_split not in (None, "segments"):
-            raise ValueError(f"cpt_split: expected 'segments' or null, got {self.cpt_split!r}")
         if self.qa_format not in QA_FORMATS:
             raise ValueError(f"qa_format: expected 'line' or 'official', got {self.qa_format!r}")
         if self.grader != "judge":
@@ -377,10 +372,14 @@ class KnowledgeDomain(Domain):
             sequences.append(f"{instance.title}\n{instance.context}")
         return TrainingPlan(examples=[Example(prompt="", completion=s) for s in sequences])
 
-    def cpt_plan(self, instance: Passage, edit: SelfEdit | None) -> TrainingPlan:
-        if edit is not None and self.options.cpt_split == "segments":
+    cpt_splits = ("segments",)
+
+    def cpt_plan(self, instance: Passage, edit: SelfEdit | None, split: str | None = None) -> TrainingPlan:
+        """segments: the self-edit's `---` segments, the whole of it when it has none (the official CPT:
+        CPT.sh runs CPT.py without --split_newlines), then the passage as `plan` adds it."""
+        if edit is not None and split == "segments":
             edit = SelfEdit(text=edit.text, items=official_segments(edit.text))
-        return self.plan(instance, edit)
+        return super().cpt_plan(instance, edit, None if split == "segments" else split)
 
     # ------------------------------------------------------------------ scoring
     def qa_prompt(self, instance: Passage, question: Question) -> str:

@@ -18,7 +18,7 @@ import json
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from seal.shared.config import SealConfig, ServedConfig, named_files
 from seal.shared.dist import Dist
@@ -185,8 +185,11 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
     ids = [domain.instance_id(i) for i in heldout]
     heldout_set = hashlib.sha256(json.dumps(sorted(ids)).encode()).hexdigest()[:12]
 
+    # a CPT adapter's cells also name its split when set (keys made before eval.cpt_split stay as they were)
+    cpt_suffix = f":{heldout_set}" + (f":{cfg.eval.cpt_split}" if cfg.eval.cpt_split else "")
+
     def expected(condition: str, setting: str | None) -> str:
-        return keys.get(condition, key) + (f":{heldout_set}" if setting == "cpt" else "")
+        return keys.get(condition, key) + (cpt_suffix if setting == "cpt" else "")
 
     def current(r: SelfEditRecord | EvalRecord) -> bool:  # measured under this evaluation's settings
         return (r.eval_key or legacy) == expected(r.condition, getattr(r, "setting", None))
@@ -339,11 +342,11 @@ def _digest(edits: dict[tuple[str, int], str]) -> str:
 
 
 def _plans(domain: Domain, heldout: Sequence[Any], label: str, edits: dict[str, list[SelfEditRecord]],
-           cpt: bool = False) -> Plans:
+           make: Callable[[Any, SelfEdit | None], TrainingPlan] | None = None) -> Plans:
     """Per instance, (self-edit index, plan) — plan None for an unusable self-edit, which leaves the
-    student as it was (scored as the no-update baseline, as its reward is 0 in a round). `cpt`: the
-    domain's CPT plans (`Domain.cpt_plan`)."""
-    make = domain.cpt_plan if cpt else domain.plan
+    student as it was (scored as the no-update baseline, as its reward is 0 in a round). `make`: how a
+    plan is made (`Domain.plan`; CPT's `Domain.cpt_plan`)."""
+    make = make or domain.plan
     out: Plans = {}
     for inst in heldout:
         iid = domain.instance_id(inst)
@@ -362,11 +365,12 @@ def _cpt(cfg: SealConfig, domain: Domain, store: RunStore, student: Student, hel
     N-th seed. As the official CPT.py: the first eval.cpt_k self-edits of each instance, each plan with its
     own copy of the context (a passage with 5 self-edits appears 5 times), nothing deduplicated."""
     examples: list[Example] = []
-    by_id = {domain.instance_id(i): i for i in heldout}
     cpt_k = cfg.eval.cpt_k or cfg.eval.k
-    for iid, items in _plans(domain, heldout, label, edits, cpt=True).items():
-        usable = [plan for j, plan in items if plan is not None and (j is None or j < cpt_k)]
-        for plan in usable or [domain.cpt_plan(by_id[iid], None)]:  # no usable self-edit: the passage alone
+    plans = _plans(domain, heldout, label, edits, lambda inst, edit: domain.cpt_plan(inst, edit, cfg.eval.cpt_split))
+    for inst in heldout:
+        usable = [plan for j, plan in plans.get(domain.instance_id(inst), [])
+                  if plan is not None and (j is None or j < cpt_k)]
+        for plan in usable or [domain.cpt_plan(inst, None)]:  # no usable self-edit: the context alone
             examples += plan.examples
     merged = TrainingPlan(examples=examples, epochs=cfg.eval.cpt_epochs, lr=cfg.eval.cpt_lr,
                           batch_size=cfg.eval.cpt_batch_size)

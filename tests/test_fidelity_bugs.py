@@ -268,38 +268,52 @@ def test_cpt_trains_on_the_first_cpt_k_self_edits_each_with_its_passage(tmp_path
 
 def test_cpt_splits_a_self_edit_on_dashes_only_as_the_official_cpt(tmp_path):
     """The official CPT.sh runs CPT.py without --split_newlines: a self-edit trains as its `---` segments
-    (the whole of it when it has none), each under the title, then the passage; the single-passage plans
-    keep the line split (query_server.sh passes --split_newlines). Before, CPT used the line split too."""
+    (the whole of it when it has none, a preamble line kept), each under the title, then the passage; the
+    single-passage plans keep the line split (query_server.sh passes --split_newlines). Before, CPT used
+    the line split too."""
+    from seal.run import preflight
+    from seal.shared.config import ConfigError
     from seal.shared.config_parser import load_yaml
     from seal.teacher import evaluation
     from seal.teacher.records import parse_record
 
-    texts = ["The keeper lit the lamp.\nThe lamp burned all night.", "First part.\n---\nSecond part.\nMore."]
+    domain = KnowledgeDomain(KnowledgeDomain.Options(split="official"))
+    (inst,) = domain.load("builtin", "heldout[:1]")
+    texts = ["Sure:\n1. The keeper lit the lamp.\n2. The lamp burned all night.",
+             "First part.\n---\nSecond part.\nMore.", "---"]
+    edits = {inst.id: [parse_record(domain, inst, t, j) for j, t in enumerate(texts)]}
 
-    def corpus(**options) -> list[str]:
-        domain = KnowledgeDomain(KnowledgeDomain.Options(split="official", **options))
-        (inst,) = domain.load("builtin", "heldout[:1]")
+    def corpus(*overrides: str) -> list[str]:
         seen = {}
 
         class Student:
             slots = 1
 
             def run_shared(self, plan, seeds, instances, done):
-                seen["texts"] = [e.completion.removeprefix(f"{inst.title}\n") for e in plan.examples]
+                seen["texts"] = [e.completion for e in plan.examples]
 
-        edits = {inst.id: [parse_record(domain, inst, t, j) for j, t in enumerate(texts)]}
-        cfg = parse_config(["--eval.seeds", "[0]", "--eval.cpt_k", "2"])
+        cfg = parse_config(["--eval.seeds", "[0]", "--eval.cpt_k", "3", *overrides])
         evaluation._cpt(cfg, domain, RunStore(tmp_path, {}), Student(), [inst], "base_teacher", edits, set(),
                         SimpleNamespace(shard=lambda x: list(x), is_main=True))
-        return [t if t != inst.context else "<passage>" for t in seen["texts"]]
+        assert all(t.startswith(f"{inst.title}\n") for t in seen["texts"])
+        return [t.removeprefix(f"{inst.title}\n").replace(inst.context, "<passage>") for t in seen["texts"]]
 
-    assert corpus(cpt_split="segments") == [texts[0], "<passage>", "First part.", "Second part.\nMore.", "<passage>"]
-    assert corpus() == ["The keeper lit the lamp.", "The lamp burned all night.", "<passage>",
-                        "First part.", "Second part.", "More.", "<passage>"]  # null: as domain.split
-    with pytest.raises(ValueError, match="cpt_split"):
-        KnowledgeDomain.Options(cpt_split="lines")
+    assert corpus("--eval.cpt_split", "segments") == [
+        texts[0], "<passage>", "First part.", "Second part.\nMore.", "<passage>", "---", "<passage>"]
+    lines = ["1. The keeper lit the lamp.", "2. The lamp burned all night.", "<passage>",
+             "First part.", "Second part.", "More.", "<passage>", "---", "<passage>"]
+    assert corpus() == lines  # null: as the single-passage plans
+    single = evaluation._plans(domain, [inst], "base_teacher", edits)[inst.id]
+    assert [e.completion.removeprefix(f"{inst.title}\n").replace(inst.context, "<passage>")
+            for _, plan in single for e in plan.examples] == lines
+    for name in ("knowledge", "arc"):  # a split the domain does not have stops the run before any model loads
+        from seal.shared.domain import make_domain
+
+        cfg = parse_config(["--domain.name", name, "--eval.cpt_split", "lines"])
+        with pytest.raises(ConfigError, match="eval.cpt_split 'lines'"):
+            preflight(cfg, make_domain(cfg.domain), SimpleNamespace(is_main=False, share=lambda m: m))
     for recipe in ("qwen2.5-7b.yaml", "qwen2.5-7b-teaches-72b.yaml"):
-        assert load_yaml(f"recipes/knowledge/{recipe}")["domain"]["cpt_split"] == "segments", recipe
+        assert load_yaml(f"recipes/knowledge/{recipe}")["eval"]["cpt_split"] == "segments", recipe
 
 
 def test_cpt_rows_report_the_accuracy_pooled_over_questions_beside_the_mean_over_instances():

@@ -151,13 +151,14 @@ def test_evaluation_table_from_a_file_of_self_edits(tiny_model_dir, tmp_path):
 def test_an_evaluation_over_more_held_out_passages_reuses_their_cells_and_retrains_cpt(tiny_model_dir, tmp_path):
     """The held-out selection may grow between evaluations of one run directory: each passage's cells are
     kept, CPT (one adapter on the whole held-out set) is trained anew, and the tables hold the current
-    passages only."""
+    passages only. Another CPT split (eval.cpt_split) retrains CPT only."""
     out = tmp_path / "ev"
 
-    def evaluate(split):
+    def evaluate(split, *extra):
         cmd = [a if a != str(REPO / "recipes" / "seal.py") else str(REPO / "recipes" / "evaluate.py")
                for a in args_for(tiny_model_dir, out, "--outer.rounds", "0", "--eval.conditions",
-                                 "[no_update, context_only]", "--eval.seeds", "[0]", "--data.eval_split", split)]
+                                 "[no_update, context_only]", "--eval.seeds", "[0]", "--data.eval_split", split,
+                                 *extra)]
         run(cmd, tmp_path)
         return table(out, "eval_records")
 
@@ -170,9 +171,11 @@ def test_an_evaluation_over_more_held_out_passages_reuses_their_cells_and_retrai
     rows = {line.split(",")[0]: line.split(",") for line in (out / "eval.csv").read_text().splitlines()[1:]}
     header = (out / "eval.csv").read_text().splitlines()[0].split(",")
     assert rows["context_only"][header.index("single_n")] == "3" and rows["context_only"][header.index("cpt_n")] == "3"
-    evaluate("heldout[:1]")
+    one = evaluate("heldout[:1]")
     rows = {line.split(",")[0]: line.split(",") for line in (out / "eval.csv").read_text().splitlines()[1:]}
     assert rows["context_only"][header.index("single_n")] == "1"
+    new = evaluate("heldout[:1]", "--eval.cpt_split", "segments")[len(one):]
+    assert [(r["condition"], r["setting"]) for r in new] == [("context_only", "cpt")]
     current = json.loads((out / "eval_current.json").read_text())
     assert current["instances"] == ["heldout-00000"] and set(current["keys"]) == {"no_update", "context_only"}
 
