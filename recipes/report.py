@@ -28,6 +28,7 @@ import matplotlib.pyplot as plt
 
 from seal.shared.graders import normalize
 from seal.shared.records import (
+    BaselineRecord,
     EvalRecord,
     Record,
     RewardRecord,
@@ -242,11 +243,17 @@ def timing_table(run: Path) -> str:
     rows = []
     edits = read(run, "self_edits", SelfEditRecord)
     records = read(run, "records", RewardRecord)
+    updates = {r.round: r.seconds["update"] for r in read(run, "rounds", RoundRecord) if r.seconds}
+    baselines = [b.seconds for b in read(run, "baselines", BaselineRecord) if b.seconds is not None]
+    if baselines:
+        rows.append(f"| no-update baselines (every student, {len(baselines)} instances) | {sum(baselines) / 60:.1f} |")
     for r in sorted({e.round for e in edits if e.round is not None}):
         sample = sum(e.sample_seconds or 0 for e in edits if e.round == r)
         inner = sum(sum((x.seconds or {}).values()) for x in records if x.round == r)
         rows.append(f"| round {r}: sampling | {sample / 60:.1f} |")
         rows.append(f"| round {r}: inner loops | {inner / 60:.1f} |")
+        if r in updates:
+            rows.append(f"| round {r}: teacher update | {updates[r] / 60:.1f} |")
     evals = read(run, "eval_records", EvalRecord)
     sampled = read(run, "eval_self_edits", SelfEditRecord)
     for c in dict.fromkeys(e.condition for e in sampled if e.sample_seconds):

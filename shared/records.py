@@ -147,6 +147,11 @@ class BaselineRecord(Record):
     instance: str
     score: float
     details: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float | None = None
+    """Wall time since the previous baseline of its batch was measured (instances scored together: the
+    first carries the batch's time)."""
+
+    OPTIONAL = ("seconds",)
 
 
 @dataclass
@@ -169,8 +174,11 @@ class RoundRecord(Record):
     """GRPO optimizer steps."""
     logged_rewards: list[float] | None = None
     """GRPO: the mean reward TRL logged at each step."""
+    seconds: dict[str, float] | None = None
+    """{"update": wall time of the teacher update, from loading the teacher to its merged checkpoint (GRPO:
+    with the inner loops of its rewards)}; absent when the update is not timed (the teacher carried over)."""
 
-    OPTIONAL = ("algorithm", "steps", "logged_rewards")
+    OPTIONAL = ("algorithm", "steps", "logged_rewards", "seconds")
 
 
 @dataclass

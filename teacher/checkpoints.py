@@ -13,6 +13,7 @@ import dataclasses
 import json
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -43,9 +44,11 @@ def teacher_config(cfg: SealConfig, store: RunStore, round_: int) -> ModelConfig
     return dataclasses.replace(cfg.teacher, name=str(teacher_checkpoint(store, round_)))
 
 
-def write_update_marker(model_dir: Path, examples: int, losses: list[float]) -> None:
-    """Written last, inside the staging folder: a checkpoint without it is incomplete."""
-    (model_dir / DONE_MARKER).write_text(json.dumps({"examples": examples, "losses": losses}))
+def write_update_marker(model_dir: Path, examples: int, losses: list[float], seconds: float | None = None) -> None:
+    """Written last, inside the staging folder: a checkpoint without it is incomplete. `seconds`: how long
+    the update took (a resumed run reports it from here)."""
+    marker = {"examples": examples, "losses": losses} | ({"seconds": seconds} if seconds is not None else {})
+    (model_dir / DONE_MARKER).write_text(json.dumps(marker))
 
 
 def is_complete(path: Path) -> bool:
@@ -87,11 +90,11 @@ def staging_area(target: Path, is_main: bool = True) -> Iterator[Path]:
 
 
 def publish(trainer, tokenizer, teacher: ModelConfig, lora: bool, scratch: Path, target: Path, examples: int,
-            losses: list[float]) -> None:
+            losses: list[float], started: float | None = None) -> None:
     """Save through the trainer — every rank calls it, so ZeRO-3 gathers its partitioned weights — then,
     on the main process, merge a LoRA adapter into a fresh copy of the base weights (merging the trained
     model in place is wrong under ZeRO-3, whose local tensors are empty shards), write the completion
-    marker and rename into place."""
+    marker (with the seconds since `started`, a `time.perf_counter()`) and rename into place."""
     from peft import PeftModel
     from safetensors.torch import load_file
 
@@ -110,7 +113,8 @@ def publish(trainer, tokenizer, teacher: ModelConfig, lora: bool, scratch: Path,
         else:
             staging = saved
         tokenizer.save_pretrained(staging)
-        write_update_marker(staging, examples=examples, losses=losses)
+        seconds = time.perf_counter() - started if started is not None else None
+        write_update_marker(staging, examples=examples, losses=losses, seconds=seconds)
         if target.exists():  # an incomplete copy from a killed run
             shutil.rmtree(target)
         staging.rename(target)

@@ -14,6 +14,7 @@ merged teacher between rounds. That costs a second copy of the weights in memory
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from typing import Any, Sequence
 
@@ -158,6 +159,7 @@ def run_grpo(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence[A
             # a killed GRPO round restarts from its first step (TRL state is not checkpointed mid-round)
             seed = derive_seed(cfg.seed, "grpo", round_)
             set_seed(seed)
+            started = time.perf_counter()
             model, tok = load_model(teacher_cfg)
             chat = uses_chat_template(teacher_cfg, tok)
             on_cpu = next(model.parameters()).device.type == "cpu"
@@ -170,7 +172,7 @@ def run_grpo(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence[A
                     trainer.train()
                 losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
                 publish(trainer, tok, teacher_cfg, cfg.outer.lora, scratch, target, examples=reward.calls,
-                        losses=losses)
+                        losses=losses, started=started)
                 key = f"rewards/{reward.__name__}/mean"
                 logged = [h[key] for h in trainer.state.log_history if key in h]
             del model, trainer, reward

@@ -97,7 +97,9 @@ def finish_round(store: RunStore, finished: dict[int, RoundRecord], stats: Round
                  dist: Dist) -> bool:
     """Add the teacher update's losses (from its checkpoint) to the round's stats and record the round
     once (on the main process). True when it was recorded now."""
-    losses = read_update(target)["losses"]
+    update = read_update(target)
+    losses = update["losses"]
+    stats.seconds = {"update": update["seconds"]} if "seconds" in update else None
     stats.sft_steps = len(losses)
     stats.sft_first_loss = losses[0] if losses else None
     stats.sft_last_loss = losses[-1] if losses else None

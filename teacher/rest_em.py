@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -103,6 +104,7 @@ def learn(teacher: ModelConfig, chat: bool, pairs: Sequence[tuple[str, str]], ou
 
     if not pairs:
         raise ValueError("no self-edits were kept: nothing to train the teacher on")
+    started = time.perf_counter()
     # The adapter is initialised inside SFTTrainer before it seeds; seed first so a resumed run
     # (whose RNG has seen different work) trains the same teacher.
     set_seed(seed)
@@ -124,7 +126,7 @@ def learn(teacher: ModelConfig, chat: bool, pairs: Sequence[tuple[str, str]], ou
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         if losses and not all(math.isfinite(x) for x in losses):
             raise FloatingPointError(f"teacher SFT loss became non-finite: {losses}")
-        publish(trainer, tokenizer, teacher, outer.lora, scratch, target, len(pairs), losses)
+        publish(trainer, tokenizer, teacher, outer.lora, scratch, target, len(pairs), losses, started)
     return TeacherUpdate(path=target, examples=len(pairs), losses=losses)
 
 

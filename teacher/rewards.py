@@ -9,6 +9,7 @@ the baseline is each result's `reward` (computed in one place: `JobResult.reward
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Sequence
 
 from seal.shared.domain import Score
@@ -31,9 +32,15 @@ def record_baselines(store: RunStore | None, student: Student, instances: Sequen
     fp, domain = student.base_fingerprint, student.domain
     missing = {domain.instance_id(i) for i in instances} - {iid for f, iid in student.baselines if f == fp}
     with Phase("no-update baselines", len(missing), is_main and bool(missing)) as phase:
+        last = time.perf_counter()
+
         def measured(instance: Any, score: Score) -> None:
+            nonlocal last
+            now = time.perf_counter()
             if store is not None:
-                store.append("baselines", BaselineRecord(fp, domain.instance_id(instance), score.value, score.details))
+                store.append("baselines", BaselineRecord(fp, domain.instance_id(instance), score.value, score.details,
+                                                         seconds=now - last))
+            last = now
             phase.update()
 
         return [score.value for score in student.baseline_many(instances, measured)]

@@ -152,7 +152,7 @@ def test_report_reads_the_evaluation_under_every_grader_with_paired_differences_
     import yaml
 
     from seal.shared.knowledge import KnowledgeDomain
-    from seal.shared.records import EvalRecord, SelfEditRecord
+    from seal.shared.records import BaselineRecord, EvalRecord, RoundRecord, SelfEditRecord
 
     sys.path.insert(0, str(REPO / "recipes"))
     report = importlib.import_module("report")
@@ -175,6 +175,12 @@ def test_report_reads_the_evaluation_under_every_grader_with_paired_differences_
     edits = [SelfEditRecord(p.id, 0, f"{gold} is stated here.\nNothing useful.", "ok",
                             items=[f"{gold} is stated here.", "Nothing useful."], condition="round2_teacher")]
     (tmp_path / "eval_self_edits.jsonl").write_text("".join(json.dumps(e.to_json()) + "\n" for e in edits))
+    (tmp_path / "self_edits.jsonl").write_text(json.dumps(SelfEditRecord(p.id, 0, "x", "ok", round=0,
+                                                                        sample_seconds=30.0).to_json()) + "\n")
+    (tmp_path / "rounds.jsonl").write_text(json.dumps(RoundRecord(0, 0.1, 0.5, 1, 1, seconds={"update": 90.0})
+                                                      .to_json()) + "\n")
+    (tmp_path / "baselines.jsonl").write_text("".join(json.dumps(BaselineRecord("f", q.id, 0.0, seconds=s).to_json())
+                                                      + "\n" for q, s in zip(heldout, (12.0, 0.0, 6.0))))
 
     cells = report.current_cells(tmp_path)
     assert len(cells) == 5 * 3 * 2  # the cell of an earlier evaluation is left out
@@ -188,4 +194,7 @@ def test_report_reads_the_evaluation_under_every_grader_with_paired_differences_
     words = len(edits[0].text.split())
     assert f"| round2_teacher (held out) | 1 | 100 | {words} | 2.0 |" in edits_table
     assert edits_table.rstrip().endswith("| 50 |")  # one of its two items states a gold answer
-    assert "| evaluation: round1_teacher | 6.0 |" in report.timing_table(tmp_path)  # 6 cells x 60 s
+    timing = report.timing_table(tmp_path)
+    assert "| evaluation: round1_teacher | 6.0 |" in timing  # 6 cells x 60 s
+    assert "| round 0: sampling | 0.5 |\n| round 0: inner loops | 0.0 |\n| round 0: teacher update | 1.5 |" in timing
+    assert "| no-update baselines (every student, 3 instances) | 0.3 |" in timing
