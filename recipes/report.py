@@ -21,6 +21,7 @@ import csv
 import json
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
@@ -39,17 +40,14 @@ from seal.shared.records import (
     mean_se,
     teacher_round,
 )
+from seal.shared.store import read_table
 
 matplotlib.use("Agg")
 
 
 def read(run: Path, table: str, cls: type[Record]) -> list:
-    """Every rank's rows of a table (a torn last line of a killed writer is skipped)."""
-    rows = []
-    for path in [run / f"{table}.jsonl", *sorted(run.glob(f"{table}.rank*.jsonl"))]:
-        if path.exists():
-            rows += [cls.from_json(json.loads(line)) for line in path.read_text().splitlines() if line.endswith("}")]
-    return rows
+    """Every rank's rows of a table, as the run store reads them."""
+    return [cls.from_json(row) for row in read_table(run, table)]
 
 
 def round_rewards(records: list[RewardRecord]) -> dict[tuple[int, str, int], float]:
@@ -147,8 +145,12 @@ GRADERS = ("contains", "exact_match", "f1")
 
 def current_cells(run: Path) -> list[EvalRecord]:
     """The single-instance cells the last evaluation's tables were made of (its eval_current.json: the key
-    of each condition and the held-out instances); without that file, each condition's last eval_key."""
-    records = [r for r in read(run, "eval_records", EvalRecord) if r.setting == "single"]
+    of each condition and the held-out instances); without that file, each condition's last eval_key. Rows
+    made before evaluation keys existed carry the run's legacy key (eval_settings.json), as in the evaluation."""
+    settings = run / "eval_settings.json"
+    legacy = json.loads(settings.read_text())["legacy_key"] if settings.exists() else None
+    records = [replace(r, eval_key=r.eval_key or legacy)
+               for r in read(run, "eval_records", EvalRecord) if r.setting == "single"]
     marker = run / "eval_current.json"
     if marker.exists():
         current = json.loads(marker.read_text())
@@ -167,13 +169,13 @@ def graders(cells: list[EvalRecord]) -> tuple[str, ...]:
 
 def per_instance(cells: list[EvalRecord], grader: str) -> dict[str, dict[str, float]]:
     """{condition: {instance: score}} under `grader` ("score": the configured grader's): the mean over an
-    instance's self-edits, then over seeds, as the evaluation table."""
+    instance's self-edits (the oracle: the best of them), then over seeds, as the evaluation table."""
     seeds: dict[str, dict[str, dict[object, list[float]]]] = {}
     for r in cells:
         value = r.score if grader == "score" else r.grades[grader]
         seeds.setdefault(r.condition, {}).setdefault(r.instance, {}).setdefault(r.seed, []).append(value)
-    return {c: {i: mean_or_nan([mean_or_nan(v) for v in by_seed.values()]) for i, by_seed in inst.items()}
-            for c, inst in seeds.items()}
+    return {c: {i: mean_or_nan([(max if c == "oracle" else mean_or_nan)(v) for v in by_seed.values()])
+                for i, by_seed in inst.items()} for c, inst in seeds.items()}
 
 
 def _pct(mean: float, se: float, z: float = 1.0) -> str:

@@ -259,23 +259,29 @@ class RunStore:
             yield cls.from_json(row) if cls is not None else row
 
     def _rows(self, table: str) -> Iterator[dict[str, Any]]:
-        paths = [self.path / f"{table}.jsonl"] + sorted(self.path.glob(f"{table}.rank*.jsonl"))
-        for path in paths:
-            if not path.exists():
-                continue
-            with path.open("rb") as fh:
-                for n, raw in enumerate(fh, 1):
-                    if not raw.endswith(b"\n"):
-                        break  # torn final line of a killed writer
-                    try:
-                        row = json.loads(raw)
-                    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                        raise RunDirError(f"{path}:{n} is not a JSON record ({err}); the run directory is "
-                                          "damaged: remove that line (results after it may be lost) or start "
-                                          "over") from err
-                    if not isinstance(row, dict):
-                        raise RunDirError(f"{path}:{n} is not a JSON object")
-                    yield row
+        return read_table(self.path, table)
+
+
+def read_table(run_dir: Path, table: str) -> Iterator[dict[str, Any]]:
+    """Every rank's rows of `table` in a run directory (read-only: recipes/report.py reads with it too).
+    Lines split on b"\n" only (text may hold U+2028 and kin, which str.splitlines would split on); a torn
+    final line of a killed writer is skipped."""
+    for path in [run_dir / f"{table}.jsonl", *sorted(run_dir.glob(f"{table}.rank*.jsonl"))]:
+        if not path.exists():
+            continue
+        with path.open("rb") as fh:
+            for n, raw in enumerate(fh, 1):
+                if not raw.endswith(b"\n"):
+                    break  # torn final line of a killed writer
+                try:
+                    row = json.loads(raw)
+                except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                    raise RunDirError(f"{path}:{n} is not a JSON record ({err}); the run directory is "
+                                      "damaged: remove that line (results after it may be lost) or start "
+                                      "over") from err
+                if not isinstance(row, dict):
+                    raise RunDirError(f"{path}:{n} is not a JSON object")
+                yield row
 
 
 def _cut_torn_tail(path: Path) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -150,12 +151,25 @@ def published_self_edits(path: str, domain: Domain, heldout: Sequence[Any], k: i
             except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
                 raise DataError(f"{file}:{n}: expected JSON with 'instance' or 'title' and 'text' ({err})") from err
     out = {}
+    described = Counter(domain.describe(inst) for inst in heldout)
+    matched = 0
     for inst in heldout:
         context = getattr(inst, "context", None)
         texts = (by_key.get(f"context\x00{context}") if context is not None else None) \
-            or by_key.get(domain.instance_id(inst)) or by_key.get(domain.describe(inst)) or []
-        for j, edit in enumerate(texts[:k]):
+            or by_key.get(domain.instance_id(inst))
+        if not texts and (texts := by_key.get(domain.describe(inst))) and described[domain.describe(inst)] > 1:
+            raise DataError(f"{file}: self-edits keyed by {domain.describe(inst)!r} match "
+                            f"{described[domain.describe(inst)]} held-out instances (one title, several passages); "
+                            "key each row by its 'instance' id")
+        matched += bool(texts)
+        for j, edit in enumerate((texts or [])[:k]):
             out[(domain.instance_id(inst), j)] = edit
+    if heldout and not matched:
+        raise DataError(f"{file}: none of its self-edits match the {len(heldout)} held-out instances (matched by "
+                        "context, instance id or title): is it the right file for data.source and data.eval_split?")
+    if matched < len(heldout):
+        log.warning("%s: self-edits for %d of the %d held-out instances; its rows cover those only", file, matched,
+                    len(heldout))
     return out
 
 
@@ -230,6 +244,7 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
 
     # 2. The base student absorbs each condition's plans.
     done = {r.key for r in store.iter("eval_records", EvalRecord) if current(r)}
+    dist.barrier()  # every rank has read `done` before any appends to it: the same job lists to shard
     labels = ["no_update"] if "no_update" in conditions else []
     labels += ["context_only"] if "context_only" in conditions else []
     labels += [label for label, _ in condition_teachers(cfg, store)]
@@ -378,17 +393,19 @@ def _cpt(cfg: SealConfig, domain: Domain, store: RunStore, student: Student, hel
                         if not all((label, "cpt", domain.instance_id(i), None, s) in done for i in heldout)])
 
     def record(seed: int, stats: AbsorbStats, scores: list | None, score_seconds: float) -> None:
+        """A seed's cells in one append (a kill leaves all or none); a failed adapter (e.g. a NaN loss)
+        scores 0 on every instance, as a failed single-instance cell, and is not retried on resume."""
         phase.update()
         if scores is None:
             log.warning("evaluation %s cpt seed %s failed: %s", label, seed, stats.error)
-            return
-        for inst, score in zip(heldout, scores):
-            cell = EvalRecord(label, "cpt", domain.instance_id(inst), None, seed, score.value, "ok", eval_key=key,
-                              checks=len(score.details) or None, grades=grade_means(score.details),
-                              seconds={"absorb": stats.seconds, "score": score_seconds},
-                              train=_train(stats))
-            if cell.key not in done:
-                store.append("eval_records", cell)
+            cells = [EvalRecord(label, "cpt", domain.instance_id(inst), None, seed, 0.0, "failed", eval_key=key,
+                                reason=stats.error) for inst in heldout]
+        else:
+            cells = [EvalRecord(label, "cpt", domain.instance_id(inst), None, seed, score.value, "ok", eval_key=key,
+                                checks=len(score.details) or None, grades=grade_means(score.details),
+                                seconds={"absorb": stats.seconds, "score": score_seconds}, train=_train(stats))
+                     for inst, score in zip(heldout, scores)]
+        store.append_many("eval_records", [cell for cell in cells if cell.key not in done])
 
     with Phase(f"evaluation: {label} CPT (one adapter on all {len(heldout)} instances)", len(seeds),
                dist.is_main) as phase:

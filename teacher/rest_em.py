@@ -227,6 +227,7 @@ def reward_round(cfg: SealConfig, session: Session, store: RunStore, instances: 
     load_baselines(store, student)
     edits = {r.key: r for r in store.iter("self_edits", SelfEditRecord) if r.round == round_}
     done = {(r.instance, r.index, r.seed) for r in store.iter("records", RewardRecord) if r.round == round_}
+    dist.barrier()  # every rank has read `done` before any appends to it: the same job list to shard
     jobs: list[Job] = []
     for instance in instances:
         iid = domain.instance_id(instance)

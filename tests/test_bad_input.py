@@ -272,3 +272,31 @@ def test_a_run_made_under_the_old_meaning_of_a_format_name_is_refused():
     renamed = {"domain": {"name": "knowledge", "format": "self-qa"}}
     same = {"domain": {"name": "knowledge", "format": "implications"}}
     assert config_digest(renamed) != before(renamed) and config_digest(same) == before(same)
+
+
+def test_self_edit_files_must_name_their_passages_unambiguously(tmp_path, caplog):
+    """A JSONL row keyed by title matches every passage of that article, so one passage's self-edit would
+    train another: refused. A file that matches no held-out passage is refused; one that covers some is a
+    warning (its rows hold those passages only)."""
+    from seal.shared import DataError, Passage, Question
+    from seal.shared.knowledge import KnowledgeDomain
+    from seal.teacher.evaluation import published_self_edits
+
+    domain = KnowledgeDomain()
+    a, b, c = (Passage(f"p-{i}", title, f"Context {i}.", [Question("q?", "a")])
+               for i, title in enumerate(["Normans", "Normans", "Oxygen"]))
+    path = tmp_path / "edits.jsonl"
+    path.write_text(json.dumps({"title": "Normans", "text": "edit for a"}) + "\n")
+    with pytest.raises(DataError, match="'Normans' match 2 held-out instances.*'instance'"):
+        published_self_edits(str(path), domain, [a, b, c], 1)
+    path.write_text("".join(json.dumps(row) + "\n" for row in (
+        {"instance": "p-0", "text": "edit for a"}, {"instance": "p-1", "text": "edit for b"},
+        {"title": "Oxygen", "text": "edit for c"})))
+    assert published_self_edits(str(path), domain, [a, b, c], 1) == {
+        ("p-0", 0): "edit for a", ("p-1", 0): "edit for b", ("p-2", 0): "edit for c"}
+    with pytest.raises(DataError, match="none of its self-edits match the 1 held-out"):
+        published_self_edits(str(path), domain, [Passage("p-9", "Other", "x", [Question("q?", "a")])], 1)
+    with caplog.at_level("WARNING", logger="seal"):
+        assert published_self_edits(str(path), domain, [a, Passage("p-9", "Other", "x", [])], 1) == {
+            ("p-0", 0): "edit for a"}
+    assert "self-edits for 1 of the 2 held-out instances" in caplog.text

@@ -316,6 +316,39 @@ def test_cpt_splits_a_self_edit_on_dashes_only_as_the_official_cpt(tmp_path):
         assert load_yaml(f"recipes/knowledge/{recipe}")["eval"]["cpt_split"] == "segments", recipe
 
 
+def test_a_failed_cpt_adapter_scores_zero_on_every_instance_and_is_not_retrained(tmp_path):
+    """A CPT seed whose loss went non-finite used to leave no cells: the CPT column averaged the surviving
+    seeds only, and every resume trained the failing seed again. Its cells are now recorded as failed
+    (score 0), as a failed single-instance cell, all in one append."""
+    from seal.student.inner_loop import AbsorbStats
+    from seal.teacher import evaluation
+
+    domain = KnowledgeDomain()
+    heldout = domain.load("builtin", "heldout[:2]")
+    trained = []
+
+    class Student:
+        slots = 1
+
+        def run_shared(self, plan, seeds, instances, done):
+            for seed in seeds:
+                trained.append(seed)
+                done(seed, AbsorbStats(1, 1, math.nan, math.nan, 0.0, error="non-finite loss"), None, 0.0)
+
+    cfg = parse_config(["--eval.seeds", "[0, 1]"])
+    store = RunStore(tmp_path, {})
+    dist = SimpleNamespace(shard=lambda x: list(x), is_main=True)
+    evaluation._cpt(cfg, domain, store, Student(), heldout, "context_only", {}, set(), dist, "key")
+    cells = list(store.iter("eval_records", EvalRecord))
+    assert sorted((c.instance, c.seed, c.status, c.score) for c in cells) == [
+        (p.id, seed, "failed", 0.0) for p in heldout for seed in (0, 1)]
+    assert all(c.reason == "non-finite loss" for c in cells)
+    (row,) = table_rows(cells, ["context_only"], cpt=True)
+    assert (row["cpt_mean"], row["cpt_n"]) == (0.0, 2)
+    evaluation._cpt(cfg, domain, store, Student(), heldout, "context_only", {}, {c.key for c in cells}, dist, "key")
+    assert trained == [0, 1]  # a resumed evaluation does not train the failed seeds again
+
+
 def test_cpt_rows_report_the_accuracy_pooled_over_questions_beside_the_mean_over_instances():
     rows = [EvalRecord("c", "cpt", "a", None, 0, 1.0, "ok", checks=1),
             EvalRecord("c", "cpt", "b", None, 0, 0.0, "ok", checks=3)]

@@ -198,3 +198,30 @@ def test_report_reads_the_evaluation_under_every_grader_with_paired_differences_
     assert "| evaluation: round1_teacher | 6.0 |" in timing  # 6 cells x 60 s
     assert "| round 0: sampling | 0.5 |\n| round 0: inner loops | 0.0 |\n| round 0: teacher update | 1.5 |" in timing
     assert "| no-update baselines (every student, 3 instances) | 0.3 |" in timing
+
+
+def test_report_reads_what_the_store_reads_scores_the_oracle_as_the_table_and_keeps_legacy_rows(tmp_path):
+    """Three ways the report disagreed with the evaluation: a self-edit holding U+2028 (stored unescaped,
+    and str.splitlines splits on it) broke the report; the oracle was averaged over its self-edits where
+    eval.md takes the best; rows made before evaluation keys existed dropped out of its tables."""
+    from seal.shared.records import EvalRecord, SelfEditRecord
+    from seal.shared.store import RunStore
+    from seal.teacher.records import table_rows
+    from tests.conftest import import_recipe
+
+    report = import_recipe("report")
+    store = RunStore(tmp_path, {"seed": 0})
+    store.append("eval_self_edits", SelfEditRecord("p", 0, "line one\u2028line two", "ok", items=["x"],
+                                                   condition="base_teacher"))
+    assert [e.text for e in report.read(tmp_path, "eval_self_edits", SelfEditRecord)] == ["line one\u2028line two"]
+
+    (tmp_path / "eval_settings.json").write_text(json.dumps({"legacy_key": "old", "settings": {}}))
+    cells = [EvalRecord("oracle", "single", "p", j, 0, score, "ok", eval_key="k") for j, score in enumerate((0, 1))]
+    cells += [EvalRecord("no_update", "single", "p", None, None, 0.0, "ok")]  # before eval keys: legacy "old"
+    store.append_many("eval_records", cells)
+    (tmp_path / "eval_current.json").write_text(json.dumps({"keys": {"oracle": "k", "no_update": "old"},
+                                                            "instances": ["p"]}))
+    current = report.current_cells(tmp_path)
+    assert {c.condition for c in current} == {"oracle", "no_update"}
+    (oracle,) = table_rows(cells, ["oracle"], cpt=False)
+    assert report.per_instance(current, "score")["oracle"]["p"] == oracle["single_mean"] == 1.0
