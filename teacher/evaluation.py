@@ -167,9 +167,6 @@ def published_self_edits(path: str, domain: Domain, heldout: Sequence[Any], k: i
     if heldout and not matched:
         raise DataError(f"{file}: none of its self-edits match the {len(heldout)} held-out instances (matched by "
                         "context, instance id or title): is it the right file for data.source and data.eval_split?")
-    if matched < len(heldout):
-        log.warning("%s: self-edits for %d of the %d held-out instances; its rows cover those only", file, matched,
-                    len(heldout))
     return out
 
 
@@ -190,6 +187,12 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
     dist = dist or Dist()
     conditions = cfg.eval.conditions
     file_edits, published = self_edit_files(cfg, domain, heldout)  # a bad file fails first
+    files = ({"file": file_edits} if "file" in conditions else {}) | published
+    for name, given in files.items():
+        covered = len({iid for iid, _ in given})
+        if covered < len(heldout) and dist.is_main:
+            log.warning("evaluation %s: self-edits for %d of the %d held-out instances; its rows cover those only",
+                        name, covered, len(heldout))
     key, legacy = eval_key(cfg, store, file_edits, dist)
     # a named file's rows carry its content too: another file, or a changed one, never reuses them, while
     # every file shares the no-update and passage-only cells

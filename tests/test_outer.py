@@ -242,3 +242,9 @@ def test_published_self_edit_files_are_rows_of_their_own(tiny_model_dir, tmp_pat
     after = table(out, "eval_records")
     new = after[len(before):]
     assert after[:len(before)] == before and new and {r["condition"] for r in new} == {"paper_b"}
+    c = tmp_path / "c_val.json"  # a file for one of the two passages: its row holds that one, said in the log
+    c.write_text(json.dumps(json.loads(a.read_text())[:1]))
+    proc = run([x.replace(f"file:paper_b={b}", f"file:paper_c={c}") for x in cmd], tmp_path)
+    assert "evaluation paper_c: self-edits for 1 of the 2 held-out instances" in proc.stderr
+    rows = {r.split(",")[0]: r.split(",") for r in (out / "eval.csv").read_text().splitlines()[1:]}
+    assert rows["paper_c"][header.split(",").index("single_n")] == "1"
