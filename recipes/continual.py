@@ -15,7 +15,6 @@ import _no_shadow  # noqa: F401  (first: see its docstring)
 
 # isort: split
 
-import json
 import sys
 
 from seal.run import load_split, start
@@ -39,7 +38,7 @@ def main(argv: list[str]) -> int:
             if paper is not None:
                 text += ["", "The paper's matrix (official overall_results.json, mean)", "",
                          format_matrix(paper)]
-            run.store.write_text("continual.json", json.dumps({**result, "paper_mean": paper}, indent=1))
+            run.store.write_json("continual.json", {**result, "paper_mean": paper})
             run.store.write_text("continual.md", "\n".join(text) + "\n")
             print("\n".join(text), flush=True)
     return run.exit_code

@@ -150,8 +150,11 @@ def _task(tid: str, data: dict[str, Any], solutions: list | None = None) -> ArcT
                    for i, t in enumerate(tests)]
     except (KeyError, TypeError, IndexError) as err:
         raise DataError(f"ARC task {tid}: malformed ({err})") from err
-    if len(outputs) != len(inputs):
-        raise DataError(f"ARC task {tid}: {len(inputs)} test inputs but {len(outputs)} solutions")
+    if solutions is not None and len(solutions) != len(tests):
+        raise DataError(f"ARC task {tid}: {len(tests)} test inputs but {len(solutions)} solutions")
+    if not train or not tests:  # nothing to learn from, or nothing to score (a task with no tests would count solved)
+        raise DataError(f"ARC task {tid}: {len(train)} demonstrations and {len(tests)} tests; it needs at least one "
+                        "of each")
     return ArcTask(tid, train, inputs, outputs)
 
 
@@ -241,15 +244,18 @@ class ArcDomain(Domain):
 
     # ------------------------------------------------------------------ self-edits
     def parse(self, instance: ArcTask, text: str) -> SelfEdit:
-        """The first JSON object in the text, validated. Only `json` ever reads model output."""
-        config = _first_json_object(text)
-        if config is None:
-            raise SelfEditError("no JSON object in the self-edit")
+        """The JSON object the text starts (after any preamble), validated. Only `json` ever reads model
+        output. An object cut off at max_new_tokens is unusable (the official code resamples it), never read
+        for an inner object it happens to hold."""
+        config = _leading_json_object(text)
         for section in ("data_generation", "training"):
             if not isinstance(config.get(section, {}), dict):
                 raise SelfEditError(f"{section} must be a JSON object, got {config[section]!r:.40}")
-        flat = {**config.get("data_generation", {}), **config.get("training", {}),
-                **{k: v for k, v in config.items() if k not in ("data_generation", "training")}}
+        nested = {**config.get("data_generation", {}), **config.get("training", {})}
+        top = {k: v for k, v in config.items() if k not in ("data_generation", "training")}
+        if twice := sorted(set(nested) & set(top)):
+            raise SelfEditError(f"{', '.join(twice)} given both inside a section and at the top level")
+        flat = {**nested, **top}
         if self.options.require_all_keys:
             missing = [f"data_generation.{k}" for k in AUGMENTATION_KEYS if k not in config.get("data_generation", {})]
             missing += [f"training.{k}" for k in ("strategy", "learning_rate", "num_train_epochs")
@@ -361,8 +367,10 @@ class ArcDomain(Domain):
         for t, test_in in enumerate(instance.test_inputs):
             for pairs, view in self._views(instance, t):
                 prompts.append(self.task_prompt(pairs, GEOMETRIC[view][0](test_in)))
-        for _, out in instance.train:  # room for an answer as large as the largest demonstration output
-            longest = max(longest, max(out.shape) * (max(out.shape) + 1))
+        # room for an answer as large as the largest demonstration output or test input (never the test
+        # output itself: that is what is asked)
+        for grid in [out for _, out in instance.train] + list(instance.test_inputs):
+            longest = max(longest, max(grid.shape) * (max(grid.shape) + 1))
         return Queries(prompts=prompts, max_new_tokens=min(2 * longest + 8, MAX_SIDE * (MAX_SIDE + 1)), stop=None)
 
     def grade(self, instance: ArcTask, answers: Sequence[str]) -> Score:
@@ -470,13 +478,15 @@ def _distinct(tasks: list[list[Pair]]) -> list[list[Pair]]:
     return out
 
 
-def _first_json_object(text: str) -> dict[str, Any] | None:
-    decoder = json.JSONDecoder()
-    for start in (i for i, ch in enumerate(text) if ch == "{"):
-        try:
-            value, _ = decoder.raw_decode(text, start)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(value, dict):
-            return value
-    return None
+def _leading_json_object(text: str) -> dict[str, Any]:
+    """The JSON object that starts at the text's first `{`, or `SelfEditError`."""
+    start = text.find("{")
+    if start < 0:
+        raise SelfEditError("no JSON object in the self-edit")
+    try:
+        value, _ = json.JSONDecoder().raw_decode(text, start)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError; also 4300+ digit integers, deep nesting
+        raise SelfEditError(f"the JSON object is cut off or malformed ({str(err)[:80]})") from None
+    if not isinstance(value, dict):  # unreachable from "{", kept for the type
+        raise SelfEditError("the self-edit is not a JSON object")
+    return value

@@ -203,6 +203,10 @@ class RunStore:
         self._write_atomic(path, text)
         return path
 
+    def write_json(self, name: str, value: Any) -> Path:
+        """Strict JSON (NaN and infinities as null, which strict readers accept), indented."""
+        return self.write_text(name, json.dumps(_clean(value), indent=1, allow_nan=False) + "\n")
+
     def _own(self, table: str) -> Path:
         return self.path / (f"{table}.jsonl" if self.rank == 0 else f"{table}.rank{self.rank}.jsonl")
 

@@ -161,15 +161,16 @@ def matrices(store: RunStore, k: int, s: int) -> dict[str, Any]:
     for r in store.iter("continual_scores", ContinualScore):
         if r.sequence < s and r.row <= k and r.column < k:
             per[r.sequence][r.row][r.column] = r.score
-    complete = [m for m in per if all(m[i][j] is not None for i in range(k + 1) for j in range(k)
-                                      if i == 0 or j < i)]
+    finished = [n for n, m in enumerate(per) if all(m[i][j] is not None for i in range(k + 1) for j in range(k)
+                                                   if i == 0 or j < i)]
+    complete = [per[n] for n in finished]
     mean = [[_stat(complete, i, j, _mean) for j in range(k)] for i in range(k + 1)]
     std = [[_stat(complete, i, j, _std) for j in range(k)] for i in range(k + 1)]
     forgetting = []
-    for m in complete:
+    for n, m in zip(finished, complete):
         right_after = [m[i + 1][i] for i in range(k)]
         at_end = [m[k][i] for i in range(k)]
-        forgetting.append({"right_after": _mean(right_after), "after_all": _mean(at_end),
+        forgetting.append({"sequence": n, "right_after": _mean(right_after), "after_all": _mean(at_end),
                            "drop": _mean(right_after) - _mean(at_end)})
     return {"passages": k, "sequences": s, "complete": len(complete), "matrices": per, "mean": mean, "std": std,
             "forgetting": forgetting}
@@ -226,8 +227,8 @@ def format_forgetting(result: dict[str, Any]) -> str:
         return "no complete sequence yet"
     lines = ["| sequence | accuracy right after its own update % | after all K updates % | drop |",
              "|---:|---:|---:|---:|"]
-    for n, r in enumerate(rows):
-        lines.append(f"| {n} | {100 * r['right_after']:.1f} | {100 * r['after_all']:.1f} | "
+    for r in rows:
+        lines.append(f"| {r['sequence']} | {100 * r['right_after']:.1f} | {100 * r['after_all']:.1f} | "
                      f"{100 * r['drop']:+.1f} |")
     after = [r["right_after"] for r in rows]
     end = [r["after_all"] for r in rows]

