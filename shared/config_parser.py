@@ -235,22 +235,49 @@ def parse_config(argv: list[str], cls: type = SealConfig) -> Any:
 _SECRET_KEY = re.compile(r"(^|_)(api_key|key|token|secret|password)$", re.IGNORECASE)
 
 
-# a secret in a URL: the password of user:password@host, or a query parameter named like a key
-_URL_SECRET = re.compile(r"(?i)(://[^/@:\s]+:)[^/@\s]+(@)|([?&](?:[\w-]*_)?(?:api_key|apikey|key|token|secret|"
-                         r"password|sig|signature|access_token)=)[^&#\s]+")
+# secrets in a URL: its whole userinfo (user:password@, or a token as the user name; a password may hold
+# "@", so up to the last "@" before the path), and a query parameter named like a key (api_key, api-key,
+# x-api-key, access_token, ...)
+_URL_USERINFO = re.compile(r"(://)[^/?#\s]*@")
+_URL_PARAM = re.compile(r"(?i)([?&](?:[\w-]*[_-])?(?:api[_-]?key|key|token|secret|password|sig|signature|"
+                        r"access[_-]token)=)[^&#\s]+")
+
+
+def _mask_url(text: str) -> str:
+    return _URL_PARAM.sub(r"\1<redacted>", _URL_USERINFO.sub(r"\1<redacted>@", text))
 
 
 def redacted(data: Any) -> Any:
     """A copy with every value under a secret-looking key replaced, and secrets inside URLs (query
-    parameters, user:password@) masked, for dumps and trackers."""
+    parameters, userinfo) masked, for dumps and trackers."""
     if isinstance(data, dict):
         return {k: ("<redacted>" if _SECRET_KEY.search(str(k)) and v else redacted(v))
                 for k, v in data.items()}
     if isinstance(data, list):
         return [redacted(v) for v in data]
     if isinstance(data, str) and "://" in data:
-        return _URL_SECRET.sub(lambda m: f"{m[1]}<redacted>{m[2]}" if m[1] else f"{m[3]}<redacted>", data)
+        return _mask_url(data)
     return data
+
+
+def redacted_argv(argv: list[str]) -> list[str]:
+    """A command line with the same secrets masked: URLs anywhere, and the value of an option named like a
+    secret (`--x.api_key V` or `--x.api_key=V`). What trackers may record as the program's arguments."""
+    out: list[str] = []
+    secret_next = False
+    for arg in argv:
+        if secret_next:
+            out.append("<redacted>")
+            secret_next = False
+            continue
+        name, eq, value = arg.partition("=")
+        secret = arg.startswith("--") and bool(_SECRET_KEY.search(name.rsplit(".", 1)[-1]))
+        if secret and eq:
+            out.append(f"{name}=<redacted>")
+            continue
+        secret_next = secret and not eq
+        out.append(_mask_url(arg) if "://" in arg else arg)
+    return out
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

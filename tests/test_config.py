@@ -232,3 +232,20 @@ def test_defaults_never_count_as_given():
     assert cfg.outer.algorithm == "grpo" and cfg.outer.filter == "best_of_k" and cfg.outer.epochs == 2.0
     cfg = parse_config(["--outer.algorithm", "rest_em", "--outer.lora_r", "8"])
     assert cfg.outer.grpo_steps == 4
+
+
+def test_secrets_in_urls_and_command_lines_are_masked():
+    from seal.shared.config_parser import redacted_argv
+
+    urls = {"https://user:pw@ss@host/v1": "https://<redacted>@host/v1",  # a password holding "@"
+            "https://ghp_TOKEN@github.com/x": "https://<redacted>@github.com/x",  # a token as the user name
+            "http://h/v1?api-key=A&x-api-key=B&access-token=C&model=m":
+                "http://h/v1?api-key=<redacted>&x-api-key=<redacted>&access-token=<redacted>&model=m",
+            "http://h/v1?api_key=A&sig=B": "http://h/v1?api_key=<redacted>&sig=<redacted>"}
+    for url, masked in urls.items():
+        assert redacted({"url": url}) == {"url": masked}
+    argv = ["--domain.judge.url", "https://u:pw@h/v1", "--x.api_key", "sk-1", "--y.token=sk-2",
+            "--domain.judge.api_key_env", "JUDGE_KEY", "--sampling.max_new_tokens", "64"]
+    assert redacted_argv(argv) == ["--domain.judge.url", "https://<redacted>@h/v1", "--x.api_key", "<redacted>",
+                                   "--y.token=<redacted>", "--domain.judge.api_key_env", "JUDGE_KEY",
+                                   "--sampling.max_new_tokens", "64"]

@@ -32,7 +32,10 @@ def wandb_run(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("wb") / "run"
     env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "SEAL_TEST_SECRET": "never-logged"}
     env.pop("WANDB_API_KEY", None)
-    run_tiny(tiny_model_dir, out, "--report_to", "wandb", "--wandb.project", "seal-test", env=env)
+    # credentials on the command line (a judge URL's user:password and api-key parameter): wandb records the
+    # program's arguments, which must not carry them
+    run_tiny(tiny_model_dir, out, "--report_to", "wandb", "--wandb.project", "seal-test", "--domain.judge.url",
+             "https://user:TOPSECRET@judge.example/v1?api-key=SECRET2&model=m", env=env)
     (run_dir,) = list((out / "wandb").glob("offline-run-*"))
     return out, run_dir
 
@@ -61,6 +64,10 @@ def test_offline_run_has_the_round_keys_and_the_self_edit_table(wandb_run):
     assert {row[4] for row in table["data"]} == {e["text"] for e in edits}
     assert config["inner"]["lr"] == pytest.approx(3e-3) and config["wandb"]["project"] == "seal-test"
     assert "never-logged" not in log_file.read_bytes().decode("latin-1")
+    for path in [log_file, *run_dir.rglob("*.json"), out / "config.yaml"]:
+        text = path.read_bytes().decode("latin-1")
+        assert "TOPSECRET" not in text and "SECRET2" not in text, path
+    assert "judge.example" in log_file.read_bytes().decode("latin-1")  # the arguments themselves are recorded
 
 
 def test_report_renders_pngs_from_a_real_run(wandb_run):
