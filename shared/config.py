@@ -494,7 +494,8 @@ class SealConfig:
     mode: str = "self"
     """self: the teacher edits itself (student == teacher); teacher_student: a separate, fixed student."""
     domain: dict[str, Any] = field(default_factory=lambda: {"name": "knowledge"})
-    """`name` picks the domain; the other keys are that domain's options, checked by the domain."""
+    """`name` picks the domain (knowledge when not given); the other keys are that domain's options, checked
+    by the domain."""
     teacher: ModelConfig = field(default_factory=ModelConfig)
     """The model that writes self-edits (and, in mode self, absorbs them)."""
     student: ModelConfig | None = None
@@ -556,8 +557,8 @@ class SealConfig:
         if self.inner.deepspeed and self.inner.score_backend != "hf":
             raise ConfigError("inner.deepspeed scores with transformers across the partitioned weights; "
                               "it cannot be combined with inner.score_backend: vllm")
-        if "name" not in self.domain:
-            raise ConfigError("domain.name is required (e.g. knowledge)")
+        if "name" not in self.domain:  # e.g. only `--domain.format self-qa` given: the default domain's option
+            self.domain = {"name": "knowledge", **self.domain}
         if self.eval.self_edits_file:
             self.eval.self_edits_file = resolve_path("eval.self_edits_file", self.eval.self_edits_file)
 

@@ -42,7 +42,36 @@ def _optional_inner(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+@dataclasses.dataclass(frozen=True)
+class _CliScalar:
+    """A command-line value YAML read as a number or boolean, with the text it was typed as: a string field
+    takes the text (`--teacher.revision 0123456` is that commit, not the octal number 42798; `--wandb.group
+    off` is "off"), any other field the value."""
+
+    value: Any
+    text: str
+
+
+def _plain(value: Any) -> Any:
+    """A value with its command-line scalars as YAML read them (a mapping field, e.g. `domain` or
+    `sampling.vllm`, is typed later or never: its numbers stay numbers)."""
+    if isinstance(value, _CliScalar):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _leaf_type(tp: Any) -> Any:
+    inner, _ = _optional_inner(tp)
+    return _leaf_type(typing.get_args(inner)[0]) if typing.get_origin(inner) is Annotated else inner
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
+    if isinstance(value, _CliScalar):
+        value = value.text if _leaf_type(tp) is str else value.value
     inner, nullable = _optional_inner(tp)
     if value is None:
         if nullable:
@@ -69,9 +98,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
-        return dict(value)
+        return _plain(value)
     if inner is Any:
-        return value
+        return _plain(value)
     if inner is bool:
         if isinstance(value, bool):
             return value
@@ -95,8 +124,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return number
     if inner is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)):  # bool included: YAML's reading of an unquoted yes/off
+            raise ConfigError(f"{key}: expected a string, got {value!r}: YAML reads unquoted digits and yes/no/on/off "
+                              "as numbers and booleans (0123 is octal 83); quote it")
         raise ConfigError(f"{key}: expected a string, got {value!r}")
     raise ConfigError(f"{key}: unsupported field type {inner!r}")  # pragma: no cover - config authors only
 
@@ -176,7 +208,7 @@ def parse_overrides(argv: list[str]) -> tuple[str | None, list[tuple[str, Any]]]
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError as err:
             raise ConfigError(f"--{key}: cannot parse value {raw!r}: {err}") from err
-        overrides.append((key, value))
+        overrides.append((key, _CliScalar(value, raw) if isinstance(value, (int, float)) else value))
     return config_path, overrides
 
 

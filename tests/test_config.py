@@ -249,3 +249,26 @@ def test_secrets_in_urls_and_command_lines_are_masked():
     assert redacted_argv(argv) == ["--domain.judge.url", "https://<redacted>@h/v1", "--x.api_key", "<redacted>",
                                    "--y.token=<redacted>", "--domain.judge.api_key_env", "JUDGE_KEY",
                                    "--sampling.max_new_tokens", "64"]
+
+
+def test_a_string_field_takes_the_text_as_typed(tmp_path):
+    """Values are read as YAML, so `--teacher.revision 0123456` became the octal number 42798 and then the
+    string "42798" (another revision, loaded without a word), `1.10` became "1.1" and `--wandb.group off`
+    was refused as False. On the command line a string field now takes the text as typed; in a YAML file
+    an unquoted number or yes/no for a string field is refused with the reason."""
+    import yaml
+
+    cfg = parse_config(["--teacher.revision", "0123456", "--wandb.group", "off", "--wandb.name=1.10",
+                        "--inner.lr", "1e-3", "--eval.seeds", "0", "--seed", "-1", "--domain.answer_max_new_tokens",
+                        "64", "--sampling.vllm.enforce_eager", "true"])
+    assert (cfg.teacher.revision, cfg.wandb.group, cfg.wandb.name) == ("0123456", "off", "1.10")
+    assert (cfg.inner.lr, cfg.eval.seeds, cfg.seed) == (1e-3, [0], -1)
+    assert cfg.domain == {"name": "knowledge", "answer_max_new_tokens": 64}  # the default domain's option
+    assert cfg.sampling.vllm == {"enforce_eager": True}
+    yaml.safe_dump(to_dict(cfg))  # plain values throughout (config.yaml is written from them)
+    path = tmp_path / "c.yaml"
+    path.write_text("teacher:\n  revision: 0123456\n")
+    with pytest.raises(ConfigError, match=r"teacher.revision: expected a string, got 42798: .*quote it"):
+        parse_config(["--config", str(path)])
+    path.write_text("teacher:\n  revision: '0123456'\n")
+    assert parse_config(["--config", str(path)]).teacher.revision == "0123456"
