@@ -161,6 +161,15 @@ class DataConfig:
 SERVED_APIS = ("chat", "completions")
 
 
+def check_base_url(key: str, url: str, route: str) -> None:
+    """An OpenAI-compatible API's base URL (never echoed in the error: it may hold a secret)."""
+    if not re.match(r"(?i)^https?://[^/\s]", url):
+        raise ConfigError(f"{key}: expected a base URL starting with http:// or https://")
+    if re.search(r"/(chat/)?completions/?$", url):
+        raise ConfigError(f"{key}: give the API's base URL (e.g. http://localhost:8000/v1), without the "
+                          f"/chat/completions or /completions route ({route})")
+
+
 @dataclass
 class ServedConfig:
     """A teacher behind an OpenAI-compatible endpoint (`vllm serve`, `trl vllm-serve`, an API model such as
@@ -197,11 +206,7 @@ class ServedConfig:
     def __post_init__(self):
         check_choice("api", self.api, SERVED_APIS)
         if self.url is not None:
-            if not re.match(r"(?i)^https?://[^/\s]", self.url):  # the URL is not echoed: it may hold a secret
-                raise ConfigError("url: expected a base URL starting with http:// or https://")
-            if re.search(r"/(chat/)?completions/?$", self.url):
-                raise ConfigError("url: give the API's base URL (e.g. http://localhost:8000/v1), without the "
-                                  "/chat/completions or /completions route (sampling.served.api picks it)")
+            check_base_url("url", self.url, "sampling.served.api picks it")
         if self.cache is not None:
             self.cache = resolve_path("cache", self.cache)
 

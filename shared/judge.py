@@ -18,8 +18,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
-from seal.shared.config import ConfigError
+from seal.shared.config import Bound, ConfigError, check_base_url, resolve_path
 from seal.shared.config_parser import redacted
 from seal.shared.models import cache_dir
 
@@ -45,11 +46,20 @@ class JudgeConfig:
     model: str = "gpt-4.1"
     api_key_env: str = "OPENAI_API_KEY"
     """Name of the environment variable that holds the key (empty: send no key)."""
-    timeout_s: float = 30.0
-    retries: int = 4
-    backoff_s: float = 1.0
+    timeout_s: Annotated[float, Bound(0, low_open=True)] = 30.0
+    """Seconds one request may take before it counts as failed."""
+    retries: Annotated[int, Bound(0, 20)] = 4
+    """Further attempts after a connection error, a timeout, HTTP 429 or 5xx (other errors fail at once)."""
+    backoff_s: Annotated[float, Bound(0, 600)] = 1.0
+    """Wait before the first retry, doubled for each further one."""
     cache: str | None = None
     """JSONL file of verdicts; None: `judge_verdicts.jsonl` in the SEAL cache folder ($SEAL_CACHE)."""
+
+    def __post_init__(self):
+        if self.url is not None:
+            check_base_url("url", self.url, "the judge appends /chat/completions")
+        if self.cache is not None:
+            self.cache = resolve_path("cache", self.cache)
 
 
 class Judge:
@@ -101,6 +111,8 @@ class Judge:
                 with urllib.request.urlopen(request, timeout=self.cfg.timeout_s) as resp:
                     reply = json.loads(resp.read())
                 text = reply["choices"][0]["message"]["content"]
+                if not isinstance(text, str):  # e.g. null from a reasoning model cut off at max_tokens
+                    raise TypeError(f"no text in the reply's message (content {text!r:.20})")
                 return 1.0 if text.strip().lower().startswith("yes") else 0.0
             except urllib.error.HTTPError as err:
                 last = f"HTTP {err.code}"

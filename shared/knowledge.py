@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
+from seal.shared.config import Count, NonNegative
 from seal.shared.domain import (
     DataError,
     Domain,
@@ -108,11 +109,11 @@ class KnowledgeOptions:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     include_passage: bool = True
     """Append the raw passage as one more training sequence (the paper does)."""
-    max_items: int = 32
+    max_items: Count = 32
     """split seal: at most this many items per self-edit."""
-    min_item_words: int = 3
+    min_item_words: NonNegative = 3
     """split seal: items with fewer words are dropped."""
-    answer_max_new_tokens: int = 24
+    answer_max_new_tokens: Count = 24
     """Tokens the student may generate per answer (official: 64)."""
 
     def __post_init__(self):

@@ -17,6 +17,7 @@ class FakeJudge(BaseHTTPRequestHandler):
     failures: list[int] = []
     requests: list[dict] = []
     hang = threading.Event()
+    content: str | None = "verdict"  # None: a message without text, as a reasoning model cut off at max_tokens
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -32,7 +33,7 @@ class FakeJudge(BaseHTTPRequestHandler):
         prompt = body["messages"][0]["content"]
         gold = prompt.split("Gold answer: ")[1].split("\n")[0]
         student = prompt.split("Student answer: ")[1].split("\n")[0]
-        verdict = "Yes" if gold.lower() in student.lower() else "no"
+        verdict = ("Yes" if gold.lower() in student.lower() else "no") if self.content else None
         out = json.dumps({"choices": [{"message": {"role": "assistant", "content": verdict}}]}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -46,7 +47,7 @@ class FakeJudge(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server():
-    FakeJudge.failures, FakeJudge.requests = [], []
+    FakeJudge.failures, FakeJudge.requests, FakeJudge.content = [], [], "verdict"
     FakeJudge.hang.clear()
     with loopback(FakeJudge) as url:
         yield url
@@ -99,3 +100,33 @@ def test_knowledge_domain_grades_with_the_judge(server, tmp_path):
 def test_judge_needs_a_url():
     with pytest.raises(ValueError, match="domain.judge.url: grader .judge. needs an OpenAI-compatible base URL"):
         KnowledgeDomain(KnowledgeOptions(grader="judge"))
+
+
+def test_a_reply_without_text_is_a_judge_error_not_a_crash(server, tmp_path):
+    FakeJudge.content = None
+    with pytest.raises(JudgeError, match="unexpected reply .*no text in the reply's message"):
+        Judge(config(server, tmp_path)).grade("q", "a", "b")
+
+
+def test_the_judge_settings_are_checked_when_the_config_is_read(monkeypatch, tmp_path):
+    """retries -1 made no request and failed with no reason; timeout -1 was a traceback; a URL without a
+    scheme was retried as if the failure were temporary and then printed unmasked; `~` in the cache path
+    made a folder named `~`."""
+    from seal.shared.config import ConfigError
+    from seal.shared.config_parser import parse_config
+    from seal.shared.domain import make_domain
+
+    def domain(*args):
+        return make_domain(parse_config(list(args)).domain)
+
+    for args, message in ((("--domain.judge.retries", "-1"), r"domain.judge.retries: must be in \[0, 20\]"),
+                          (("--domain.judge.timeout_s", "-1"), "domain.judge.timeout_s: must be > 0"),
+                          (("--domain.judge.url", "localhost:8000/v1?key=SECRET123"),
+                           "domain.judge.url: expected a base URL starting with http"),
+                          (("--domain.judge.url", "http://h/v1/chat/completions"), "without the /chat/completions"),
+                          (("--domain.answer_max_new_tokens", "0"), "domain.answer_max_new_tokens: must be >= 1")):
+        with pytest.raises(ConfigError, match=message) as err:
+            domain(*args)
+        assert "SECRET123" not in str(err.value)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert domain("--domain.judge.cache", "~/v.jsonl").options.judge.cache == str(tmp_path / "v.jsonl")
