@@ -39,8 +39,10 @@ EXPECTED = (ConfigError, DataError, RunDirError, ModelLoadError, JudgeError, Ser
 exceptions are bugs and keep their traceback.)"""
 
 
-class Stopped(Exception):
-    """Ctrl-C or SIGTERM: the run stops where it is; the run store keeps what finished."""
+class Stopped(BaseException):
+    """SIGTERM: the run stops where it is; the run store keeps what finished. A BaseException, as
+    KeyboardInterrupt: no `except Exception` on the way (e.g. a data loader's error message) may take it
+    for a failure of its own."""
 
 
 @dataclass
@@ -83,8 +85,8 @@ def start(argv: list[str], what: str = "run", config_cls: type = SealConfig, sub
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     run: Run | None = None
     previous = signal.signal(signal.SIGTERM, _stop)
-    quiet_libraries(offline=os.environ.get("HF_HUB_OFFLINE") == "1")
     try:
+        quiet_libraries(offline=os.environ.get("HF_HUB_OFFLINE") == "1")  # imports torch: seconds, signals may come
         try:
             cfg = parse_config(argv, config_cls)
         except ValueError as err:  # a config or YAML value the parser could not use
@@ -115,10 +117,14 @@ def start(argv: list[str], what: str = "run", config_cls: type = SealConfig, sub
         print(f"\nstopped: finished work is kept{where}; run the same command to resume the {what}.",
               file=sys.stderr)
         _set_exit(run, 130)
+    except BaseException:  # a bug: it keeps its traceback, and the tracked run is marked failed
+        if run is not None:
+            run.exit_code = run.exit_code or 1
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
         if run is not None:
-            run.tracker.finish()
+            run.tracker.finish(run.exit_code)
 
 
 def load_split(run: Run, which: str) -> list[Any]:

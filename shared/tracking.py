@@ -93,9 +93,10 @@ class Tracker:
         self.run.log({"eval/table": table})
         self.run.summary.update({k: v for k, v in summary.items() if not math.isnan(v)})
 
-    def finish(self) -> None:
+    def finish(self, exit_code: int = 0) -> None:
+        """Close the run; a nonzero `exit_code` (an error, a stop) marks it failed rather than finished."""
         if self.enabled:
-            self.run.finish()
+            self.run.finish(exit_code=exit_code)
             self.run = None
 
 

@@ -232,3 +232,19 @@ def test_report_reads_what_the_store_reads_scores_the_oracle_as_the_table_and_ke
     assert {c.condition for c in current} == {"oracle", "no_update"}
     (oracle,) = table_rows(cells, ["oracle"], cpt=False)
     assert report.per_instance(current, "score")["oracle"]["p"] == oracle["single_mean"] == 1.0
+
+
+def test_a_run_that_fails_is_marked_failed_in_wandb(tiny_model_dir, tmp_path):
+    """The tracker was always finished with exit code 0, so a run stopped by an error looked finished."""
+    from tests.wandb_log import exit_code
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(REPO / "recipes" / "seal.py"), "--config",
+           str(REPO / "recipes/knowledge/smollm2-135m.yaml"), "--teacher.name", str(tiny_model_dir),
+           "--output_dir", str(out), "--report_to", "wandb",
+           "--data.source", str(tmp_path / "missing.json")]
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 2 and "error: " in proc.stderr, proc.stderr[-2000:]
+    (log_file,) = list((out / "wandb").glob("offline-run-*/*.wandb"))
+    assert exit_code(log_file) == 2

@@ -49,3 +49,9 @@ def history_and_config(path):
             for item in (r.config if kind == "config" else r.run.config).update:
                 config[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
     return rows, config
+
+
+def exit_code(path):
+    """The exit code the run was finished with (None: no exit record)."""
+    codes = [r.exit.exit_code for r in records(path) if r.WhichOneof("record_type") == "exit"]
+    return codes[-1] if codes else None
