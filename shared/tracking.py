@@ -1,7 +1,8 @@
 """Experiment tracking: one wandb run per SEAL run, written by the main process only.
 
-`report_to: wandb` turns it on. Without `WANDB_API_KEY` (and no `WANDB_MODE` of the user's) the run
-is offline, so nothing needs the network; `wandb sync` uploads it later. The config is logged with
+`report_to: wandb` turns it on. Without credentials (`WANDB_API_KEY`, or `wandb login`'s entry in
+~/.netrc), outside a sweep and with no `WANDB_MODE` of the user's, the run is offline, so nothing needs
+the network; `wandb sync` uploads it later. The config is logged with
 secrets redacted. The run id is derived from the run directory, so a resumed SEAL run continues the
 same wandb run, and TRL's trainer (teacher SFT) logs into it instead of opening another.
 """
@@ -16,13 +17,33 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from seal.shared.config import WandbConfig
 from seal.shared.config_parser import redacted, redacted_argv
 from seal.shared.records import RewardRecord, RoundRecord, SelfEditRecord, edit_rewards
 
 log = logging.getLogger("seal")
+
+
+def _wandb_credentials() -> bool:
+    """A key wandb will find: WANDB_API_KEY, or `wandb login`'s entry for its host in the netrc file."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    import netrc
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        entry = netrc.netrc(os.environ.get("NETRC")).authenticators(host or "")
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(entry and entry[2])
+
+
+def _goes_offline() -> bool:
+    """No key wandb would find, no sweep (whose agent sets none) and no WANDB_MODE of the user's."""
+    return not (_wandb_credentials() or "WANDB_MODE" in os.environ or os.environ.get("WANDB_SWEEP_ID"))
 
 
 class Tracker:
@@ -35,7 +56,7 @@ class Tracker:
             return
         import wandb
 
-        if not os.environ.get("WANDB_API_KEY") and "WANDB_MODE" not in os.environ:
+        if _goes_offline():
             os.environ["WANDB_MODE"] = "offline"
         # wandb records the program's arguments (wandb_settings.py `_args`, read from sys.argv whenever it is
         # needed, the job artifact at finish included): the command line was parsed already, so this process
@@ -144,6 +165,30 @@ class Phase:
     def _beat(self) -> None:
         while not self._stop.wait(self.every):
             log.info("%s: %d/%d done, %.0fs so far", self.what, self.n, self.total, time.monotonic() - self.start)
+
+
+@contextlib.contextmanager
+def heartbeat(what: str, every: float = 30.0) -> Iterator[None]:
+    """One long step with no count (loading or saving a model: minutes for a 72B one): silent when it
+    ends within `every` seconds, else a line every `every` seconds while it runs and one when it ends.
+    (Other ranks log at warning level only, so they stay silent.)"""
+    import threading
+
+    start, stop = time.monotonic(), threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            log.info("%s: %.0fs so far", what, time.monotonic() - start)
+
+    timer = threading.Thread(target=beat, daemon=True)
+    timer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        timer.join()
+        if time.monotonic() - start >= every:
+            log.info("%s: done in %.0fs", what, time.monotonic() - start)
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ import torch
 from seal.shared.config import ModelConfig, OuterConfig, SealConfig
 from seal.shared.models import load_model
 from seal.shared.store import RunStore
+from seal.shared.tracking import heartbeat
 
 DONE_MARKER = "seal_teacher_update.json"
 
@@ -99,25 +100,26 @@ def publish(trainer, tokenizer, teacher: ModelConfig, lora: bool, scratch: Path,
     from safetensors.torch import load_file
 
     saved = scratch / ("adapter" if lora else "model")
-    trainer.save_model(str(saved))
-    if trainer.accelerator.is_main_process:
-        if lora:
-            weights = load_file(str(saved / "adapter_model.safetensors"))
-            if not weights or not all(t.numel() for t in weights.values()):
-                raise RuntimeError(f"the saved teacher adapter in {saved} is empty: the trainer did not gather "
-                                   "its weights (DeepSpeed ZeRO-3 needs the trainer's own save_model)")
-            base = _load_unpartitioned(teacher, trainer)
-            merged = PeftModel.from_pretrained(base, saved).merge_and_unload()
-            staging = scratch / "model"
-            merged.save_pretrained(staging, safe_serialization=True)
-        else:
-            staging = saved
-        tokenizer.save_pretrained(staging)
-        seconds = time.perf_counter() - started if started is not None else None
-        write_update_marker(staging, examples=examples, losses=losses, seconds=seconds)
-        if target.exists():  # an incomplete copy from a killed run
-            shutil.rmtree(target)
-        staging.rename(target)
+    with heartbeat(f"saving the teacher update to {target}"):  # minutes for a large teacher
+        trainer.save_model(str(saved))
+        if trainer.accelerator.is_main_process:
+            if lora:
+                weights = load_file(str(saved / "adapter_model.safetensors"))
+                if not weights or not all(t.numel() for t in weights.values()):
+                    raise RuntimeError(f"the saved teacher adapter in {saved} is empty: the trainer did not gather "
+                                       "its weights (DeepSpeed ZeRO-3 needs the trainer's own save_model)")
+                base = _load_unpartitioned(teacher, trainer)
+                merged = PeftModel.from_pretrained(base, saved).merge_and_unload()
+                staging = scratch / "model"
+                merged.save_pretrained(staging, safe_serialization=True)
+            else:
+                staging = saved
+            tokenizer.save_pretrained(staging)
+            seconds = time.perf_counter() - started if started is not None else None
+            write_update_marker(staging, examples=examples, losses=losses, seconds=seconds)
+            if target.exists():  # an incomplete copy from a killed run
+                shutil.rmtree(target)
+            staging.rename(target)
     trainer.accelerator.wait_for_everyone()
 
 

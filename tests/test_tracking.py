@@ -248,3 +248,52 @@ def test_a_run_that_fails_is_marked_failed_in_wandb(tiny_model_dir, tmp_path):
     assert proc.returncode == 2 and "error: " in proc.stderr, proc.stderr[-2000:]
     (log_file,) = list((out / "wandb").glob("offline-run-*/*.wandb"))
     assert exit_code(log_file) == 2
+
+
+def test_a_long_single_step_is_never_silent_and_a_short_one_says_nothing(caplog):
+    """Loading or saving a model has no count to report and the hub's own bars are off: a step that lasts
+    longer than `every` seconds gets a line while it runs and one when it ends; a quick one stays quiet."""
+    import logging
+    import threading
+
+    from seal.shared.tracking import heartbeat
+
+    beaten = threading.Event()
+
+    class Beats(logging.Handler):
+        def emit(self, record):
+            if "so far" in record.getMessage():
+                beaten.set()
+
+    logging.getLogger("seal").addHandler(handler := Beats())
+    try:
+        with caplog.at_level("INFO", logger="seal"):
+            with heartbeat("loading quick"):
+                pass
+            with heartbeat("loading slow", every=0.01):
+                assert beaten.wait(60)  # the step lasts until the heartbeat has spoken
+    finally:
+        logging.getLogger("seal").removeHandler(handler)
+    quick = [r.message for r in caplog.records if "quick" in r.message]
+    slow = [r.message for r in caplog.records if "slow" in r.message]
+    assert quick == [] and any("so far" in m for m in slow) and slow[-1].startswith("loading slow: done in")
+
+
+def test_wandb_stays_online_with_a_login_or_in_a_sweep(tmp_path, monkeypatch):
+    """Only WANDB_API_KEY counted: a user logged in through ~/.netrc, or a sweep agent's child (which does
+    not set the key), was switched to offline without a word and the sweep never saw its metrics."""
+    from seal.shared.tracking import _goes_offline, _wandb_credentials
+
+    for name in ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_MODE", "WANDB_SWEEP_ID"):
+        monkeypatch.delenv(name, raising=False)
+    netrc = tmp_path / "netrc"
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert not _wandb_credentials() and _goes_offline()  # no file
+    monkeypatch.setenv("WANDB_SWEEP_ID", "abc")
+    assert not _goes_offline()
+    monkeypatch.delenv("WANDB_SWEEP_ID")
+    netrc.write_text("machine api.wandb.ai\n  login user\n  password abc123\n")
+    netrc.chmod(0o600)
+    assert _wandb_credentials()
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")
+    assert not _wandb_credentials()  # another host's key
