@@ -196,12 +196,14 @@ def parse_overrides(argv: list[str]) -> tuple[str | None, list[tuple[str, Any]]]
             raise ConfigError(f"unexpected argument {arg!r}: use --config FILE and --section.key VALUE")
         key, eq, raw = arg[2:].partition("=")
         if not eq:
-            if i + 1 >= len(argv):
+            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):  # `--inner.lr --seed 3`: lr has no value
                 raise ConfigError(f"--{key} needs a value")
             raw = argv[i + 1]
             i += 1
         i += 1
         if key == "config":
+            if not raw.strip():
+                raise ConfigError("--config: empty path")
             config_path = raw
             continue
         try:

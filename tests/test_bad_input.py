@@ -57,6 +57,8 @@ CONFIG_CASES = [
     (["--outer.trl_args", "{gradient_checkpoint: true}"], r"SFTConfig has no argument 'gradient_checkpoint'"),
     (["--outer.algorithm", "grpo", "--outer.filter", "all_positive"], r"outer.filter applies to .* rest_em only"),
     (["--inner.lr"], r"--inner.lr needs a value"),
+    (["--inner.lr", "--seed", "3"], r"--inner.lr needs a value"),  # not lr = "--seed"
+    (["--config="], r"--config: empty path"),
     (["--domain", "{name: knowledge, grader: judge, judge: {url: 'http://127.0.0.1:9/v1', retries: 0, "
       "timeout_s: 2, cache: /dev/null}}"], r"judge at http://127.0.0.1:9/v1/chat/completions failed after 1 "),
     (["--data.train_split", "train[::0]"], r"step must be positive"),
