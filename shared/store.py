@@ -60,18 +60,29 @@ shown beside the results (the paper's continual matrix). And how the inner loop 
 step, recomputed activations, generation batches): the same steps, so a run that ran out of memory can
 resume with smaller ones."""
 
+JUDGE_CONNECTION = ("url", "api_key_env", "timeout_s", "retries", "backoff_s", "cache")
+"""How the knowledge domain's LLM judge is reached (`domain.judge.*`), not what it grades (its model is a
+result key): a run may resume against the judge on another port or with other timeouts, as
+sampling.served. (Its verdicts are cached by model, question, gold answer and answer.)"""
+
 EVAL_SELECTION = ("data.eval_split", "data.eval_limit", "data.eval_shuffle_seed")
 """Which held-out instances an evaluation reads: like the `eval` section, not a result key (its cells are
 keyed by instance id, the instance's place in the data source, and the tables keep only the current
 held-out set's), so evaluating more passages later reuses every cell already measured. Except under
 `data.disjoint_articles`, where the held-out articles decide the training set. Run directories made
-while these were result keys carry a digest with them (`config_digest(..., legacy=True)`)."""
+while these were result keys carry a digest with them (`config_digest(..., legacy=2)`)."""
 
 
-def config_digest(config: dict[str, Any], legacy: bool = False) -> str:
+def config_digest(config: dict[str, Any], legacy: int = 0) -> str:
     """A hash of what can change results (`result_config`)."""
     return hashlib.sha256(json.dumps(result_config(config, legacy), sort_keys=True,
                                      default=str).encode()).hexdigest()[:16]
+
+
+LEGACY_DIGESTS = (1, 2)
+"""The digests run directories were made with before: 1 while the judge's connection settings were result
+keys (JUDGE_CONNECTION), 2 also while the held-out selection was (EVAL_SELECTION). Such a directory
+resumes and is marked anew."""
 
 
 ARC_TTT_SET = "official families, plain and permuted copies"
@@ -85,13 +96,16 @@ RENAMED_FORMATS = ("implications-long", "implications-very-long", "rewrite", "se
 meaning is refused instead of mixing self-edits of two prompts."""
 
 
-def result_config(config: dict[str, Any], legacy: bool = False) -> dict[str, Any]:
+def result_config(config: dict[str, Any], legacy: int = 0) -> dict[str, Any]:
     """The config without NON_RESULT_KEYS, with the nested non-result keys set to their defaults, and without
     the keys added later (ADDED_KEYS) while at their defaults — so a run directory made before a key existed
-    keeps its digest. `legacy`: as before EVAL_SELECTION left the result keys."""
+    keeps its digest. `legacy`: as an earlier version made it (LEGACY_DIGESTS)."""
     defaults = _defaults()
     relevant = {k: v for k, v in config.items() if k not in NON_RESULT_KEYS}
-    selection = () if legacy or _get(relevant, "data.disjoint_articles") is True else EVAL_SELECTION
+    judge = _get(relevant, "domain.judge")
+    if not legacy and isinstance(judge, dict):
+        relevant = _with(relevant, ["domain", "judge"], {k: v for k, v in judge.items() if k not in JUDGE_CONNECTION})
+    selection = () if legacy >= 2 or _get(relevant, "data.disjoint_articles") is True else EVAL_SELECTION
     for dotted in (*NESTED_NON_RESULT_KEYS, *selection):
         if _get(relevant, dotted) is not _MISSING:
             relevant = _with(relevant, dotted.split("."), _get(defaults, dotted))
@@ -158,8 +172,9 @@ class RunStore:
         results = sorted(p.name for p in self.path.iterdir() if p.suffix == ".jsonl" or p.name == "teachers")
         if marker.exists() and results:
             saved = self._read_marker(marker)
-            if saved.get("digest") != digest and saved.get("digest") == config_digest(config, legacy=True):
-                if rank == 0:  # made while the held-out selection was a result key: the same run, marked anew
+            if saved.get("digest") != digest and saved.get("digest") in {config_digest(config, era)
+                                                                          for era in LEGACY_DIGESTS}:
+                if rank == 0:  # made by an earlier version (LEGACY_DIGESTS): the same run, marked anew
                     self._write_atomic(marker, yaml.safe_dump({"digest": digest, "config": redacted(config)},
                                                               sort_keys=False))
             elif saved.get("digest") != digest:

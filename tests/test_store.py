@@ -209,10 +209,10 @@ def test_memory_settings_can_change_on_resume_and_old_arc_runs_are_refused(tmp_p
     # a run made while the held-out selection was a result key resumes, and is marked anew
     old_style = to_dict(parse_config(["--data.eval_split", "heldout[:2]"]))
     (tmp_path / "old").mkdir()
-    (tmp_path / "old" / "config.yaml").write_text(yaml.safe_dump({"digest": config_digest(old_style, legacy=True),
+    (tmp_path / "old" / "config.yaml").write_text(yaml.safe_dump({"digest": config_digest(old_style, legacy=2),
                                                                  "config": old_style}))
     (tmp_path / "old" / "records.jsonl").write_text("{}\n")
-    assert config_digest(old_style, legacy=True) != config_digest(old_style)
+    assert config_digest(old_style, legacy=2) != config_digest(old_style)
     RunStore(tmp_path / "old", old_style)
     assert yaml.safe_load((tmp_path / "old" / "config.yaml").read_text())["digest"] == config_digest(old_style)
     with pytest.raises(RunDirError, match="data.train_split"):  # the training data is a result key
@@ -228,3 +228,27 @@ def test_memory_settings_can_change_on_resume_and_old_arc_runs_are_refused(tmp_p
     (old / "records.jsonl").write_text("{}\n")
     with pytest.raises(RunDirError, match="meaning changed since it was made"):
         RunStore(old, arc)
+
+
+def test_the_judges_connection_is_not_a_result_key(tmp_path):
+    """Another port, timeout or cache for the LLM judge refused to resume a run, as sampling.served's do
+    not; the judge's model still counts. A run directory made while they counted resumes and is marked anew."""
+    from seal.shared.config_parser import parse_config, to_dict
+    from seal.shared.store import RunDirError, config_digest
+
+    def config(*args):
+        return to_dict(parse_config(["--domain.judge.url", "http://localhost:8000/v1", *args]))
+
+    RunStore(tmp_path / "r", config()).append("records", {"x": 1})
+    RunStore(tmp_path / "r", config("--domain.judge.url", "http://localhost:9000/v1", "--domain.judge.timeout_s",
+                                    "60", "--domain.judge.retries", "8", "--domain.judge.cache", str(tmp_path / "v")))
+    with pytest.raises(RunDirError, match="domain.judge.model"):
+        RunStore(tmp_path / "r", config("--domain.judge.model", "gpt-4o"))
+    before = config("--domain.judge.timeout_s", "5")
+    assert config_digest(before, legacy=1) != config_digest(before)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.yaml").write_text(yaml.safe_dump({"digest": config_digest(before, legacy=1),
+                                                                 "config": before}))
+    (tmp_path / "old" / "records.jsonl").write_text("{}\n")
+    RunStore(tmp_path / "old", before)
+    assert yaml.safe_load((tmp_path / "old" / "config.yaml").read_text())["digest"] == config_digest(before)
