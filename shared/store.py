@@ -85,10 +85,13 @@ keys (JUDGE_CONNECTION), 2 also while the held-out selection was (EVAL_SELECTION
 resumes and is marked anew."""
 
 
-ARC_TTT_SET = "official families, plain and permuted copies"
-"""What an ARC self-edit's augmentation switches build since the official families landed (shared/arc.py
-_ttt_examples): marked in the digest, so an ARC run directory made before is refused instead of mixing
-rewards measured on two different test-time-training sets."""
+ARC_TTT_SET = ("official families, plain and permuted copies; the leading JSON object; each task's answers within "
+               "its own budget, test inputs counted")
+"""What an ARC reward is measured under: the test-time-training set an augmentation switch builds (since the
+official families landed, shared/arc.py _ttt_examples), how a self-edit is read (the JSON object it starts;
+a cut-off one is unusable) and each task's answer budget (counting its test inputs, whatever shares its
+generation): marked in the digest, so an ARC run directory made before is refused instead of mixing
+rewards measured under two rules."""
 
 RENAMED_FORMATS = ("implications-long", "implications-very-long", "rewrite", "self-qa")
 """Knowledge formats whose names now stand for the official prompt texts (their earlier texts are the

@@ -372,10 +372,19 @@ class Student:
         """One forward and backward pass: row r is slots[r]'s sequences `groups[r]`, its loss summed over
         its tokens and divided by `counts[r]` (the tokens of the slot's whole step). No rows: a pass with
         no loss (another rank still trains, and ZeRO-3 needs every rank in every pass)."""
-        if groups:
-            batch = self._rows(groups)
-        else:
-            batch = self._rows([[([self.tokenizer.eos_token_id] * 2, [-100] * 2, 2)]])
+        groups = groups or [[([self.tokenizer.eos_token_id] * 2, [-100] * 2, 2)]]
+        if self._pass(step, self._rows(groups), counts, slots, slot_loss, errors, may_unpack=True):
+            # a diverged adapter's NaN reaches every segment of a packed row through attention (a masked
+            # score weighs a NaN value by 0, which is NaN): the pass runs again as one row per slot, where
+            # it stays in its own row
+            width = max(sum(len(ids) for ids, _, _ in g) for g in groups)
+            self._pass(step, self._padded_rows(groups, width), counts, slots, slot_loss, errors)
+
+    def _pass(self, step: int, batch: dict[str, Any], counts: list[int], slots: list[int],
+              slot_loss: dict[int, float], errors: list[str | None], may_unpack: bool = False) -> bool:
+        """Forward and backward of one batch of rows. With `may_unpack`: True, and no backward, when on any
+        rank a packed row holds a slot whose loss is not finite (every rank then runs its pass again
+        unpacked: ZeRO-3 needs every rank in every pass, and none may have added this pass's gradients)."""
         # backward inside the routing: with gradient checkpointing the layers run again during it
         with self.bank.routed(slots or [0], batch["segments"]):
             logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -397,17 +406,23 @@ class Student:
             summed = per_token.new_zeros(len(counts) or 1).index_add_(0, batch["owner"][keep], per_token)
             part = summed / torch.tensor(counts or [1], dtype=per_token.dtype, device=per_token.device)
             finite = torch.isfinite(part) if slots else torch.ones(1, dtype=torch.bool, device=self.device)
+            if may_unpack and self.agree(int(batch["segments"] is not None and not bool(finite.all()))):
+                return True
             for row in (~finite).nonzero().flatten().tolist():
                 errors[slots[row]] = f"non-finite training loss at step {step + 1}"
             # a non-finite slot is zeroed out of the sum: NaN times zero would still poison the others
             torch.where(finite, part, 0.0).sum().backward()
         for slot, value in zip(slots, part.tolist()):
             slot_loss[slot] += value
+        return False
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
-    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: str | None = "\n") -> list[str]:
-        """Greedy answers for a batch of user messages, formatted with the student's chat template if any."""
+    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: str | None = "\n",
+                 limits: Sequence[int] | None = None) -> list[str]:
+        """Greedy answers for a batch of user messages, formatted with the student's chat template if any.
+        `limits`: each prompt's own token budget (at most max_new_tokens): greedy decoding makes the first
+        n tokens of a longer answer the answer an n-token budget gives."""
         tok = self.tokenizer
         texts = [format_prompt(tok, p, self.chat) for p in prompts]
         tok.padding_side = "left"
@@ -416,7 +431,10 @@ class Student:
         with stated_decoding(self.model, tok):
             out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                       pad_token_id=tok.pad_token_id, synced_gpus=self.sync is not None, **extra)
-        return tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        new = out[:, enc["input_ids"].shape[1]:]
+        if limits is None:
+            return tok.batch_decode(new, skip_special_tokens=True)
+        return [tok.decode(row[:n], skip_special_tokens=True) for row, n in zip(new, limits)]
 
     def score(self, instance: Any) -> Score:
         """Score with slot 0 as it stands (after `absorb`)."""
@@ -452,11 +470,12 @@ class Student:
             if n >= len(batches):  # another rank is still generating: take part in its passes
                 self._idle_generate()
                 continue
-            prompts = []
+            prompts, limits = [], []
             for i in batches[n]:  # equal rows per slot: repeat the last query as filler, answers discarded
                 prompts += queries[i].prompts + [queries[i].prompts[-1]] * (width - len(queries[i].prompts))
+                limits += [queries[i].max_new_tokens] * width  # its own budget, whatever its batch's largest
             with self.bank.routed([slots[i] for i in batches[n]]):
-                answers += self.generate(prompts, new, stop)
+                answers += self.generate(prompts, new, stop, limits)
         return [self.domain.grade(inst, answers[i * width: i * width + len(q.prompts)])
                 for i, (inst, q) in enumerate(zip(instances, queries))]
 

@@ -155,6 +155,30 @@ def test_a_pass_of_very_different_lengths_runs_as_one_row_and_trains_as_padded_r
     torch.testing.assert_close(packed.bank.weights, padded.bank.weights, rtol=1e-4, atol=5e-5)
 
 
+def test_a_diverging_adapter_in_a_packed_pass_fails_alone(tiny_model_dir):
+    """In one packed row a diverged adapter's NaN reached every other segment through attention, so one
+    bad self-edit failed every adapter of its pass; such a pass now runs again as one row per adapter."""
+    passage = "Velmora Lighthouse\n" + " ".join(TEXTS[0].split("\n")[1:] * 8)
+    good = [plan(("Oda Brannick.", "Its keeper.")), plan(("Velmora.",)), plan(("Green.", "White."))]
+    # a finite first loss, then infinite weights; its seed puts the long passage in step 2, a packed pass
+    bad = TrainingPlan(examples=plan((passage, "Built in 1874.")).examples, lr=1e30)
+    student = make_student(tiny_model_dir, batch_size=1, epochs=3, lr=3e-2, max_grad_norm=0.0)
+    seen = []
+    rows = student._rows
+    student._rows = lambda groups: seen.append(rows(groups)) or seen[-1]
+    together = student.absorb_many([bad, *good], [1, 1, 2, 3])
+    assert len(seen) > 1 and seen[1]["segments"]  # step 2 packed the diverged adapter beside the others
+    assert [s.error is None for s in together] == [False, True, True, True]
+    assert "non-finite training loss at step 2" in together[0].error
+    trained = student.bank.weights[1:4].clone()
+    alone = student.absorb_many(good, [1, 2, 3])
+    assert [s.steps for s in alone] == [s.steps for s in together[1:]]
+    for x, y in zip(alone, together[1:]):
+        assert y.last_loss == pytest.approx(x.last_loss, rel=1e-4)
+    # (alone, no pass packs: the same sums in another order)
+    torch.testing.assert_close(trained, student.bank.weights[:3], rtol=1e-3, atol=2e-4)
+
+
 def test_one_adapter_answering_many_instances_uses_the_slot_itself(tiny_model_dir):
     """CPT's adapter answers every held-out instance: the groups of one slot become one group of all the
     rows (no copy of the slot per group), with the outputs of the grouped path."""
@@ -421,3 +445,30 @@ def test_scoring_many_instances_runs_in_generations_of_bounded_size(tiny_model_d
     same = [d["prediction"] for s in whole.score_many(insts, [0] * 4) for d in s.details]
     assert [d["prediction"] for s in small.score_many(insts, [0] * 4) for d in s.details] == same
     assert len(calls) == 4  # one instance per generation: 64 tokens hold no more
+
+
+def test_each_instance_is_answered_within_its_own_token_budget(tiny_model_dir):
+    """Instances scored in one generation shared its largest budget (ARC sizes it per task), so a score
+    depended on which instances shared its chunk and differed from its baseline's, measured alone."""
+    from dataclasses import replace
+
+    class Budgets(KnowledgeDomain):
+        def queries(self, instance):
+            q = super().queries(instance)
+            return replace(q, max_new_tokens=3 if instance.id.endswith("0") else 8, stop=None)
+
+    student = make_student(tiny_model_dir)
+    student.chat = False
+    # greedy: the first n tokens of a longer answer are the n-token answer
+    prompts = ["hello there", "what is the lamp"]
+    assert student.generate(prompts, 8, None, limits=[3, 8]) == [student.generate(prompts[:1], 3, None)[0],
+                                                                  student.generate(prompts[1:], 8, None)[0]]
+    assert student.generate(prompts[:1], 3, None) != student.generate(prompts[:1], 8, None)  # the budget bites
+    student.domain = Budgets()
+    calls = []
+    generate = student.generate
+    student.generate = lambda p, new, stop, limits=None: calls.append((new, limits)) or generate(p, new, stop, limits)
+    short, long_ = KnowledgeDomain().load("builtin", "heldout[:2]")
+    student.score_many([short, long_], [0, 1])
+    width = max(len(Budgets().queries(i).prompts) for i in (short, long_))
+    assert calls == [(8, [3] * width + [8] * width)]
