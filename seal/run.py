@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from seal.shared.config import ConfigError, SealConfig
-from seal.shared.config_parser import parse_config, to_dict
+from seal.shared.config_parser import parse_config, redacted_argv, to_dict
 from seal.shared.dist import Dist, init_dist
 from seal.shared.domain import DataError, Domain, make_domain
 from seal.shared.judge import JudgeError
@@ -106,6 +106,11 @@ def start(argv: list[str], what: str = "run", config_cls: type = SealConfig, sub
 
             torch.set_num_threads(cfg.threads)
         store = RunStore(os.path.join(cfg.output_dir, subdir), to_dict(cfg), rank=dist.rank)
+        if cfg.report_to == "wandb" and list(argv) == sys.argv[1:]:
+            # wandb records the program's arguments (wandb_settings.py `_args`, read from sys.argv whenever
+            # needed, the job artifact at finish included): they were parsed already, so this process keeps
+            # them with their secrets masked (a URL's credentials, `--x.api_key V`)
+            sys.argv[1:] = redacted_argv(list(argv))
         tracker = Tracker(cfg.report_to == "wandb", store.path, to_dict(cfg), cfg.wandb, dist.is_main)
         run = Run(cfg, domain, dist, store, tracker)
         yield run
@@ -162,7 +167,7 @@ def preflight(cfg: SealConfig, domain: Domain, dist: Dist) -> None:
     """What the run will need from outside, checked before any model loads, once (on the main process; every
     rank stops with its message): the domain's own needs (the knowledge judge) and a served teacher."""
     split = cfg.eval.cpt_split
-    if cfg.eval.enabled and cfg.eval.cpt and split is not None and split not in domain.cpt_splits:
+    if cfg.eval.cpt and split is not None and split not in domain.cpt_splits:  # recipes/evaluate.py: enabled or not
         raise ConfigError(f"eval.cpt_split {split!r}: the {domain.name} domain's CPT splits are "
                           f"{', '.join(domain.cpt_splits) or 'none'} (null: as its single-instance plans)")
     message = None

@@ -65,8 +65,14 @@ def _plain(value: Any) -> Any:
 
 
 def _leaf_type(tp: Any) -> Any:
+    """The type a scalar ends up as: through Optional and Annotated, and a list's items (one value given
+    for a list field becomes its only item)."""
     inner, _ = _optional_inner(tp)
-    return _leaf_type(typing.get_args(inner)[0]) if typing.get_origin(inner) is Annotated else inner
+    if typing.get_origin(inner) is Annotated:
+        return _leaf_type(typing.get_args(inner)[0])
+    if typing.get_origin(inner) is list:
+        return _leaf_type((typing.get_args(inner) or (Any,))[0])
+    return inner
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -128,7 +134,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         if isinstance(value, (int, float)):  # bool included: YAML's reading of an unquoted yes/off
             raise ConfigError(f"{key}: expected a string, got {value!r}: YAML reads unquoted digits and yes/no/on/off "
-                              "as numbers and booleans (0123 is octal 83); quote it")
+                              "as numbers and booleans (0123 is octal 83); quote it (on the command line inside "
+                              "the shell's quotes, e.g. \"'0123'\")")
         raise ConfigError(f"{key}: expected a string, got {value!r}")
     raise ConfigError(f"{key}: unsupported field type {inner!r}")  # pragma: no cover - config authors only
 

@@ -14,13 +14,12 @@ import hashlib
 import logging
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from seal.shared.config import WandbConfig
-from seal.shared.config_parser import redacted, redacted_argv
+from seal.shared.config_parser import redacted
 from seal.shared.records import RewardRecord, RoundRecord, SelfEditRecord, edit_rewards
 
 log = logging.getLogger("seal")
@@ -58,10 +57,6 @@ class Tracker:
 
         if _goes_offline():
             os.environ["WANDB_MODE"] = "offline"
-        # wandb records the program's arguments (wandb_settings.py `_args`, read from sys.argv whenever it is
-        # needed, the job artifact at finish included): the command line was parsed already, so this process
-        # keeps a copy with its secrets masked (a URL's credentials, `--x.api_key V`)
-        sys.argv[1:] = redacted_argv(sys.argv[1:])
         run_dir = Path(run_dir).resolve()
         run_id = "seal-" + hashlib.sha256(str(run_dir).encode()).hexdigest()[:12]
         self.run = wandb.init(project=wandb_cfg.project, entity=wandb_cfg.entity, group=wandb_cfg.group,

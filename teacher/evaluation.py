@@ -140,7 +140,7 @@ def published_self_edits(path: str, domain: Domain, heldout: Sequence[Any], k: i
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise DataError(f"{file}: expected a JSON list of {{title, context, completions}} ({err})") from err
     else:
-        for n, line in enumerate(text.splitlines(), 1):
+        for n, line in enumerate(text.split("\n"), 1):  # not splitlines: a text may hold U+2028 (JSON keeps it)
             if not line.strip():
                 continue
             try:

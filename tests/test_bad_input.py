@@ -296,6 +296,9 @@ def test_self_edit_files_must_name_their_passages_unambiguously(tmp_path):
         {"title": "Oxygen", "text": "edit for c"})))
     assert published_self_edits(str(path), domain, [a, b, c], 1) == {
         ("p-0", 0): "edit for a", ("p-1", 0): "edit for b", ("p-2", 0): "edit for c"}
+    with path.open("a", encoding="utf-8") as fh:  # as our eval_self_edits.jsonl keeps it: unescaped
+        fh.write(json.dumps({"instance": "p-0", "text": "line\u2028break"}, ensure_ascii=False) + "\n")
+    assert published_self_edits(str(path), domain, [a], 2)[("p-0", 1)] == "line\u2028break"
     with pytest.raises(DataError, match="none of its self-edits match the 1 held-out"):
         published_self_edits(str(path), domain, [Passage("p-9", "Other", "x", [Question("q?", "a")])], 1)
     assert published_self_edits(str(path), domain, [a, Passage("p-9", "Other", "x", [])], 1) == {

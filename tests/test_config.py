@@ -272,3 +272,10 @@ def test_a_string_field_takes_the_text_as_typed(tmp_path):
         parse_config(["--config", str(path)])
     path.write_text("teacher:\n  revision: '0123456'\n")
     assert parse_config(["--config", str(path)]).teacher.revision == "0123456"
+
+
+def test_a_single_value_for_a_list_of_strings_is_its_text():
+    cfg = parse_config(["--wandb.tags", "2024", "--inner.seeds", "0"])
+    assert (cfg.wandb.tags, cfg.inner.seeds) == (["2024"], [0])
+    with pytest.raises(ConfigError, match=r"""wandb.tags\[0\]: expected a string, got 2024: .*"'0123'\""""):
+        parse_config(["--wandb.tags", "[2024, x]"])

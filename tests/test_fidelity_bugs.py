@@ -309,7 +309,8 @@ def test_cpt_splits_a_self_edit_on_dashes_only_as_the_official_cpt(tmp_path):
     for name in ("knowledge", "arc"):  # a split the domain does not have stops the run before any model loads
         from seal.shared.domain import make_domain
 
-        cfg = parse_config(["--domain.name", name, "--eval.cpt_split", "lines"])
+        # (eval.enabled false too: recipes/evaluate.py evaluates whatever it says)
+        cfg = parse_config(["--domain.name", name, "--eval.cpt_split", "lines", "--eval.enabled", "false"])
         with pytest.raises(ConfigError, match="eval.cpt_split 'lines'"):
             preflight(cfg, make_domain(cfg.domain), SimpleNamespace(is_main=False, share=lambda m: m))
     for recipe in ("qwen2.5-7b.yaml", "qwen2.5-7b-teaches-72b.yaml"):
