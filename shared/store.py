@@ -175,13 +175,18 @@ class RunStore:
         results = sorted(p.name for p in self.path.iterdir() if p.suffix == ".jsonl" or p.name == "teachers")
         if marker.exists() and results:
             saved = self._read_marker(marker)
-            if saved.get("digest") != digest and saved.get("digest") in {config_digest(config, era)
-                                                                          for era in LEGACY_DIGESTS}:
-                if rank == 0:  # made by an earlier version (LEGACY_DIGESTS): the same run, marked anew
+            diff = _diff(result_config(saved.get("config", {})), result_config(redacted(config)))
+            legacy = {config_digest(config, era) for era in LEGACY_DIGESTS}
+            # made by an earlier version whose digest also counted settings that no longer do (LEGACY_DIGESTS),
+            # which may have changed since: the marker's own config reproduces its digest, and no setting that
+            # counts now differs
+            same_run = saved.get("digest") in legacy or (not diff and saved.get("digest") in {
+                config_digest(saved.get("config", {}), era) for era in (0, *LEGACY_DIGESTS)})
+            if saved.get("digest") != digest and same_run:
+                if rank == 0:  # the same run, marked anew
                     self._write_atomic(marker, yaml.safe_dump({"digest": digest, "config": redacted(config)},
                                                               sort_keys=False))
             elif saved.get("digest") != digest:
-                diff = _diff(result_config(saved.get("config", {})), result_config(redacted(config)))
                 changed = "; ".join(diff[:6]) or ("a setting whose meaning changed since it was made, e.g. the "
                                                   "ARC test-time-training set")
                 raise RunDirError(

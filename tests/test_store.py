@@ -252,3 +252,13 @@ def test_the_judges_connection_is_not_a_result_key(tmp_path):
     (tmp_path / "old" / "records.jsonl").write_text("{}\n")
     RunStore(tmp_path / "old", before)
     assert yaml.safe_load((tmp_path / "old" / "config.yaml").read_text())["digest"] == config_digest(before)
+    # ... also when the connection has changed since: the case the change is for
+    (tmp_path / "old" / "config.yaml").write_text(yaml.safe_dump({"digest": config_digest(before, legacy=1),
+                                                                 "config": before}))
+    moved = config("--domain.judge.url", "http://localhost:9000/v1", "--domain.judge.timeout_s", "9")
+    RunStore(tmp_path / "old", moved)
+    assert yaml.safe_load((tmp_path / "old" / "config.yaml").read_text())["digest"] == config_digest(moved)
+    # a marker whose own config does not give its digest (made under a rule that changed) is still refused
+    (tmp_path / "old" / "config.yaml").write_text(yaml.safe_dump({"digest": "0123456789abcdef", "config": before}))
+    with pytest.raises(RunDirError, match="a setting whose meaning changed"):
+        RunStore(tmp_path / "old", moved)
