@@ -268,7 +268,8 @@ class InnerConfig:
     lora_alpha: Count = 64
     """LoRA alpha (the update is scaled by lora_alpha / lora_r)."""
     lora_dropout: Dropout = 0.0
-    """Dropout on the LoRA input, in [0, 1)."""
+    """Dropout on the LoRA input, in [0, 1). Its masks are drawn from the chunk's seeds and the step, so a
+    run repeats; an adapter trained beside others then differs from one trained alone (0: identical)."""
     target_modules: Modules = field(default_factory=lambda: ["all-linear"])
     """Module names that get a LoRA (e.g. [q_proj, v_proj]); [all-linear]: every linear layer."""
     lr: Rate = 1e-3

@@ -322,6 +322,8 @@ class Student:
                 # plans differ in length (sequences × epochs / batch): a finished or failed slot drops out
                 # of the pass instead of padding it, so the others' steps cost what they would alone
                 active = [i for i in range(k) if step < len(schedules[i]) and not errors[i]]
+                if self.bank.dropout:  # LoRA dropout's masks (global RNG): from the chunk's seeds and the step
+                    torch.manual_seed(hash((tuple(seeds), step)) & 0x7FFF_FFFF_FFFF_FFFF)
                 batches = {i: [data[i][j] for j in schedules[i][step]] for i in active}
                 # one loss per slot, each the mean over its own tokens of the step (as if it trained alone):
                 # summing them gives every slot exactly its own gradient, since a slot's rows touch only its

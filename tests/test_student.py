@@ -472,3 +472,16 @@ def test_each_instance_is_answered_within_its_own_token_budget(tiny_model_dir):
     student.score_many([short, long_], [0, 1])
     width = max(len(Budgets().queries(i).prompts) for i in (short, long_))
     assert calls == [(8, [3] * width + [8] * width)]
+
+
+def test_lora_dropout_repeats_with_the_same_seeds(tiny_model_dir):
+    """Dropout drew its masks from the unseeded global generator: the same plan and seed trained twice
+    gave two adapters."""
+    student = make_student(tiny_model_dir, lora_dropout=0.3, lr=3e-2)
+    student.absorb(plan(), seed=0)
+    first = student.bank.weights[0].clone()
+    student.absorb(plan(), seed=0)
+    torch.testing.assert_close(student.bank.weights[0], first, rtol=0, atol=0)
+    plain = make_student(tiny_model_dir, lr=3e-2)
+    plain.absorb(plan(), seed=0)
+    assert not torch.equal(plain.bank.weights[0], first)  # the masks did act
