@@ -40,7 +40,7 @@ from seal.shared.records import (
     mean_se,
     teacher_round,
 )
-from seal.shared.store import read_table
+from seal.shared.store import RunDirError, read_table
 
 matplotlib.use("Agg")
 
@@ -350,6 +350,14 @@ def main(argv: list[str]) -> int:
     if not (run / "config.yaml").is_file():
         print(f"error: {run} is not a SEAL run directory (no config.yaml)", file=sys.stderr)
         return 2
+    try:
+        return write_report(run, args.grader, [c for c in args.against.split(",") if c])
+    except RunDirError as err:  # a damaged line in one of its tables
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def write_report(run: Path, grader: str, against: list[str]) -> int:
     out = run / "report"
     out.mkdir(exist_ok=True)
     records, edits = read(run, "records", RewardRecord), read(run, "self_edits", SelfEditRecord)
@@ -357,7 +365,7 @@ def main(argv: list[str]) -> int:
     cells = current_cells(run)
     plots = [p for p in (plot_rewards(rewards, out), plot_eval(eval_rows(run), out),
                          plot_length(rewards, edits, out), plot_continual(run, out),
-                         plot_curve(cells, args.grader, out)) if p]
+                         plot_curve(cells, grader, out)) if p]
     lines = [f"# SEAL run report: {run.name}", ""]
     for r in read(run, "rounds", RoundRecord):
         mean = "–" if r.mean_reward is None else f"{r.mean_reward:+.3f}"  # NaN is stored as null
@@ -370,7 +378,7 @@ def main(argv: list[str]) -> int:
     if cells:
         lines += ["", "## Single-instance accuracy under every grader (mean ± SE over instances)", "",
                   grader_table(cells), "", "## Paired differences (per instance)", "",
-                  paired_table(cells, [a for a in args.against.split(",") if a])]
+                  paired_table(cells, against)]
     for title, table in (("What the teacher writes", self_edit_table(run)), ("Time per phase", timing_table(run))):
         if table:
             lines += ["", f"## {title}", "", table]

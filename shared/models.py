@@ -120,9 +120,9 @@ def load_model(cfg: ModelConfig):
     try:
         with heartbeat(f"loading {cfg.name}"):  # the hub's own progress bars are off (seal/run.py)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[cfg.dtype], revision=cfg.revision)
-            model.to(resolve_device(cfg.device))
     except (OSError, ValueError, SafetensorError) as err:  # SafetensorError: a truncated or damaged weights file
         raise ModelLoadError(f"cannot load model {cfg.name!r}: {err}") from err
+    model.to(resolve_device(cfg.device))
     model.eval()
     return model, load_tokenizer(cfg)
 

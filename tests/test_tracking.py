@@ -297,3 +297,12 @@ def test_wandb_stays_online_with_a_login_or_in_a_sweep(tmp_path, monkeypatch):
     assert _wandb_credentials()
     monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")
     assert not _wandb_credentials()  # another host's key
+
+
+def test_a_damaged_table_is_one_error_line_in_the_report(tmp_path):
+    from tests.conftest import import_recipe
+
+    report = import_recipe("report")
+    (tmp_path / "config.yaml").write_text("digest: x\nconfig: {}\n")
+    (tmp_path / "records.jsonl").write_text('{"round": 0\n')  # a complete line that is not a record
+    assert report.main([str(tmp_path)]) == 2
