@@ -155,7 +155,9 @@ def current_cells(run: Path) -> list[EvalRecord]:
     if marker.exists():
         current = json.loads(marker.read_text())
         held = set(current["instances"])
-        return [r for r in records if current["keys"].get(r.condition) == r.eval_key and r.instance in held]
+        earlier = current.get("earlier_keys", {})  # rows made before the evaluation's keys were split
+        return [r for r in records if r.eval_key in (current["keys"].get(r.condition), earlier.get(r.condition))
+                and r.instance in held]
     latest = {r.condition: r.eval_key for r in records}
     return [r for r in records if r.eval_key == latest[r.condition]]
 

@@ -193,23 +193,30 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
         if covered < len(heldout) and dist.is_main:
             log.warning("evaluation %s: self-edits for %d of the %d held-out instances; its rows cover those only",
                         name, covered, len(heldout))
-    key, legacy = eval_key(cfg, store, file_edits, dist)
-    # a named file's rows carry its content too: another file, or a changed one, never reuses them, while
-    # every file shares the no-update and passage-only cells
-    keys = {name: f"{key}:{_digest(edits)}" for name, edits in published.items()}
+    old, legacy = eval_key(cfg, store, file_edits, dist)
+    key = sample_key(cfg)
+    # a file's rows carry its content too: another file, or a changed one, never reuses them, while every
+    # file shares the no-update and passage-only cells
+    keys = {name: f"{key}:{_digest(edits)}" for name, edits in files.items()}
     # the held-out selection may change between evaluations (more passages later): single-instance cells are
-    # reused by instance, while a CPT adapter trains on the whole held-out set, so its cells name that set
+    # reused by instance, while a CPT adapter trains on the whole held-out set, so its cells name that set,
+    # and its own settings (another CPT learning rate retrains CPT only)
     ids = [domain.instance_id(i) for i in heldout]
     heldout_set = hashlib.sha256(json.dumps(sorted(ids)).encode()).hexdigest()[:12]
-
-    # a CPT adapter's cells also name its split when set (keys made before eval.cpt_split stay as they were)
-    cpt_suffix = f":{heldout_set}" + (f":{cfg.eval.cpt_split}" if cfg.eval.cpt_split else "")
+    split = f":{cfg.eval.cpt_split}" if cfg.eval.cpt_split else ""
 
     def expected(condition: str, setting: str | None) -> str:
-        return keys.get(condition, key) + (cpt_suffix if setting == "cpt" else "")
+        """The key of the rows this evaluation writes."""
+        return keys.get(condition, key) + (f":{heldout_set}:{cpt_key(cfg)}{split}" if setting == "cpt" else "")
+
+    def earlier(condition: str, setting: str | None) -> str:
+        """The key rows carried before the samples' and CPT's settings had keys of their own (`eval_key`)."""
+        named = f"{old}:{_digest(published[condition])}" if condition in published else old
+        return named + (f":{heldout_set}{split}" if setting == "cpt" else "")
 
     def current(r: SelfEditRecord | EvalRecord) -> bool:  # measured under this evaluation's settings
-        return (r.eval_key or legacy) == expected(r.condition, getattr(r, "setting", None))
+        setting = getattr(r, "setting", None)
+        return (r.eval_key or legacy) in (expected(r.condition, setting), earlier(r.condition, setting))
 
     if cfg.mode == "teacher_student":
         student = load_student(cfg.inner, cfg.student, domain, dist)
@@ -298,7 +305,8 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
     dist.barrier()
     if dist.is_main:  # what the tables were made of, for recipes/report.py
         made_of = {"keys": {label: expected(label, "single") for label in labels},
-                   "cpt_keys": {label: expected(label, "cpt") for label in labels}, "instances": ids}
+                   "cpt_keys": {label: expected(label, "cpt") for label in labels},
+                   "earlier_keys": {label: earlier(label, "single") for label in labels}, "instances": ids}
         store.write_text("eval_current.json", json.dumps(made_of) + "\n")
     held = set(ids)
     return table_rows([r for r in store.iter("eval_records", EvalRecord) if current(r) and r.instance in held],
@@ -333,13 +341,30 @@ def absorbing_student(cfg: SealConfig, domain: Domain, store: RunStore, heldout:
     return student
 
 
+def sample_key(cfg: SealConfig) -> str:
+    """The evaluation settings outside the run's config digest (the `eval` section may change between
+    evaluations of one run) that change the self-edits drawn or the single-instance cells: the sampling
+    temperature, the self-edits drawn per instance (a draw of n depends on n) and who absorbs them. Rows
+    carry it (a file's rows its content too, CPT's its settings: `cpt_key`), and an evaluation reuses
+    only its own."""
+    settings = {"temperature": cfg.eval.temperature if cfg.eval.temperature is not None else cfg.sampling.temperature,
+                "samples": samples_per_instance(cfg), "student": cfg.eval.student}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def cpt_key(cfg: SealConfig) -> str:
+    """The CPT adapter's own settings: self-edits per instance, epochs, learning rate, batch."""
+    settings = {"k": cfg.eval.cpt_k or cfg.eval.k, "epochs": cfg.eval.cpt_epochs or cfg.inner.epochs,
+                "lr": cfg.eval.cpt_lr or cfg.inner.lr, "batch_size": cfg.eval.cpt_batch_size or cfg.inner.batch_size}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+
+
 def eval_key(cfg: SealConfig, store: RunStore, file_edits: dict[tuple[str, int], str],
              dist: Dist) -> tuple[str, str]:
-    """(key, legacy key). The key names the evaluation settings that change samples or scores but sit
-    outside the run's config digest (the `eval` section may change between evaluations of one run):
-    the sampling temperature, self-edits per instance, the CPT settings and the content of the self-edits file.
-    Rows carry it, and an evaluation reuses only its own. Rows written before keys existed belong to the
-    first evaluation that finds them (recorded in eval_settings.json), as they did before."""
+    """(earlier key, legacy key). The key rows carried before `sample_key` and `cpt_key` (one hash of the
+    sampling temperature, self-edits per instance, every CPT setting and the self-edits file): such rows
+    are still read, so an evaluation made before resumes without recomputing them. Rows written before
+    keys existed belong to the first evaluation that finds them (recorded in eval_settings.json)."""
     settings = {"temperature": cfg.eval.temperature if cfg.eval.temperature is not None else cfg.sampling.temperature,
                 "k": cfg.eval.k, "cpt_epochs": cfg.eval.cpt_epochs or cfg.inner.epochs, "student": cfg.eval.student,
                 "file": sorted(f"{iid}/{j}/{text}" for (iid, j), text in file_edits.items())}

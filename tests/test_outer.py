@@ -178,6 +178,18 @@ def test_an_evaluation_over_more_held_out_passages_reuses_their_cells_and_retrai
     assert [(r["condition"], r["setting"]) for r in new] == [("context_only", "cpt")]
     current = json.loads((out / "eval_current.json").read_text())
     assert current["instances"] == ["heldout-00000"] and set(current["keys"]) == {"no_update", "context_only"}
+    # another CPT setting retrains CPT only (its settings no longer key the single-instance cells)
+    before = evaluate("heldout[:1]", "--eval.cpt_split", "segments")
+    new = evaluate("heldout[:1]", "--eval.cpt_split", "segments", "--eval.cpt_lr", "0.02")[len(before):]
+    assert [(r["condition"], r["setting"]) for r in new] == [("context_only", "cpt")]
+    # rows keyed as before the keys were split (one key for every setting) are still read, not measured again
+    legacy = json.loads((out / "eval_settings.json").read_text())["legacy_key"]
+    rows = [json.loads(line) for line in (out / "eval_records.jsonl").read_text().splitlines()]
+    for r in rows:
+        r["eval_key"] = legacy + (":" + r["eval_key"].split(":")[1] if r["setting"] == "cpt" else "")
+    (out / "eval_records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    n = len(rows)
+    assert len(evaluate("heldout[:2]")) == n  # every cell of these two passages, CPT's too, was measured
 
 
 @pytest.mark.slow
