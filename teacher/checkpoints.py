@@ -121,6 +121,14 @@ def publish(trainer, tokenizer, teacher: ModelConfig, lora: bool, scratch: Path,
                 shutil.rmtree(target)
             staging.rename(target)
     trainer.accelerator.wait_for_everyone()
+    # Under a ZeRO-3 launch the trainer's arguments turned transformers' ZeRO-3 switch on for the process
+    # (TrainingArguments -> DeepSpeedPlugin.set_deepspeed_weakref, kept alive by accelerate's state), and the
+    # merge above turned it off on the main process only: off on every rank, or the next round's models
+    # would load whole on rank 0 and inside deepspeed.zero.Init on the others (a hang). The next trainer
+    # turns it on again.
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
 
 
 def _load_unpartitioned(teacher: ModelConfig, trainer):
