@@ -553,6 +553,9 @@ class SealConfig:
             raise ConfigError("sampling.backend openai: a served teacher cannot be trained: set outer.rounds 0 and use "
                               "it for evaluation, or serve the weights our update writes (teachers/roundN in the run "
                               "directory of a run with sampling.backend hf or vllm) and evaluate them as `served`")
+        if self.outer.algorithm == "grpo" and self.sampling.k < 2:
+            raise ConfigError("outer.algorithm grpo needs sampling.k >= 2: its advantage compares the completions "
+                              "of one prompt (TRL's num_generations)")
         if self.mode == "teacher_student" and self.student is None:
             raise ConfigError("mode teacher_student needs a `student:` section")
         if self.mode == "self" and self.student is not None:

@@ -118,7 +118,7 @@ def grpo_args(cfg: SealConfig, output_dir: str, on_cpu: bool, seed: int, report_
         use_vllm=False, disable_tqdm=True, dataloader_num_workers=0))
     try:
         return GRPOConfig(**kwargs)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:  # a value GRPOConfig.__post_init__ refuses (outer.trl_args)
         raise ConfigError(f"outer.trl_args: {err}") from err
 
 

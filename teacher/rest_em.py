@@ -112,13 +112,16 @@ def learn(teacher: ModelConfig, chat: bool, pairs: Sequence[tuple[str, str]], ou
     model, tokenizer = load_model(teacher)
     on_cpu = next(model.parameters()).device.type == "cpu"
     with staging_area(target, is_main) as scratch:
-        args = SFTConfig(**trainer_kwargs("sft", outer, dict(
-            output_dir=str(scratch / "trainer"), num_train_epochs=outer.epochs, learning_rate=outer.lr,
-            per_device_train_batch_size=outer.batch_size, gradient_accumulation_steps=outer.grad_accum,
-            lr_scheduler_type=outer.lr_scheduler, max_length=outer.max_length, completion_only_loss=True,
-            logging_steps=1, save_strategy="no", report_to=list(report_to), seed=seed, data_seed=seed,
-            bf16=(not on_cpu) and teacher.dtype == "bfloat16", fp16=False, use_cpu=on_cpu,
-            disable_tqdm=True, dataloader_num_workers=0)))
+        try:
+            args = SFTConfig(**trainer_kwargs("sft", outer, dict(
+                output_dir=str(scratch / "trainer"), num_train_epochs=outer.epochs, learning_rate=outer.lr,
+                per_device_train_batch_size=outer.batch_size, gradient_accumulation_steps=outer.grad_accum,
+                lr_scheduler_type=outer.lr_scheduler, max_length=outer.max_length, completion_only_loss=True,
+                logging_steps=1, save_strategy="no", report_to=list(report_to), seed=seed, data_seed=seed,
+                bf16=(not on_cpu) and teacher.dtype == "bfloat16", fp16=False, use_cpu=on_cpu,
+                disable_tqdm=True, dataloader_num_workers=0)))
+        except (TypeError, ValueError) as err:  # a value SFTConfig refuses (outer.trl_args)
+            raise ConfigError(f"outer.trl_args: {err}") from err
         trainer = SFTTrainer(model=model, args=args, train_dataset=sft_dataset(pairs, chat),
                              processing_class=tokenizer, peft_config=teacher_peft_config(outer))
         with quiet_trainer(trainer, "teacher SFT", is_main):

@@ -58,6 +58,7 @@ CONFIG_CASES = [
     (["--outer.algorithm", "grpo", "--outer.filter", "all_positive"], r"outer.filter applies to .* rest_em only"),
     (["--inner.lr"], r"--inner.lr needs a value"),
     (["--inner.lr", "--seed", "3"], r"--inner.lr needs a value"),  # not lr = "--seed"
+    (["--outer.algorithm", "grpo", "--sampling.k", "1"], r"outer.algorithm grpo needs sampling.k >= 2"),
     (["--config="], r"--config: empty path"),
     (["--domain", "{name: knowledge, grader: judge, judge: {url: 'http://127.0.0.1:9/v1', retries: 0, "
       "timeout_s: 2, cache: /dev/null}}"], r"judge at http://127.0.0.1:9/v1/chat/completions failed after 1 "),

@@ -90,3 +90,15 @@ def test_grpo_options_are_checked():
 
     with pytest.raises(ConfigError, match="outer.algorithm"):
         parse_config(["--outer.algorithm", "ppo"])
+
+
+def test_a_value_grpo_refuses_is_a_config_error(tmp_path):
+    """GRPOConfig refuses some values in its __post_init__ (ValueError), which ended the run in a traceback
+    after both models had loaded."""
+    from seal.shared.config import ConfigError
+    from seal.shared.config_parser import parse_config
+    from seal.teacher.grpo import grpo_args
+
+    cfg = parse_config(["--outer.algorithm", "grpo", "--outer.trl_args", "{generation_batch_size: 7}"])
+    with pytest.raises(ConfigError, match=r"outer.trl_args: generation_batch_size \(7\) must be divisible"):
+        grpo_args(cfg, str(tmp_path), True, 0, [])
