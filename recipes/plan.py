@@ -69,6 +69,12 @@ def phases(cfg: SealConfig, teacher: ModelShape, student: ModelShape, slots: int
     elif sampling.backend == "hf":
         out.append(Phase("sampling", resident + (0 if self_mode else teacher.weight_bytes(t_dtype)),
                          teacher.kv_bytes(generated, t_dtype), "sampling.max_new_tokens"))
+    shard = world if zero3 else 1
+    lora = teacher.lora_params(outer.lora_r, outer.target_modules) if outer.lora else teacher.params
+    optimizer = lora * 16 // shard  # fp32 weights, gradient and two AdamW moments
+    grpo = bool(outer.rounds) and outer.algorithm == "grpo"
+    if grpo:  # the inner loops run inside the reward calls of the teacher's GRPO step: it stays resident
+        resident += teacher.weight_bytes(t_dtype) // shard + optimizer
     row = row_tokens(inner.batch_size, inner.max_length, inner.max_row_tokens)
     checkpointing = inner.gradient_checkpointing
     out.append(Phase(f"inner loop ({slots} adapters)", resident,
@@ -91,21 +97,22 @@ def phases(cfg: SealConfig, teacher: ModelShape, student: ModelShape, slots: int
                + inner_loop_bytes(student, 1, cpt_row, inner.lora_r, inner.target_modules, s_dtype, checkpointing)
                - bank_bytes(student, 1, inner.lora_r, inner.target_modules, training=True))
         out.append(Phase("CPT (one adapter, all held-out instances)", resident, cpt, "inner.max_row_tokens"))
-    shard = world if zero3 else 1
-    lora = teacher.lora_params(outer.lora_r, outer.target_modules) if outer.lora else teacher.params
-    optimizer = lora * 16 // shard  # fp32 weights, gradient and two AdamW moments
     if outer.rounds:
-        if outer.algorithm == "grpo":
-            tokens = sampling.k * (prompt_tokens + sampling.max_new_tokens)
+        # the teacher is loaded whole on every rank before a ZeRO-3 trainer partitions it; the student stays
+        # (teacher_student: the fixed one; GRPO in mode self: a frozen copy of the round's teacher)
+        whole = teacher.weight_bytes(t_dtype) - teacher.weight_bytes(t_dtype) // shard
+        if grpo:  # a step: prompts_per_step prompts × k completions
+            tokens = sampling.k * outer.grpo_prompts_per_step * (prompt_tokens + sampling.max_new_tokens)
             working = (optimizer + teacher.kv_bytes(tokens, t_dtype)
                        + teacher.checkpointed_activation_bytes(tokens, t_dtype) + teacher.logits_bytes(tokens, t_dtype))
-            out.append(Phase("GRPO step", teacher.weight_bytes(t_dtype) // shard
-                             + (0 if self_mode else student_weights), working, "sampling.k or sampling.max_new_tokens"))
+            out.append(Phase("GRPO step", teacher.weight_bytes(t_dtype) // shard + student_weights,
+                             max(working, whole), "sampling.k, outer.grpo_prompts_per_step or sampling.max_new_tokens"))
         else:
             tokens = outer.batch_size * outer.max_length
             working = (optimizer + teacher.checkpointed_activation_bytes(tokens, t_dtype)
                        + teacher.logits_bytes(tokens, t_dtype))
-            out.append(Phase("teacher SFT", teacher.weight_bytes(t_dtype) // shard, working,
+            out.append(Phase("teacher SFT", teacher.weight_bytes(t_dtype) // shard
+                             + (0 if self_mode else student_weights), max(working, whole),
                              "outer.max_length or outer.batch_size"))
     return out
 

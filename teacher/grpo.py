@@ -145,6 +145,10 @@ def run_grpo(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence[A
         logged: list[float] = []
         attempt = None
         if not is_complete(target):
+            started = time.perf_counter()
+            # the teacher first: an unset inner.parallel_adapters sizes K from the memory left beside it (the
+            # inner loops run inside its reward calls)
+            model, tok = load_model(teacher_cfg)
             if cfg.mode == "self":  # a frozen copy of this round's teacher
                 s_model, s_tok = load_model(teacher_cfg)
                 student = make_student(s_model, s_tok, cfg.inner, teacher_cfg, domain)
@@ -159,8 +163,6 @@ def run_grpo(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence[A
             # a killed GRPO round restarts from its first step (TRL state is not checkpointed mid-round)
             seed = derive_seed(cfg.seed, "grpo", round_)
             set_seed(seed)
-            started = time.perf_counter()
-            model, tok = load_model(teacher_cfg)
             chat = uses_chat_template(teacher_cfg, tok)
             on_cpu = next(model.parameters()).device.type == "cpu"
             with staging_area(target, dist.is_main) as scratch:

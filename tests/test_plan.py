@@ -69,3 +69,27 @@ def test_auto_slots_sizes_k_by_the_real_row_length_and_the_bank(tiny_model_dir, 
     assert auto_slots(model, long) < 6  # 2048-token rows: fewer adapters at once
     assert auto_slots(model, InnerConfig(lora_r=8, max_length=512, batch_size=4, max_row_tokens=256)) < 6 \
         <= auto_slots(model, InnerConfig(lora_r=8, max_length=256, batch_size=4, max_row_tokens=256))
+
+
+def test_grpo_and_teacher_updates_count_what_stays_beside_them(capsys):
+    """The GRPO step ignored its prompts per step and the student beside it, the inner loop under GRPO
+    ignored the teacher resident through its reward calls, and the teacher SFT of teacher_student ignored
+    the fixed student and the teacher's whole copy before ZeRO-3 partitions it."""
+    plan = import_recipe("plan")
+    shapes = (plan.load_shape(str(CONFIGS / "qwen2.5-7b")),) * 2
+    common = ["--teacher.dtype", "bfloat16", "--outer.rounds", "1", "--sampling.k", "5", "--sampling.max_new_tokens",
+              "1024", "--inner.max_length", "2048", "--inner.parallel_adapters", "2", "--eval.enabled", "false"]
+
+    def phases(*args, world=1, zero3=False):
+        cfg = parse_config([*common, *args])
+        return {p.name.split(" (")[0]: p for p in plan.phases(cfg, *shapes, 2, world, zero3, 512)}
+
+    rest, grpo = phases(), phases("--outer.algorithm", "grpo", "--outer.grpo_prompts_per_step", "1")
+    four = phases("--outer.algorithm", "grpo", "--outer.grpo_prompts_per_step", "4")
+    assert four["GRPO step"].total > grpo["GRPO step"].total  # four prompts' completions per step
+    weights = shapes[0].weight_bytes("bfloat16")
+    assert grpo["GRPO step"].resident >= 2 * weights  # the teacher and the frozen student copy
+    assert grpo["inner loop"].resident > rest["inner loop"].resident + weights  # the teacher stays resident
+    ts = ["--mode", "teacher_student", "--student.name", "x", "--student.dtype", "bfloat16"]
+    sft = phases(*ts, world=8, zero3=True)["teacher SFT"]
+    assert sft.resident >= weights + weights // 8 and sft.total >= 2 * weights - weights // 8
