@@ -73,6 +73,7 @@ def phases(cfg: SealConfig, teacher: ModelShape, student: ModelShape, slots: int
     lora = teacher.lora_params(outer.lora_r, outer.target_modules) if outer.lora else teacher.params
     optimizer = lora * 16 // shard  # fp32 weights, gradient and two AdamW moments
     grpo = bool(outer.rounds) and outer.algorithm == "grpo"
+    evaluation = resident  # the held-out evaluation (CPT) runs after the rounds, their teacher gone
     if grpo:  # the inner loops run inside the reward calls of the teacher's GRPO step: it stays resident
         resident += teacher.weight_bytes(t_dtype) // shard + optimizer
     row = row_tokens(inner.batch_size, inner.max_length, inner.max_row_tokens)
@@ -96,7 +97,7 @@ def phases(cfg: SealConfig, teacher: ModelShape, student: ModelShape, slots: int
         cpt = (bank_bytes(student, slots, inner.lora_r, inner.target_modules, training=True)
                + inner_loop_bytes(student, 1, cpt_row, inner.lora_r, inner.target_modules, s_dtype, checkpointing)
                - bank_bytes(student, 1, inner.lora_r, inner.target_modules, training=True))
-        out.append(Phase("CPT (one adapter, all held-out instances)", resident, cpt, "inner.max_row_tokens"))
+        out.append(Phase("CPT (one adapter, all held-out instances)", evaluation, cpt, "inner.max_row_tokens"))
     if outer.rounds:
         # the teacher is loaded whole on every rank before a ZeRO-3 trainer partitions it; the student stays
         # (teacher_student: the fixed one; GRPO in mode self: a frozen copy of the round's teacher)

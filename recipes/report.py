@@ -156,8 +156,12 @@ def current_cells(run: Path) -> list[EvalRecord]:
         current = json.loads(marker.read_text())
         held = set(current["instances"])
         earlier = current.get("earlier_keys", {})  # rows made before the evaluation's keys were split
-        return [r for r in records if r.eval_key in (current["keys"].get(r.condition), earlier.get(r.condition))
-                and r.instance in held]
+        best: dict[tuple, EvalRecord] = {}  # a cell measured under both keys counts once, as its newer row
+        for r in records:
+            if r.eval_key in (current["keys"].get(r.condition), earlier.get(r.condition)) and r.instance in held:
+                if r.key not in best or r.eval_key == current["keys"].get(r.condition):
+                    best[r.key] = r
+        return list(best.values())
     latest = {r.condition: r.eval_key for r in records}
     return [r for r in records if r.eval_key == latest[r.condition]]
 

@@ -316,6 +316,11 @@ class Student:
         optimizer = SlotAdamW(self.bank)
         losses: list[list[float]] = [[] for _ in range(k)]
         tokens = [0] * k
+        cuda = self.device.type == "cuda"
+        # LoRA dropout draws its masks from the global generators, seeded per step below: restored after, so
+        # whatever samples next (a GRPO rollout) does not see the same stream after every inner loop
+        rng = (torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if cuda else None) \
+            if self.bank.dropout else None
         self.model.train()
         try:
             for step in range(self.agree(max((len(s) for s in schedules), default=0))):
@@ -334,7 +339,7 @@ class Student:
                 parts = {i: self._micro_batches(b) for i, b in batches.items()}
                 slot_loss = dict.fromkeys(active, 0.0)
                 for n in range(self.agree(max((len(p) for p in parts.values()), default=1))):
-                    rows = [i for i in active if n < len(parts[i])]
+                    rows = [i for i in active if n < len(parts[i]) and not errors[i]]  # failed in an earlier pass
                     self._backward(step, [parts[i][n] for i in rows], [counts[i] for i in rows], rows, slot_loss,
                                    errors)
                 trained = [i for i in active if not errors[i]]
@@ -351,6 +356,10 @@ class Student:
                     tokens[i] += sum(len(ids) for ids, _, _ in batches[i])
         finally:
             self.model.eval()
+            if rng is not None:
+                torch.set_rng_state(rng[0])
+                if rng[1] is not None:
+                    torch.cuda.set_rng_state(rng[1], self.device)
         seconds = (time.perf_counter() - start) / max(k, 1)
         return [AbsorbStats(steps=len(losses[i]), tokens=tokens[i], first_loss=losses[i][0] if losses[i] else math.nan,
                             last_loss=losses[i][-1] if losses[i] else math.nan, seconds=seconds, error=errors[i])

@@ -19,7 +19,7 @@ import logging
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from seal.shared.config import SealConfig, ServedConfig, named_files
 from seal.shared.dist import Dist
@@ -218,6 +218,16 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
         setting = getattr(r, "setting", None)
         return (r.eval_key or legacy) in (expected(r.condition, setting), earlier(r.condition, setting))
 
+    def measured(rows: Iterable[Any]) -> list[Any]:
+        """The current rows, one per cell (or sampled self-edit): a cell measured under both keys (before
+        and after the keys were split, the settings changed in between) counts once, as its newer row."""
+        best: dict[Any, Any] = {}
+        for r in filter(current, rows):
+            cell = r.key if isinstance(r, EvalRecord) else (r.condition, r.instance, r.index)
+            if cell not in best or r.eval_key == expected(r.condition, getattr(r, "setting", None)):
+                best[cell] = r
+        return list(best.values())
+
     if cfg.mode == "teacher_student":
         student = load_student(cfg.inner, cfg.student, domain, dist)
         shared = None
@@ -248,7 +258,7 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
     dist.barrier()
 
     edits: dict[str, dict[str, list[SelfEditRecord]]] = {}
-    for r in filter(current, store.iter("eval_self_edits", SelfEditRecord)):
+    for r in measured(store.iter("eval_self_edits", SelfEditRecord)):
         edits.setdefault(r.condition, {}).setdefault(r.instance, []).append(r)
     load_baselines(store, student)
 
@@ -309,7 +319,7 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
                    "earlier_keys": {label: earlier(label, "single") for label in labels}, "instances": ids}
         store.write_text("eval_current.json", json.dumps(made_of) + "\n")
     held = set(ids)
-    return table_rows([r for r in store.iter("eval_records", EvalRecord) if current(r) and r.instance in held],
+    return table_rows([r for r in measured(store.iter("eval_records", EvalRecord)) if r.instance in held],
                       labels, cfg.eval.cpt)
 
 
@@ -344,11 +354,12 @@ def absorbing_student(cfg: SealConfig, domain: Domain, store: RunStore, heldout:
 def sample_key(cfg: SealConfig) -> str:
     """The evaluation settings outside the run's config digest (the `eval` section may change between
     evaluations of one run) that change the self-edits drawn or the single-instance cells: the sampling
-    temperature, the self-edits drawn per instance (a draw of n depends on n) and who absorbs them. Rows
+    temperature, the self-edits drawn per instance (a draw of n depends on n) and those the single cells use
+    (eval.k: a smaller k must not count the cells of the others), and who absorbs them. Rows
     carry it (a file's rows its content too, CPT's its settings: `cpt_key`), and an evaluation reuses
     only its own."""
     settings = {"temperature": cfg.eval.temperature if cfg.eval.temperature is not None else cfg.sampling.temperature,
-                "samples": samples_per_instance(cfg), "student": cfg.eval.student}
+                "k": cfg.eval.k, "samples": samples_per_instance(cfg), "student": cfg.eval.student}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -367,3 +367,14 @@ def test_a_plans_batch_size_sets_its_steps():
     plan = TrainingPlan([Example("", str(i)) for i in range(8)], batch_size=4)
     assert [len(b) for b in Student._schedule(me, [None] * 8, plan, 0)] == [4, 4, 4, 4]
     assert len(Student._schedule(me, [None] * 8, replace(plan, batch_size=None), 0)) == 16
+
+
+def test_the_single_cells_key_names_how_many_self_edits_they_average():
+    """With CPT drawing 5 self-edits, the key named only the draw: lowering eval.k kept counting the cells
+    of the self-edits the single setting no longer uses."""
+    from seal.teacher.evaluation import cpt_key, sample_key
+
+    wide, official = (parse_config(["--eval.k", k, "--eval.cpt_k", "5"]) for k in ("3", "1"))
+    assert sample_key(wide) != sample_key(official) and cpt_key(wide) == cpt_key(official)
+    assert sample_key(official) == sample_key(parse_config(["--eval.k", "1", "--eval.cpt_k", "5",
+                                                            "--eval.cpt_lr", "0.5"]))  # CPT's own setting

@@ -190,6 +190,15 @@ def test_an_evaluation_over_more_held_out_passages_reuses_their_cells_and_retrai
     (out / "eval_records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     n = len(rows)
     assert len(evaluate("heldout[:2]")) == n  # every cell of these two passages, CPT's too, was measured
+    # a cell measured under both keys counts once, as its newer row (here: a score no measurement gives)
+    key = json.loads((out / "eval_current.json").read_text())["keys"]["context_only"]
+    newer = [{**r, "eval_key": key, "score": 1.0} for r in rows if r["condition"] == "context_only"
+             and r["setting"] == "single" and r["instance"] in ("heldout-00000", "heldout-00001")]
+    (out / "eval_records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows + newer))
+    assert len(evaluate("heldout[:2]")) == n + len(newer) and len(newer) == 2
+    rows = {line.split(",")[0]: line.split(",") for line in (out / "eval.csv").read_text().splitlines()[1:]}
+    assert rows["context_only"][header.index("single_n")] == "2"
+    assert float(rows["context_only"][header.index("single_mean")]) == 1.0
 
 
 @pytest.mark.slow

@@ -90,6 +90,8 @@ def test_grpo_and_teacher_updates_count_what_stays_beside_them(capsys):
     weights = shapes[0].weight_bytes("bfloat16")
     assert grpo["GRPO step"].resident >= 2 * weights  # the teacher and the frozen student copy
     assert grpo["inner loop"].resident > rest["inner loop"].resident + weights  # the teacher stays resident
+    cpt = phases("--outer.algorithm", "grpo", "--eval.enabled", "true", "--eval.cpt", "true")["CPT"]
+    assert cpt.resident == rest["inner loop"].resident  # the evaluation runs after the rounds' teacher is gone
     ts = ["--mode", "teacher_student", "--student.name", "x", "--student.dtype", "bfloat16"]
     sft = phases(*ts, world=8, zero3=True)["teacher SFT"]
     assert sft.resident >= weights + weights // 8 and sft.total >= 2 * weights - weights // 8

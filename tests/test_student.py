@@ -485,3 +485,8 @@ def test_lora_dropout_repeats_with_the_same_seeds(tiny_model_dir):
     plain = make_student(tiny_model_dir, lr=3e-2)
     plain.absorb(plan(), seed=0)
     assert not torch.equal(plain.bank.weights[0], first)  # the masks did act
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    student.absorb(plan(), seed=0)
+    assert torch.equal(torch.rand(3), expected)  # the global stream goes on as if no inner loop had run
