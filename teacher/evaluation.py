@@ -437,8 +437,10 @@ def _cpt(cfg: SealConfig, domain: Domain, store: RunStore, student: Student, hel
         phase.update()
         if scores is None:
             log.warning("evaluation %s cpt seed %s failed: %s", label, seed, stats.error)
+            checks = [len(student.baselines[(student.base_fingerprint, domain.instance_id(inst))].details) or None
+                      for inst in heldout]  # each instance's questions (its baseline's), for the pooled figure
             cells = [EvalRecord(label, "cpt", domain.instance_id(inst), None, seed, 0.0, "failed", eval_key=key,
-                                reason=stats.error) for inst in heldout]
+                                checks=n, reason=stats.error) for inst, n in zip(heldout, checks)]
         else:
             cells = [EvalRecord(label, "cpt", domain.instance_id(inst), None, seed, score.value, "ok", eval_key=key,
                                 checks=len(score.details) or None, grades=grade_means(score.details),

@@ -321,6 +321,7 @@ def test_a_failed_cpt_adapter_scores_zero_on_every_instance_and_is_not_retrained
     """A CPT seed whose loss went non-finite used to leave no cells: the CPT column averaged the surviving
     seeds only, and every resume trained the failing seed again. Its cells are now recorded as failed
     (score 0), as a failed single-instance cell, all in one append."""
+    from seal.shared.domain import Score
     from seal.student.inner_loop import AbsorbStats
     from seal.teacher import evaluation
 
@@ -329,7 +330,8 @@ def test_a_failed_cpt_adapter_scores_zero_on_every_instance_and_is_not_retrained
     trained = []
 
     class Student:
-        slots = 1
+        slots, base_fingerprint = 1, "f"
+        baselines = {("f", p.id): Score(0.0, [{}] * len(p.questions)) for p in heldout}
 
         def run_shared(self, plan, seeds, instances, done):
             for seed in seeds:
@@ -345,7 +347,8 @@ def test_a_failed_cpt_adapter_scores_zero_on_every_instance_and_is_not_retrained
         (p.id, seed, "failed", 0.0) for p in heldout for seed in (0, 1)]
     assert all(c.reason == "non-finite loss" for c in cells)
     (row,) = table_rows(cells, ["context_only"], cpt=True)
-    assert (row["cpt_mean"], row["cpt_n"]) == (0.0, 2)
+    assert (row["cpt_mean"], row["cpt_n"], row["cpt_pooled"]) == (0.0, 2, 0.0)  # questions counted as ever
+    assert [c.checks for c in cells if c.seed == 0] == [len(p.questions) for p in heldout]
     evaluation._cpt(cfg, domain, store, Student(), heldout, "context_only", {}, {c.key for c in cells}, dist, "key")
     assert trained == [0, 1]  # a resumed evaluation does not train the failed seeds again
 
