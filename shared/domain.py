@@ -82,7 +82,7 @@ class Generate(Protocol):
     def __call__(self, prompts: Sequence[str], max_new_tokens: int, stop: str | None = "\n") -> list[str]: ...
 
 
-SPLIT = re.compile(r"^(?P<name>[\w-]+)(?:\[(?P<start>-?\d*):(?P<stop>-?\d*)(?::(?P<step>\d*))?\])?$")
+SPLIT = re.compile(r"^(?P<name>[\w-]+)(?:\[(?P<start>(?:-?\d+)?):(?P<stop>(?:-?\d+)?)(?::(?P<step>\d*))?\])?$")
 
 
 def parse_split(split: str) -> tuple[str, slice]:
@@ -91,7 +91,7 @@ def parse_split(split: str) -> tuple[str, slice]:
     if not m:
         raise DataError(f"split {split!r}: expected NAME or NAME[start:stop(:step)], e.g. train[:50]")
     to_int = lambda s: int(s) if s not in (None, "") else None  # noqa: E731
-    if m["step"] == "0":
+    if m["step"] and int(m["step"]) == 0:
         raise DataError(f"split {split!r}: step must be positive")
     return m["name"], slice(to_int(m["start"]), to_int(m["stop"]), to_int(m["step"]))
 

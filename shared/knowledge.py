@@ -68,9 +68,11 @@ QA_PROMPT = "Let's answer a question directly and concisely.\nQuestion: Topic: {
 """The official QA template (knowledge-incorporation/src/utils.py, SQUAD_ANSWER_TEMPLATE_BASE) ends with
 "Answer:\n"; `qa_format: official` adds that newline, `line` (ours) leaves it off and stops at the first."""
 
-_LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022]+|\(?\d{1,3}[.)]|[a-z][.)](?=\s))\s*")
+_LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022]+(?=\s)|\(?\d{1,3}[.)](?=\s)|[a-z][.)](?=\s))\s*")
+"""A list marker and the space after it ("1.5 million" and "-5 degrees" start with facts, not markers)."""
 _QA_SPLIT = re.compile(r"(?im)^\s*(?:\d+[.)]\s*)?(?:question\s*\d*|q\d*)\s*[:.)]\s*")
-_ANSWER = re.compile(r"(?is)^(.*?)\n?\s*(?:answer|a)\s*\d*\s*[:.)]\s*(.*)$")
+_ANSWER = re.compile(r"(?is)^(.*?)(?:^|\n|\s)\s*(?:answer|a)\s*\d*\s*[:.)]\s*(.*)$")
+"""A self-QA block's answer: "Answer:" or "A:" as a word of its own (not the end of "NASA:" or "(Carolina)")."""
 
 
 @dataclass
@@ -129,7 +131,8 @@ class KnowledgeOptions:
 
 def _passages_from_records(records: list[Any], origin: str) -> list[Passage]:
     """Grouped layout `{title, context, questions:[{question, answer}]}` or flat SQuAD rows, grouped by
-    context. A passage listed twice is one passage (its questions are not counted twice)."""
+    context. A passage listed twice is one passage (its record's questions are not added again); a question
+    asked twice of one passage counts twice, as in the official evaluation."""
     passages: dict[str, Passage] = {}
     for i, rec in enumerate(records):
         where = f"{origin}: record {i}"
@@ -142,6 +145,7 @@ def _passages_from_records(records: list[Any], origin: str) -> list[Passage]:
         title = rec.get("title", "").replace("_", " ")
         key = f"{title}\x00{rec['context']}"
         passage = passages.get(key)
+        repeated = passage is not None and "questions" in rec  # a passage listed twice (its record again)
         if passage is None:
             passage = passages[key] = Passage(id=str(rec.get("id", "")) if "questions" in rec else "",
                                               title=title, context=rec["context"])
@@ -153,11 +157,21 @@ def _passages_from_records(records: list[Any], origin: str) -> list[Passage]:
             rows = [rec] if "question" in rec else []
         for j, q in enumerate(rows):
             question = _question(q, f"{where}, question {j}")
-            if all((question.question, question.answers) != (old.question, old.answers) for old in passage.questions):
+            # a question asked twice of one passage counts twice, as in the official evaluation (the SQuAD dev
+            # file has 22 such; its first 200 shuffled passages hold 974 questions); only a repeated record's
+            # questions are not added again
+            if not repeated or all((question.question, question.answers) != (old.question, old.answers)
+                                   for old in passage.questions):
                 passage.questions.append(question)
     out = list(passages.values())
     for i, p in enumerate(out):
         p.id = p.id or f"{i:05d}"
+    seen: dict[str, str] = {}
+    for p in out:  # the run store keys every record by id: two passages on one id would share cells
+        if p.id in seen:
+            raise DataError(f"{origin}: passages {seen[p.id]!r} and {p.title!r} have the same id {p.id!r} (ids must be "
+                            "unique; records without one are numbered by position)")
+        seen[p.id] = p.title
     return out
 
 
@@ -295,7 +309,8 @@ class KnowledgeDomain(Domain):
                 data = json.loads(text)
             except json.JSONDecodeError as err:
                 raise DataError(f"{path} is not valid JSON: {err}") from err
-        if isinstance(data, dict) and "data" in data and isinstance(data["data"], list):
+        if isinstance(data, dict) and isinstance(data.get("data"), list) and data["data"] \
+                and isinstance(data["data"][0], dict) and "paragraphs" in data["data"][0]:  # not a split named data
             data = _squad_v1(data)
         if isinstance(data, list):
             return self._pick({"all": data}, name, str(path))

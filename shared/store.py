@@ -93,6 +93,14 @@ a cut-off one is unusable) and each task's answer budget (counting its test inpu
 generation): marked in the digest, so an ARC run directory made before is refused instead of mixing
 rewards measured under two rules."""
 
+KNOWLEDGE_RULES = ("every question a passage lists, repeats included",
+                   "seal split: list markers before a space, answers as words")
+"""What a knowledge run's cells are measured under, where it changed: a passage's questions (a question
+asked twice counted once before, so a real-data passage could lose one: the paper's 200 evaluation
+passages held 971 questions, not 974) and how the `seal` split reads a self-edit ("1.5 million" lost its
+"1.", "(Carolina)" ended a question). Marked in the digest where they apply (real data; split seal), so a
+run directory made before is refused instead of mixing cells measured under both."""
+
 RENAMED_FORMATS = ("implications-long", "implications-very-long", "rewrite", "self-qa")
 """Knowledge formats whose names now stand for the official prompt texts (their earlier texts are the
 `-lines`, `-dashes`, `-pairs` formats): the digest marks them, so a run directory made under the old
@@ -122,6 +130,12 @@ def result_config(config: dict[str, Any], legacy: int = 0) -> dict[str, Any]:
         relevant = _with(relevant, ["domain", "format"], f"{domain['format']} (official prompt)")
     if isinstance(domain, dict) and domain.get("name") == "arc":  # see ARC_TTT_SET
         relevant = _with(relevant, ["domain", "ttt_set"], ARC_TTT_SET)
+    if isinstance(domain, dict) and domain.get("name", "knowledge") == "knowledge":  # see KNOWLEDGE_RULES
+        rules = [rule for rule, applies in ((KNOWLEDGE_RULES[0], _get(relevant, "data.source") not in ("builtin",
+                                                                                                   _MISSING)),
+                                            (KNOWLEDGE_RULES[1], domain.get("split", "seal") == "seal")) if applies]
+        if rules:
+            relevant = _with(relevant, ["domain", "rules"], rules)
     return relevant
 
 

@@ -63,6 +63,8 @@ CONFIG_CASES = [
     (["--domain", "{name: knowledge, grader: judge, judge: {url: 'http://127.0.0.1:9/v1', retries: 0, "
       "timeout_s: 2, cache: /dev/null}}"], r"judge at http://127.0.0.1:9/v1/chat/completions failed after 1 "),
     (["--data.train_split", "train[::0]"], r"step must be positive"),
+    (["--data.train_split", "train[::00]"], r"step must be positive"),
+    (["--data.train_split", "train[-:]"], r"expected NAME or NAME\[start:stop"),
     (["--data.eval_split", "nosuch"], r"no split 'nosuch'"),
     (["--eval.conditions", "[no_update, file]", "--eval.self_edits_file", "/nonexistent.jsonl"],
      r"eval.self_edits_file not found"),
@@ -272,9 +274,28 @@ def test_a_run_made_under_the_old_meaning_of_a_format_name_is_refused():
     def before(config):  # the digest as it was computed before the formats were renamed
         return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    renamed = {"domain": {"name": "knowledge", "format": "self-qa"}}
-    same = {"domain": {"name": "knowledge", "format": "implications"}}
+    renamed = {"domain": {"name": "knowledge", "format": "self-qa", "split": "official"}}
+    same = {"domain": {"name": "knowledge", "format": "implications", "split": "official"}}
     assert config_digest(renamed) != before(renamed) and config_digest(same) == before(same)
+
+
+def test_knowledge_runs_measured_under_the_earlier_question_and_split_rules_are_refused():
+    """A question asked twice of one passage counts twice now, and the seal split reads list markers and
+    answers differently: run directories of real data, or of the seal split, made before are refused;
+    builtin passages (no repeated question) under the official split keep their digest."""
+    import hashlib
+
+    from seal.shared.store import config_digest
+
+    def before(config):
+        return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    official = {"name": "knowledge", "split": "official"}
+    unchanged = {"domain": official, "data": {"source": "builtin"}}
+    real = {"domain": official, "data": {"source": "/data/squad.json"}}
+    seal_split = {"domain": {"name": "knowledge"}, "data": {"source": "builtin"}}
+    assert config_digest(unchanged) == before(unchanged)
+    assert config_digest(real) != before(real) and config_digest(seal_split) != before(seal_split)
 
 
 def test_self_edit_files_must_name_their_passages_unambiguously(tmp_path):

@@ -176,3 +176,37 @@ def test_the_official_qa_format_asks_with_a_newline_and_grades_the_whole_answer(
     assert domain.grade(passage, answers).details[0]["score"] == 1.0  # the gold is on the second line
     line = KnowledgeDomain(KnowledgeOptions(grader="contains"))
     assert line.grade(passage, answers).details[0]["score"] == 0.0
+
+
+def test_a_question_asked_twice_counts_twice_and_ids_are_unique(tmp_path):
+    """The loader dropped a question repeated within one passage (22 in the SQuAD dev file), so the paper's
+    200 evaluation passages held 971 questions instead of the official 974; a repeated record still adds
+    nothing. Two passages on one id would share their cells in the run store."""
+    import json
+
+    from seal.shared import DataError
+
+    q = {"question": "When?", "answer": "1874"}
+    rows = [{"title": "T", "context": "c1", "questions": [q, q, {"question": "Who?", "answer": "Oda"}]},
+            {"title": "T", "context": "c1", "questions": [q]}]  # the same passage listed again
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(rows))
+    (p,) = KnowledgeDomain().load(str(path), "all")
+    assert [x.question for x in p.questions] == ["When?", "When?", "Who?"]
+    path.write_text(json.dumps([{**rows[0], "id": "00001"}, {"title": "U", "context": "c2", "questions": [q]}]))
+    with pytest.raises(DataError, match="have the same id '00001'"):
+        KnowledgeDomain().load(str(path), "all")
+    path.write_text(json.dumps({"data": rows, "heldout": []}))  # a split named "data", not the SQuAD layout
+    assert len(KnowledgeDomain().load(str(path), "data")) == 1
+
+
+def test_the_seal_split_keeps_leading_numbers_and_reads_answers_as_words():
+    domain = KnowledgeDomain()
+    (p,) = domain.load("builtin", "train[:1]")
+    items = domain.parse(p, "1. 1.5 million people visited.\n-5 degrees is the record low.\n- A third fact here.").items
+    assert items == ["1.5 million people visited.", "-5 degrees is the record low.", "A third fact here."]
+    qa = KnowledgeDomain(KnowledgeDomain.Options(format="self-qa-pairs"))
+    text = ("Question: Which team (Carolina) won Super Bowl 50?\nAnswer: Denver Broncos\n"
+            "Question: Who runs NASA: the agency?\nA: Its administrator")
+    assert qa.parse(p, text).items == ["Question: Which team (Carolina) won Super Bowl 50?\nAnswer: Denver Broncos",
+                                       "Question: Who runs NASA: the agency?\nAnswer: Its administrator"]
