@@ -38,6 +38,7 @@ from seal.shared.records import (
     edit_rewards,
     mean_or_nan,
     mean_se,
+    one_per_cell,
     teacher_round,
 )
 from seal.shared.store import RunDirError, read_table
@@ -155,13 +156,10 @@ def current_cells(run: Path) -> list[EvalRecord]:
     if marker.exists():
         current = json.loads(marker.read_text())
         held = set(current["instances"])
-        earlier = current.get("earlier_keys", {})  # rows made before the evaluation's keys were split
-        best: dict[tuple, EvalRecord] = {}  # a cell measured under both keys counts once, as its newer row
-        for r in records:
-            if r.eval_key in (current["keys"].get(r.condition), earlier.get(r.condition)) and r.instance in held:
-                if r.key not in best or r.eval_key == current["keys"].get(r.condition):
-                    best[r.key] = r
-        return list(best.values())
+        keys, earlier = current["keys"], current.get("earlier_keys", {})  # earlier: before the keys were split
+        return one_per_cell([r for r in records if r.instance in held
+                             and r.eval_key in (keys.get(r.condition), earlier.get(r.condition))],
+                            lambda r: r.key, lambda r: r.eval_key == keys.get(r.condition))
     latest = {r.condition: r.eval_key for r in records}
     return [r for r in records if r.eval_key == latest[r.condition]]
 

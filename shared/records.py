@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Hashable, Iterable, Sequence
 
 
 class Record:
@@ -193,6 +193,16 @@ class GrpoRewardRecord(Record):
     text: str
     reward: float
     reason: str | None = None
+
+
+def one_per_cell(rows: Iterable[Any], cell: Callable[[Any], Hashable], newer: Callable[[Any], bool]) -> list[Any]:
+    """One row per cell: a cell measured under both an evaluation's earlier and current key (the settings
+    changed in between and back) counts once, as its `newer` row."""
+    best: dict[Hashable, Any] = {}
+    for r in rows:
+        if cell(r) not in best or newer(r):
+            best[cell(r)] = r
+    return list(best.values())
 
 
 def mean_or_nan(values: Sequence[float]) -> float:

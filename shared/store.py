@@ -131,9 +131,9 @@ def result_config(config: dict[str, Any], legacy: int = 0) -> dict[str, Any]:
     if isinstance(domain, dict) and domain.get("name") == "arc":  # see ARC_TTT_SET
         relevant = _with(relevant, ["domain", "ttt_set"], ARC_TTT_SET)
     if isinstance(domain, dict) and domain.get("name", "knowledge") == "knowledge":  # see KNOWLEDGE_RULES
-        rules = [rule for rule, applies in ((KNOWLEDGE_RULES[0], _get(relevant, "data.source") not in ("builtin",
-                                                                                                   _MISSING)),
-                                            (KNOWLEDGE_RULES[1], domain.get("split", "seal") == "seal")) if applies]
+        questions, split = KNOWLEDGE_RULES
+        rules = ([questions] if _get(relevant, "data.source") not in ("builtin", _MISSING) else []) \
+            + ([split] if domain.get("split", "seal") == "seal" else [])
         if rules:
             relevant = _with(relevant, ["domain", "rules"], rules)
     return relevant

@@ -98,17 +98,25 @@ def publish(trainer, tokenizer, teacher: ModelConfig, lora: bool, scratch: Path,
     marker (with the seconds since `started`, a `time.perf_counter()`) and rename into place."""
     from peft import PeftModel
     from safetensors.torch import load_file
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     saved = scratch / ("adapter" if lora else "model")
     with heartbeat(f"saving the teacher update to {target}"):  # minutes for a large teacher
         trainer.save_model(str(saved))
+        # Under a ZeRO-3 launch the trainer's arguments turned transformers' ZeRO-3 switch on for the process
+        # (TrainingArguments -> DeepSpeedPlugin.set_deepspeed_weakref, kept alive by accelerate's state).
+        # Off on every rank once the weights are saved: the merge below loads the base weights on the main
+        # process only (inside deepspeed.zero.Init its collectives would need every rank: a deadlock), and
+        # the next round's models must load the same way on every rank (whole on rank 0 and partitioned on
+        # the others, round 2 hung). The next trainer turns it on again.
+        unset_hf_deepspeed_config()
         if trainer.accelerator.is_main_process:
             if lora:
                 weights = load_file(str(saved / "adapter_model.safetensors"))
                 if not weights or not all(t.numel() for t in weights.values()):
                     raise RuntimeError(f"the saved teacher adapter in {saved} is empty: the trainer did not gather "
                                        "its weights (DeepSpeed ZeRO-3 needs the trainer's own save_model)")
-                base = _load_unpartitioned(teacher, trainer)
+                base, _ = load_model(dataclasses.replace(teacher, device="cpu"))
                 merged = PeftModel.from_pretrained(base, saved).merge_and_unload()
                 staging = scratch / "model"
                 merged.save_pretrained(staging, safe_serialization=True)
@@ -121,35 +129,6 @@ def publish(trainer, tokenizer, teacher: ModelConfig, lora: bool, scratch: Path,
                 shutil.rmtree(target)
             staging.rename(target)
     trainer.accelerator.wait_for_everyone()
-    # Under a ZeRO-3 launch the trainer's arguments turned transformers' ZeRO-3 switch on for the process
-    # (TrainingArguments -> DeepSpeedPlugin.set_deepspeed_weakref, kept alive by accelerate's state), and the
-    # merge above turned it off on the main process only: off on every rank, or the next round's models
-    # would load whole on rank 0 and inside deepspeed.zero.Init on the others (a hang). The next trainer
-    # turns it on again.
-    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-    unset_hf_deepspeed_config()
-
-
-def _load_unpartitioned(teacher: ModelConfig, trainer):
-    """The base weights as a plain CPU model. Under ZeRO-3, transformers would build it inside
-    `deepspeed.zero.Init`, whose collectives need every rank — while only the main process merges (a
-    deadlock seen on gloo): switch the global ZeRO-3 config off for this load and back on after it."""
-    from transformers.integrations.deepspeed import (
-        is_deepspeed_zero3_enabled,
-        set_hf_deepspeed_config,
-        unset_hf_deepspeed_config,
-    )
-
-    zero3 = is_deepspeed_zero3_enabled()
-    if zero3:
-        unset_hf_deepspeed_config()
-    try:
-        model, _ = load_model(dataclasses.replace(teacher, device="cpu"))
-    finally:
-        if zero3 and getattr(trainer.args, "hf_deepspeed_config", None) is not None:
-            set_hf_deepspeed_config(trainer.args.hf_deepspeed_config)
-    return model
 
 
 def copy_checkpoint(teacher_cfg: ModelConfig, target: Path) -> None:

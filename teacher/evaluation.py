@@ -25,7 +25,7 @@ from seal.shared.config import SealConfig, ServedConfig, named_files
 from seal.shared.dist import Dist
 from seal.shared.domain import DataError, Domain, Example, SelfEdit, TrainingPlan
 from seal.shared.models import load_model, load_tokenizer, resolve, uses_chat_template
-from seal.shared.records import EvalRecord, SelfEditRecord, grade_means, teacher_round
+from seal.shared.records import EvalRecord, SelfEditRecord, grade_means, one_per_cell, teacher_round
 from seal.shared.store import RunStore
 from seal.shared.tracking import Phase
 from seal.student.inner_loop import AbsorbStats, Job, JobResult, Student
@@ -197,36 +197,34 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
     key = sample_key(cfg)
     # a file's rows carry its content too: another file, or a changed one, never reuses them, while every
     # file shares the no-update and passage-only cells
-    keys = {name: f"{key}:{_digest(edits)}" for name, edits in files.items()}
+    digests = {name: _digest(edits) for name, edits in files.items()}  # once: a file may hold thousands
+    keys = {name: f"{key}:{digest}" for name, digest in digests.items()}
+    earlier_keys = {name: f"{old}:{digests[name]}" for name in published}  # the file condition kept `old`
     # the held-out selection may change between evaluations (more passages later): single-instance cells are
     # reused by instance, while a CPT adapter trains on the whole held-out set, so its cells name that set,
     # and its own settings (another CPT learning rate retrains CPT only)
     ids = [domain.instance_id(i) for i in heldout]
     heldout_set = hashlib.sha256(json.dumps(sorted(ids)).encode()).hexdigest()[:12]
     split = f":{cfg.eval.cpt_split}" if cfg.eval.cpt_split else ""
+    cpt, cpt_earlier = f":{heldout_set}:{cpt_key(cfg)}{split}", f":{heldout_set}{split}"
 
     def expected(condition: str, setting: str | None) -> str:
         """The key of the rows this evaluation writes."""
-        return keys.get(condition, key) + (f":{heldout_set}:{cpt_key(cfg)}{split}" if setting == "cpt" else "")
+        return keys.get(condition, key) + (cpt if setting == "cpt" else "")
 
     def earlier(condition: str, setting: str | None) -> str:
         """The key rows carried before the samples' and CPT's settings had keys of their own (`eval_key`)."""
-        named = f"{old}:{_digest(published[condition])}" if condition in published else old
-        return named + (f":{heldout_set}{split}" if setting == "cpt" else "")
+        return earlier_keys.get(condition, old) + (cpt_earlier if setting == "cpt" else "")
 
     def current(r: SelfEditRecord | EvalRecord) -> bool:  # measured under this evaluation's settings
         setting = getattr(r, "setting", None)
         return (r.eval_key or legacy) in (expected(r.condition, setting), earlier(r.condition, setting))
 
     def measured(rows: Iterable[Any]) -> list[Any]:
-        """The current rows, one per cell (or sampled self-edit): a cell measured under both keys (before
-        and after the keys were split, the settings changed in between) counts once, as its newer row."""
-        best: dict[Any, Any] = {}
-        for r in filter(current, rows):
-            cell = r.key if isinstance(r, EvalRecord) else (r.condition, r.instance, r.index)
-            if cell not in best or r.eval_key == expected(r.condition, getattr(r, "setting", None)):
-                best[cell] = r
-        return list(best.values())
+        """The current rows, one per cell (or sampled self-edit)."""
+        return one_per_cell(filter(current, rows),
+                            lambda r: r.key if isinstance(r, EvalRecord) else (r.condition, r.instance, r.index),
+                            lambda r: r.eval_key == expected(r.condition, getattr(r, "setting", None)))
 
     if cfg.mode == "teacher_student":
         student = load_student(cfg.inner, cfg.student, domain, dist)
