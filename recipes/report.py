@@ -208,8 +208,10 @@ def paired_table(cells: list[EvalRecord], against: list[str]) -> str:
              "|---|---|---|---:|---:|---:|---:|"]
     for g in graders(cells):
         table = per_instance(cells, g)
-        for ref in [a for a in against if a in table]:
-            for c in [c for c in table if c != ref and c != "no_update"]:
+        refs = [a for a in against if a in table]
+        for j, ref in enumerate(refs):
+            # an earlier reference was already compared with this one: its mirror row would repeat it
+            for c in [c for c in table if c != ref and c != "no_update" and c not in refs[:j]]:
                 common = sorted(set(table[c]) & set(table[ref]))
                 diffs = [table[c][i] - table[ref][i] for i in common]
                 mean, se, n = mean_se(diffs)

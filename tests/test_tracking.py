@@ -196,6 +196,10 @@ def test_report_reads_the_evaluation_under_every_grader_with_paired_differences_
     paired = report.paired_table(cells, ["context_only"])
     # round 2 minus passage only, per instance: +0.5, +1, +0.5 -> 66.7 ± 1.96 * 16.7
     assert "| round2_teacher | context_only | contains | 3 | 66.7 ± 32.7 | 3 | 0 |" in paired
+    both = report.paired_table(cells, ["context_only", "base_teacher"])
+    assert "| base_teacher | context_only | contains | 3 | 16.7 ± 32.7 | 1 | 0 |" in both
+    assert "| context_only | base_teacher |" not in both  # the same pair, mirrored, once is enough
+    assert "| round2_teacher | base_teacher | contains | 3 | 50.0 ± 0.0 | 3 | 0 |" in both
     assert report.plot_curve(cells, "contains", tmp_path).read_bytes()[:4] == b"\x89PNG"
     edits_table = report.self_edit_table(tmp_path)
     words = len(edits[0].text.split())
