@@ -563,6 +563,11 @@ class SealConfig:
         if self.inner.deepspeed and self.mode != "teacher_student":
             raise ConfigError("inner.deepspeed partitions a fixed student: it needs mode teacher_student (in self "
                               "mode the student is the teacher, which samples on every rank independently)")
+        if self.sampling.backend == "vllm" and self.inner.score_backend == "vllm":
+            raise ConfigError("sampling.backend vllm with inner.score_backend vllm needs two vLLM engines asleep "
+                              "side by side, and vLLM allows one sleep-mode engine per process "
+                              "(vllm/v1/worker/gpu_worker.py asserts it; vllm-project/vllm#18975): choose "
+                              "one of the two (the other hf)")
         if self.inner.deepspeed and self.inner.score_backend != "hf":
             raise ConfigError("inner.deepspeed scores with transformers across the partitioned weights; "
                               "it cannot be combined with inner.score_backend: vllm")

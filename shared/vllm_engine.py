@@ -12,6 +12,7 @@ arguments (`sampling.vllm`, `inner.vllm`) take precedence over every value chose
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from dataclasses import dataclass
@@ -123,7 +124,29 @@ class _Engine:
 
 
 _ENGINES: list[_Engine] = []
-"""The run's idle and busy teacher engines (those with sleep mode: only they can hand memory back)."""
+"""The run's teacher engine, idle or busy (one with sleep mode: only it can hand memory back). One at a
+time: vLLM allows one sleep-mode engine per process (`dispose`)."""
+
+
+def dispose(owner: Any, attr: str = "llm") -> None:
+    """Delete the sleep-mode engine at `owner.attr`, so that another can be built. vLLM allows one
+    sleep-mode engine per process (vllm-project/vllm#18975): its memory pool is process-wide
+    (vllm/device_allocator/cumem.py `CuMemAllocator.get_instance`), an engine asleep still counts in it,
+    and a sleep-mode worker asserts it is empty when it loads its weights
+    (vllm/v1/worker/gpu_worker.py `_maybe_get_memory_pool_context`). Woken first: the pool frees an
+    allocation by unmapping it, which sleep has done already; then collected (an LLM holds reference
+    cycles), and torch's cache emptied. The caller holds no other reference to the engine."""
+    llm = getattr(owner, attr)
+    setattr(owner, attr, None)
+    if llm is None:
+        return
+    try:
+        llm.wake_up()
+    finally:
+        del llm
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def teacher_engine(vllm: Any, model_path: str, args: dict[str, Any], revision: str | None = None) -> _Engine:
@@ -134,10 +157,11 @@ def teacher_engine(vllm: Any, model_path: str, args: dict[str, Any], revision: s
     engine's memory when it is deleted. The reload follows TRL's colocate weight sync
     (trl/generation/vllm_generation.py `sync_weights`): empty torch's cache, wake the weights only,
     `load_weights` on the in-process model, then the KV cache, and reset the prefix cache (cached
-    prefixes hold the old weights' keys). An idle engine too short for the new prompts is retired (left
-    asleep, out of the pool) and the new one is built long enough for both. `revision`: the hub revision of
-    `model_path` (the checkpoint's, like the path: it does not split engines; vLLM ignores it for a local
-    directory, as transformers does)."""
+    prefixes hold the old weights' keys). vLLM allows one sleep-mode engine per process (`dispose`): an
+    idle engine that cannot serve (too short for the new prompts, or another architecture or engine
+    arguments) is deleted before the new one is built, long enough for both; a new one while the run's
+    engine still samples is an error. `revision`: the hub revision of `model_path` (the checkpoint's, like
+    the path: it does not split engines; vLLM ignores it for a local directory, as transformers does)."""
     if revision is not None:
         args = {**args, "revision": revision}
     if not args.get("enable_sleep_mode"):  # it cannot give its memory back between teachers: not shared
@@ -151,10 +175,15 @@ def teacher_engine(vllm: Any, model_path: str, args: dict[str, Any], revision: s
             _load(engine, model_path, revision)
             engine.in_use = True
             return engine
-        _ENGINES.remove(engine)
         if need is not None:
             need = max(need, engine.max_model_len)
             args = {**args, "max_model_len": need}
+    if any(e.in_use for e in _ENGINES):
+        raise RuntimeError("a second vLLM teacher engine while the run's engine still samples: vLLM allows one "
+                           "sleep-mode engine per process (release the first teacher before the next)")
+    for engine in list(_ENGINES):
+        _ENGINES.remove(engine)
+        dispose(engine)
     engine = _Engine(vllm.LLM(model=model_path, **args), key, need)
     _ENGINES.append(engine)
     return engine
@@ -171,10 +200,11 @@ def _load(engine: _Engine, model_path: str, revision: str | None = None) -> None
         model.load_weights(checkpoint_weights(model_path, revision))
         llm.wake_up(tags=["kv_cache"])
         llm.reset_prefix_cache()
-    except BaseException:  # half-loaded weights must never serve a teacher: out of the pool, asleep
+    except BaseException:  # half-loaded weights must never serve a teacher: out of the pool, deleted
         _ENGINES.remove(engine)
+        del llm
         try:
-            llm.sleep(level=2)
+            dispose(engine)
         except Exception:  # noqa: BLE001 (the load's own error is the one to report)
             pass
         raise

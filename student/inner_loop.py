@@ -490,6 +490,12 @@ class Student:
         return [self.domain.grade(inst, answers[i * width: i * width + len(q.prompts)])
                 for i, (inst, q) in enumerate(zip(instances, queries))]
 
+    def close(self) -> None:
+        """Delete the vLLM scoring engine, if any, before another student builds its own (vLLM allows one
+        sleep-mode engine per process: `seal.shared.vllm_engine.dispose`)."""
+        if self.scorer is not None:
+            self.scorer.close()
+
     def baseline(self, instance: Any) -> Score:
         """Score of the unmodified base model; measured once per (base weights, instance)."""
         key = (self.base_fingerprint, self.domain.instance_id(instance))

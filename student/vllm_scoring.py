@@ -50,9 +50,18 @@ class VLLMScorer:
         self.adapter_dtype = adapter_dtype
         self.next_id = 1  # vLLM caches adapters by integer id: a new adapter needs a new id
 
+    def close(self) -> None:
+        """Delete the engine (woken first, `vllm_engine.dispose`): in mode self each round's student is a
+        new checkpoint with a scoring engine of its own, and vLLM allows one sleep-mode engine per process."""
+        if self.sleeps:
+            vllm_engine.dispose(self)
+        self.llm = None
+
     def score(self, instances: Sequence[Any], save_adapter, slots: Sequence[int | None]) -> list[Score]:
         """instances[i] answered by adapter slot slots[i] (None: the base model, no adapter);
         `save_adapter(slot, path, dtype)` writes a slot."""
+        if self.llm is None:
+            raise RuntimeError("this vLLM scorer was closed")
         prompts, params, rows, spans = [], [], [], []
         for inst, slot in zip(instances, slots):
             q = self.domain.queries(inst)

@@ -64,11 +64,20 @@ def samples_per_instance(cfg: SealConfig) -> int:
 
 
 def _sample_condition(cfg: SealConfig, domain: Domain, store: RunStore, instances: Sequence[Any], label: str,
-                      teacher_cfg, have: set[tuple[str, str, int]], is_main: bool, key: str,
+                      teacher_cfg, have: set[tuple[str, str, int]], dist: Dist, key: str,
                       shared_model=None) -> None:
+    """This rank's share of `instances` still without their self-edits from `label`'s teacher. Whether
+    to load the teacher, and a vLLM engine's length, are decided on all of `instances` (every rank read
+    the same store), so every rank builds or reuses its engine together: vLLM's external_launcher engine
+    start is collective (vllm/v1/executor/uniproc_executor.py all-reduces the memory it may use)."""
     k = samples_per_instance(cfg)
-    missing = [i for i in instances if not all((label, domain.instance_id(i), j) in have for j in range(k))]
-    if not missing:
+    needed = [i for i in instances if not all((label, domain.instance_id(i), j) in have for j in range(k))]
+    if not needed:
+        return
+    ids = {domain.instance_id(i) for i in needed}
+    missing = [i for i in dist.shard(instances) if domain.instance_id(i) in ids]
+    on_vllm = cfg.sampling.backend == "vllm" and not isinstance(teacher_cfg, ServedConfig)
+    if not missing and not on_vllm:  # a transformers or served teacher: nothing for this rank to do
         return
     sampling = replace(cfg.sampling, seed=derive_seed(cfg.sampling.seed, "eval", label),
                        temperature=cfg.eval.temperature if cfg.eval.temperature is not None
@@ -80,16 +89,16 @@ def _sample_condition(cfg: SealConfig, domain: Domain, store: RunStore, instance
         # instances per call to keep `concurrency` requests in flight
         teacher = ServedTeacher(sampling, domain)
         step = max(1, cfg.sampling.served.concurrency // k)
-    elif cfg.sampling.backend == "vllm":
+    elif on_vllm:
         tok = load_tokenizer(teacher_cfg)
         teacher = VLLMTeacher(resolve(teacher_cfg.name), tok, sampling, domain, uses_chat_template(teacher_cfg, tok),
-                              missing, revision=teacher_cfg.revision)
+                              needed, revision=teacher_cfg.revision)
     else:
         model, tok = shared_model if shared_model is not None else load_model(teacher_cfg)
         teacher = Teacher(model, tok, sampling, domain, uses_chat_template(teacher_cfg, tok))
     try:
         with Phase(f"evaluation: sampling {k} self-edit(s) per held-out instance from {label}", len(missing),
-                   is_main) as phase:
+                   dist.is_main) as phase:
             for start in range(0, len(missing), step):
                 chunk = missing[start:start + step]
                 for inst, samples in zip(chunk, teacher.sample(chunk, k)):
@@ -237,7 +246,7 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
     # 1. Self-edits for every teacher condition (one teacher in memory at a time).
     have = {(r.condition, r.instance, r.index) for r in store.iter("eval_self_edits", SelfEditRecord) if current(r)}
     for label, teacher_cfg in condition_teachers(cfg, store):
-        _sample_condition(cfg, domain, store, dist.shard(heldout), label, teacher_cfg, have, dist.is_main, key,
+        _sample_condition(cfg, domain, store, heldout, label, teacher_cfg, have, dist, key,
                           shared if label == "base_teacher" else None)
     given = {"oracle": [(inst, j, text) for inst in heldout for j, text in enumerate(domain.oracle_self_edits(inst))]
              if "oracle" in conditions else [],

@@ -177,6 +177,8 @@ def run_grpo(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence[A
                         losses=losses, started=started)
                 key = f"rewards/{reward.__name__}/mean"
                 logged = [h[key] for h in trainer.state.log_history if key in h]
+            if cfg.mode == "self":  # the next round's frozen copy gets a scoring engine of its own
+                student.close()
             del model, trainer, reward
         rows = [r for r in store.iter("grpo_rewards", GrpoRewardRecord) if r.round == round_]
         if attempt is None:  # finished by an earlier process: its records are the last attempt's

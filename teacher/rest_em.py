@@ -286,6 +286,8 @@ def run_rounds(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence
         stats = round_stats(round_, list(rewards.values()), len(pairs))
         target = teacher_checkpoint(store, round_ + 1)
         chat, teacher_cfg = session.teacher.chat, session.teacher_cfg
+        if cfg.mode == "self":  # the next round's student is the updated teacher, with a scoring engine of its own
+            session.student.close()
         del session  # free the round's models before the teacher update
         if not is_complete(target):
             if pairs:

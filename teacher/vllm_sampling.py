@@ -39,8 +39,12 @@ class VLLMTeacher:
         args = engine_args(sampling.vllm, max_model_len=self.max_model_len, seed=sampling.seed)
         # the run's engine from an earlier teacher, with this checkpoint's weights loaded, or a new one
         self.engine = teacher_engine(vllm, model_path, args, revision)
-        self.llm = self.engine.llm
         self.sleeps, self.released = bool(args.get("enable_sleep_mode")), False
+
+    @property
+    def llm(self) -> Any:
+        """The engine's `vllm.LLM` (None once a later teacher needed the engine deleted)."""
+        return self.engine.llm
 
     def _input(self, instance: Any) -> dict[str, list[int]]:
         return vllm_prompt(self.tokenizer, self.domain.teacher_prompt(instance), self.chat)

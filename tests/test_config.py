@@ -84,6 +84,15 @@ def test_redaction_hides_secrets_but_not_token_counts():
     assert "sk-123" not in str(out)
 
 
+def test_a_vllm_teacher_and_a_vllm_scorer_would_need_two_sleep_mode_engines_and_are_refused():
+    """vLLM allows one sleep-mode engine per process (vllm/v1/worker/gpu_worker.py), and both backends
+    keep theirs asleep through the run."""
+    with pytest.raises(ConfigError, match="one sleep-mode engine per process"):
+        parse_config(["--sampling.backend", "vllm", "--inner.score_backend", "vllm"])
+    assert parse_config(["--sampling.backend", "vllm"]).inner.score_backend == "hf"
+    assert parse_config(["--inner.score_backend", "vllm"]).sampling.backend == "hf"
+
+
 def test_a_partitioned_student_is_only_a_fixed_one_scored_by_transformers():
     with pytest.raises(ConfigError, match="inner.deepspeed partitions a fixed student: it needs mode teacher_student"):
         parse_config(["--inner.deepspeed", "true"])

@@ -118,6 +118,7 @@ needs_gpu_vllm = pytest.mark.skipif(not torch.cuda.is_available() or importlib.u
 @needs_gpu_vllm
 def test_real_vllm_teacher_and_multi_lora_scoring(tiny_model_dir, tmp_path):
     """On a GPU machine with vLLM: the real engine behind both backends, on the embedded model."""
+    from seal.shared import vllm_engine
     from seal.shared.models import resolve
     from seal.student.vllm_scoring import VLLMScorer
     from seal.teacher.vllm_sampling import VLLMTeacher
@@ -129,6 +130,8 @@ def test_real_vllm_teacher_and_multi_lora_scoring(tiny_model_dir, tmp_path):
                                                                     vllm={"gpu_memory_utilization": 0.3}),
                           domain, chat=True)
     assert all(len(s.texts) == 2 for s in teacher.sample(insts))
+    teacher.release()
+    vllm_engine.dispose(vllm_engine._ENGINES.pop())  # vLLM allows one sleep-mode engine per process
     student = Student(model, tok, InnerConfig(lora_r=8, lora_alpha=16, epochs=2, parallel_adapters=2), domain, True)
     student.absorb_many([domain.plan(i, None) for i in insts], [0, 1])
     scorer = VLLMScorer(resolve("embedded"), tok, domain, True, 8, 2, {"gpu_memory_utilization": 0.3})
@@ -320,6 +323,13 @@ def test_the_scoring_engine_sleeps_between_scorings(fake_vllm, small_gpu, tiny_m
     free -= fake_vllm.CONTEXT  # what an engine asleep keeps
     assert scorer.llm.asleep and fake_vllm.DEVICE["free"] == free
     assert scorer.score(insts[:1], None, [None]) and scorer.llm.asleep and fake_vllm.DEVICE["free"] == free
+    with pytest.raises(AssertionError, match="one instance per process"):  # vLLM's own refusal
+        VLLMScorer(str(tiny_model_dir), tok, domain, True, max_lora_rank=8, max_loras=1, engine_args={},
+                   max_model_len=200)
+    scorer.close()  # as a mode-self round ends: the next round's student builds its own engine
+    assert scorer.llm is None and fake_vllm.DEVICE["free"] == free + fake_vllm.CONTEXT
+    with pytest.raises(RuntimeError, match="closed"):
+        scorer.score(insts[:1], None, [None])
     tight = VLLMScorer(str(tiny_model_dir), tok, domain, True, max_lora_rank=8, max_loras=1, engine_args={},
                        max_model_len=20)
     with pytest.raises(ValueError, match="exceeds the scoring engine's max_model_len 20"):
@@ -359,9 +369,10 @@ def test_one_engine_serves_every_teacher_checkpoint_of_a_run(fake_vllm, small_gp
     assert again_texts == base_texts and round1_texts != base_texts
     from seal.shared import vllm_engine
 
-    vllm_engine._ENGINES.clear()
+    vllm_engine.dispose(vllm_engine._ENGINES.pop())  # one sleep-mode engine per process: the old one goes
+    assert round1.llm is None and base_teacher.llm is None
     fresh, fresh_texts = draw(updated)
-    assert fresh.llm is not round1.llm and fresh_texts == round1_texts
+    assert len([c for c in fake_vllm.CALLS if "init" in c]) == 2 and fresh_texts == round1_texts
 
 
 def test_a_pinned_teacher_revision_reaches_the_engine_and_its_weight_reloads(fake_vllm, small_gpu, tiny_model_dir,
@@ -399,26 +410,29 @@ def test_a_pinned_teacher_revision_reaches_the_engine_and_its_weight_reloads(fak
 
 
 def test_a_teacher_engine_is_shared_only_when_idle_and_long_enough(fake_vllm, small_gpu, tiny_model_dir):
-    """A teacher still sampling keeps its engine; a teacher whose prompts need a longer context than the
-    idle engine holds gets a new engine long enough for both, which then serves the shorter ones."""
+    """vLLM allows one sleep-mode engine per process: a teacher while another still samples is a clear
+    error; a teacher whose prompts need a longer context than the idle engine holds gets a new engine long
+    enough for both (the old one deleted first, its memory back), which then serves the shorter ones."""
     from seal.shared import vllm_engine
     from seal.teacher.vllm_sampling import VLLMTeacher
 
     tok, domain, insts = small_gpu
-    fake_vllm.DEVICE = {k: 4 * v for k, v in fake_vllm.DEVICE.items()}  # room for engines side by side
+    fake_vllm.DEVICE = {k: 4 * v for k, v in fake_vllm.DEVICE.items()}
 
-    def teacher(new_tokens):  # a share each, as a user would set to run two engines at once
+    def teacher(new_tokens):
         sampling = SamplingConfig(k=1, max_new_tokens=new_tokens, vllm={"gpu_memory_utilization": 0.2})
         return VLLMTeacher(str(tiny_model_dir), tok, sampling, domain, chat=True, instances=insts)
 
     short = teacher(5)
-    busy = teacher(5)  # short has not been released: a second engine
-    assert busy.llm is not short.llm
-    busy.release()
+    with pytest.raises(RuntimeError, match="one sleep-mode engine per process"):
+        teacher(5)  # short has not been released
     short.release()
-    longer = teacher(10)  # more context than either idle engine holds
-    assert longer.llm not in (short.llm, busy.llm) and longer.engine.max_model_len == short.engine.max_model_len + 5
-    assert [e.llm for e in vllm_engine._ENGINES] == [longer.llm]  # the short ones retired, asleep
+    free = fake_vllm.DEVICE["free"]
+    length = short.engine.max_model_len
+    longer = teacher(10)  # more context than the idle engine holds
+    assert short.llm is None and longer.engine.max_model_len == length + 5
+    assert [e.llm for e in vllm_engine._ENGINES] == [longer.llm]
+    assert fake_vllm.DEVICE["free"] == free + fake_vllm.CONTEXT - longer.llm.reserved  # the old one's memory back
     longer.release()
     again = teacher(5)
     assert again.llm is longer.llm and again.sample(insts)
@@ -428,6 +442,7 @@ def test_a_gpu_engine_runs_in_process_so_its_weights_can_be_reloaded(fake_vllm, 
     """vLLM's V1 engine core runs in another process unless the external_launcher backend (or
     VLLM_ENABLE_V1_MULTIPROCESSING=0) keeps it in this one, and only then is its model reachable for a
     weight reload: a single-process run gets the backend and the rendezvous variables it needs, as in TRL."""
+    import gc
     import os
 
     from seal.shared.vllm_engine import engine_args
@@ -436,6 +451,8 @@ def test_a_gpu_engine_runs_in_process_so_its_weights_can_be_reloaded(fake_vllm, 
     with pytest.raises(AttributeError):  # the multiprocess engine core: the model is in another process
         assert llm.llm_engine.model_executor is None
     llm.sleep()
+    del llm  # vLLM allows one sleep-mode engine per process
+    gc.collect()
     args = engine_args({}, max_model_len=64)
     assert args["distributed_executor_backend"] == "external_launcher" and os.environ["WORLD_SIZE"] == "1"
     llm = fake_vllm.LLM(str(tiny_model_dir), **args)
@@ -463,3 +480,43 @@ def test_a_level_two_sleep_needs_new_weights_before_the_engine_generates(fake_vl
         llm.generate("hi", fake_vllm.SamplingParams(max_tokens=2))
     model.load_weights(weights[1:])
     assert llm.generate("hi", fake_vllm.SamplingParams(max_tokens=2))
+
+
+def test_each_mode_self_round_deletes_its_scoring_engine_before_the_next_builds_one(fake_vllm, small_gpu,
+                                                                                   tiny_model_dir, tmp_path):
+    """In mode self each round's student is the updated teacher with a scoring engine of its own, and vLLM
+    allows one sleep-mode engine per process (an engine left asleep, or merely not yet collected, fails
+    the next one's start): a round ends by deleting its engine."""
+    from seal.shared import RunStore
+    from seal.teacher.rest_em import run_rounds
+
+    tok, domain, insts = small_gpu
+    cfg = parse_config(["--teacher.name", str(tiny_model_dir), "--inner.score_backend", "vllm",
+                        "--inner.vllm", "{max_model_len: 200}", "--outer.rounds", "2", "--data.per_round", "1",
+                        "--sampling.k", "2", "--sampling.max_new_tokens", "8", "--inner.epochs", "1",
+                        "--inner.seeds", "[0]", "--inner.lora_r", "8", "--outer.lr", "1e-3"])
+    rounds = run_rounds(cfg, domain, RunStore(tmp_path, {}), insts)
+    assert [r.round for r in rounds] == [0, 1]
+    assert len([c for c in fake_vllm.CALLS if "init" in c]) == 2  # one scoring engine per round
+
+
+def test_a_rank_with_nothing_to_sample_still_builds_the_engine_the_others_build(fake_vllm, small_gpu,
+                                                                               tiny_model_dir, tmp_path):
+    """vLLM's external_launcher engine start is collective across ranks: under 2 processes, rank 1 of a
+    single held-out instance has nothing to sample, yet builds its engine with rank 0, sized on the
+    instances of all ranks (not its own share), and samples nothing."""
+    from seal.shared import RunStore
+    from seal.shared.dist import Dist
+    from seal.shared.models import vllm_prompt
+    from seal.shared.records import SelfEditRecord
+    from seal.teacher.evaluation import _sample_condition
+
+    tok, domain, insts = small_gpu
+    cfg = parse_config(["--teacher.name", str(tiny_model_dir), "--sampling.backend", "vllm",
+                        "--sampling.max_new_tokens", "10"])
+    store = RunStore(tmp_path, {})
+    longest = max(insts, key=lambda i: len(domain.teacher_prompt(i)))
+    _sample_condition(cfg, domain, store, [longest], "base_teacher", cfg.teacher, set(), Dist(rank=1, world=2), "k")
+    (init,) = [c for c in fake_vllm.CALLS if "init" in c]
+    assert init["max_model_len"] == len(vllm_prompt(tok, domain.teacher_prompt(longest), True)["prompt_token_ids"]) + 10
+    assert not list(store.iter("eval_self_edits", SelfEditRecord))

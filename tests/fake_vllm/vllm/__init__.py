@@ -18,10 +18,15 @@ model (`llm_engine.model_executor.driver_worker.model_runner.model.load_weights`
 (checkpoint name, tensor) pairs and raises KeyError on a name the model lacks, as vLLM's models do; the
 weights count as loaded once every parameter was). That model is reachable only when the engine core
 runs in-process: the external_launcher backend (which needs torch.distributed's env:// variables) or
-VLLM_ENABLE_V1_MULTIPROCESSING=0. An engine asleep keeps CONTEXT bytes."""
+VLLM_ENABLE_V1_MULTIPROCESSING=0. An engine asleep keeps CONTEXT bytes. One sleep-mode engine per
+process: vLLM's memory pool for sleep mode is process-wide (vllm/device_allocator/cumem.py
+`CuMemAllocator.get_instance`) and a sleep-mode worker asserts it is empty when it loads its weights
+(vllm/v1/worker/gpu_worker.py `_maybe_get_memory_pool_context`); an engine asleep still counts, until
+it is garbage."""
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -35,6 +40,8 @@ GiB = 1024 ** 3
 CONTEXT = 4096
 """Bytes an engine keeps while asleep (CUDA context, graphs): a second engine's share of free memory
 differs from the first's."""
+SLEEP_MODE_ENGINES: "weakref.WeakSet[LLM]" = weakref.WeakSet()
+"""Live engines built with enable_sleep_mode (those whose weights sit in vLLM's process-wide pool)."""
 
 
 @dataclass
@@ -51,6 +58,11 @@ class SamplingParams:
 class CompletionOutput:
     index: int
     text: str
+
+
+def _free(held: list[int]) -> None:
+    if DEVICE is not None:
+        DEVICE["free"] += held[0]
 
 
 @dataclass
@@ -71,6 +83,8 @@ class LLM:
         if max_lora_rank not in MAX_LORA_RANKS:
             raise ValueError(f"1 validation error for LoRAConfig\nmax_lora_rank\n  Input should be "
                              f"{', '.join(map(str, MAX_LORA_RANKS))} [input_value={max_lora_rank}]")
+        if enable_sleep_mode and len(SLEEP_MODE_ENGINES):
+            raise AssertionError("Sleep mode can only be used for one instance per process.")
         self.path, self.enable_lora, self.max_lora_rank = model, enable_lora, max_lora_rank
         self.model = AutoModelForCausalLM.from_pretrained(model).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(model)
@@ -91,6 +105,10 @@ class LLM:
         self.loaded: set[str] = set()
         self.prefix_cache_resets = 0
         self.reserved = self._reserve(gpu_memory_utilization, max_model_len)
+        if enable_sleep_mode:
+            SLEEP_MODE_ENGINES.add(self)
+        self.held = [self.reserved]  # what it holds now, handed back when it is garbage
+        weakref.finalize(self, _free, self.held)
         CALLS.append({"init": model, "enable_lora": enable_lora, "engine_args": engine_args, "device": self.device,
                       "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len})
 
@@ -130,7 +148,9 @@ class LLM:
         if not self.sleep_mode:
             raise ValueError("Sleep mode is not enabled: build the engine with enable_sleep_mode=True")
         if DEVICE is not None:
-            DEVICE["free"] += sum(self._bytes(t) for t in {"weights", "kv_cache"} - self.sleeping)
+            freed = sum(self._bytes(t) for t in {"weights", "kv_cache"} - self.sleeping)
+            DEVICE["free"] += freed
+            self.held[0] -= freed
         self.sleeping = {"weights", "kv_cache"}
         if level == 2:
             self.dropped, self.loaded = True, set()
@@ -145,6 +165,7 @@ class LLM:
                     raise RuntimeError(f"CUDA out of memory: waking {tag} needs {self._bytes(tag)} bytes, "
                                        f"{DEVICE['free']} free")
                 DEVICE["free"] -= self._bytes(tag)
+                self.held[0] += self._bytes(tag)
             self.sleeping.discard(tag)
 
     def reset_prefix_cache(self) -> bool:
