@@ -82,8 +82,11 @@ def test_teacher_sft_under_deepspeed_saves_a_real_adapter_and_a_changed_teacher(
     # two rounds under ZeRO-3: after the first update every rank must load round 2's teacher whole (the
     # trainer's ZeRO-3 switch stayed on for all but the main process, which hung round 2)
     rounds = 2 if stage == "zero3" else 1
+    # outer.grad_accum 2: a launch config that pins DeepSpeed's gradient_accumulation_steps makes the
+    # trainer refuse any other (transformers/integrations/deepspeed.py fill_match)
     cmd = [accelerate, "launch", "--config_file", str(REPO / f"recipes/accelerate/deepspeed_{stage}.yaml"),
-           "--num_processes", "2", "--mixed_precision", "no", *args(tiny_model_dir, out, "--outer.rounds", str(rounds))]
+           "--num_processes", "2", "--mixed_precision", "no",
+           *args(tiny_model_dir, out, "--outer.rounds", str(rounds), "--outer.grad_accum", "2")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert "deepspeed_shm_comm_op" in proc.stdout + proc.stderr  # the update really went through DeepSpeed
