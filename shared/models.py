@@ -96,6 +96,17 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def free_memory() -> None:
+    """Collect the cycles a trainer or model leaves (a Trainer holds its model, optimizer and callbacks in
+    reference cycles, freed only by the cycle collector) and hand torch's cached CUDA blocks back, so that
+    what loads next finds the memory."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def load_tokenizer(cfg: ModelConfig):
     from transformers import AutoTokenizer
 

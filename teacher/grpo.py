@@ -21,7 +21,7 @@ from typing import Any, Sequence
 from seal.shared.config import ConfigError, SealConfig
 from seal.shared.dist import Dist
 from seal.shared.domain import Domain, SelfEditError, round_instances
-from seal.shared.models import load_model, uses_chat_template
+from seal.shared.models import free_memory, load_model, uses_chat_template
 from seal.shared.records import GrpoRewardRecord, RoundRecord
 from seal.shared.store import RunStore
 from seal.shared.tracking import Tracker, quiet_trainer
@@ -180,6 +180,7 @@ def run_grpo(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence[A
             if cfg.mode == "self":  # the next round's frozen copy gets a scoring engine of its own
                 student.close()
             del model, trainer, reward
+            free_memory()  # the trainer's cycles hold the teacher and its optimizer state
         rows = [r for r in store.iter("grpo_rewards", GrpoRewardRecord) if r.round == round_]
         if attempt is None:  # finished by an earlier process: its records are the last attempt's
             attempt = rows[-1].attempt if rows else None

@@ -11,7 +11,6 @@ per (self-edit, seed)), and a restarted round skips whatever the store already h
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
 import time
@@ -24,7 +23,7 @@ import torch
 from seal.shared.config import ConfigError, ModelConfig, OuterConfig, SealConfig
 from seal.shared.dist import Dist
 from seal.shared.domain import Domain, SelfEdit, round_instances
-from seal.shared.models import load_model, load_tokenizer, resolve, uses_chat_template
+from seal.shared.models import free_memory, load_model, load_tokenizer, resolve, uses_chat_template
 from seal.shared.records import RewardRecord, RoundRecord, SelfEditRecord, edit_rewards, edit_scores
 from seal.shared.store import RunStore
 from seal.shared.tracking import Phase, Tracker, quiet_trainer
@@ -130,6 +129,8 @@ def learn(teacher: ModelConfig, chat: bool, pairs: Sequence[tuple[str, str]], ou
         if losses and not all(math.isfinite(x) for x in losses):
             raise FloatingPointError(f"teacher SFT loss became non-finite: {losses}")
         publish(trainer, tokenizer, teacher, outer.lora, scratch, target, len(pairs), losses, started)
+    del trainer, model  # the teacher and its optimizer state go before the next round loads its models
+    free_memory()
     return TeacherUpdate(path=target, examples=len(pairs), losses=losses)
 
 
@@ -152,9 +153,7 @@ class Session:
             self.teacher.release()
         elif isinstance(self.teacher, Teacher) and self.teacher.model is not self.student.model:
             self.teacher.model = None
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            free_memory()
 
 
 def build_session(cfg: SealConfig, domain: Domain, teacher_cfg: ModelConfig | None = None,

@@ -76,6 +76,25 @@ def test_sft_moves_the_teacher_towards_the_kept_self_edits(tiny_model_dir, tmp_p
     assert all(a > b for a, b in zip(lp_after, lp_before)), (lp_before, lp_after)
 
 
+def test_the_teacher_update_frees_its_teacher_before_it_returns(tiny_model_dir, tmp_path, monkeypatch):
+    """A Trainer holds its model in reference cycles: without a collection the updated teacher and its
+    optimizer state stayed in (GPU) memory while the next round loaded its models."""
+    import weakref
+
+    from seal.teacher import rest_em
+
+    loaded = []
+
+    def load(cfg):
+        model, tok = load_model(cfg)
+        loaded.append(weakref.ref(model))
+        return model, tok
+    monkeypatch.setattr(rest_em, "load_model", load)
+    learn(ModelConfig(name=str(tiny_model_dir)), True, PAIRS, OuterConfig(lr=1e-3, epochs=1, lora_r=8, lora_alpha=16),
+          tmp_path / "round1", seed=0)
+    assert len(loaded) == 1 and loaded[0]() is None
+
+
 def test_sft_needs_examples(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="no self-edits were kept"):
         learn(ModelConfig(name=str(tiny_model_dir)), True, [], OuterConfig(), tmp_path / "r", seed=0)
