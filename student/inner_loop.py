@@ -278,8 +278,12 @@ class Student:
         same = (segment[:, :, None] == segment[:, None, :]) & attended[:, None, :]
         causal = torch.ones(width, width, dtype=torch.bool).tril()
         mask = (same & causal) | (torch.eye(width, dtype=torch.bool) & (segment < 0)[:, :, None])
-        # (row padding attends to itself only: its softmax stays finite)
-        out["attention_mask"] = mask[:, None].to(self.device)
+        # (row padding attends to itself only: its softmax stays finite). Additive, as every attention
+        # implementation reads a 4D mask: eager adds it to the scores, where a boolean one would add 0 or 1
+        # (transformers/models/llama/modeling_llama.py eager_attention_forward)
+        dtype = self.model.dtype
+        additive = torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
+        out["attention_mask"] = additive[:, None].to(self.device)
         return out
 
     def absorb(self, plan: TrainingPlan, seed: int) -> AbsorbStats:

@@ -79,10 +79,14 @@ def test_first_loss_is_the_token_weighted_base_loss_of_the_first_batch(tiny_mode
     assert student.absorb(p, seed=3).first_loss == pytest.approx(total / count, rel=1e-5)
 
 
-def test_training_on_padding_computes_the_official_loss(tiny_model_dir):
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_training_on_padding_computes_the_official_loss(tiny_model_dir, attention):
     """inner.train_on_padding: TTT_server.py pads each sequence to max_length with EOS (pad = eos), keeps
-    the pads in the labels and masks them from attention; step 1's loss is HF's loss on exactly that."""
+    the pads in the labels and masks them from attention; step 1's loss is HF's loss on exactly that,
+    under either attention implementation (eager adds a 4D mask to the scores: a boolean one masked
+    nothing)."""
     student = make_student(tiny_model_dir, train_on_padding=True, max_length=40, batch_size=1)
+    student.model.set_attn_implementation(attention)
     p = plan(TEXTS[:1])
     ((ids, labels, text),) = student.encode(p)
     eos = student.tokenizer.eos_token_id
