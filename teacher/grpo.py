@@ -39,7 +39,7 @@ from seal.teacher.checkpoints import (
 from seal.teacher.records import finish_round, round_stats
 from seal.teacher.rewards import absorb_and_score, load_baselines
 from seal.teacher.sampling import derive_seed
-from seal.teacher.trl_args import trainer_kwargs
+from seal.teacher.trl_args import reentrant_checkpointing_for_peft_zero3, trainer_kwargs
 
 log = logging.getLogger("seal")
 
@@ -117,9 +117,10 @@ def grpo_args(cfg: SealConfig, output_dir: str, on_cpu: bool, seed: int, report_
         seed=seed, use_cpu=on_cpu, bf16=(not on_cpu) and cfg.teacher.dtype == "bfloat16",
         use_vllm=False, disable_tqdm=True, dataloader_num_workers=0))
     try:
-        return GRPOConfig(**kwargs)
+        args = GRPOConfig(**kwargs)
     except (TypeError, ValueError) as err:  # a value GRPOConfig.__post_init__ refuses (outer.trl_args)
         raise ConfigError(f"outer.trl_args: {err}") from err
+    return reentrant_checkpointing_for_peft_zero3(args, outer.lora)
 
 
 def run_grpo(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence[Any],

@@ -43,7 +43,7 @@ from seal.teacher.records import finish_round, format_table, parse_record, rewar
 from seal.teacher.rewards import absorb_and_score, load_baselines, record_baselines
 from seal.teacher.sampling import Teacher, derive_seed
 from seal.teacher.served import ServedTeacher
-from seal.teacher.trl_args import trainer_kwargs
+from seal.teacher.trl_args import reentrant_checkpointing_for_peft_zero3, trainer_kwargs
 from seal.teacher.vllm_sampling import VLLMTeacher
 
 log = logging.getLogger("seal")
@@ -121,6 +121,7 @@ def learn(teacher: ModelConfig, chat: bool, pairs: Sequence[tuple[str, str]], ou
                 disable_tqdm=True, dataloader_num_workers=0)))
         except (TypeError, ValueError) as err:  # a value SFTConfig refuses (outer.trl_args)
             raise ConfigError(f"outer.trl_args: {err}") from err
+        reentrant_checkpointing_for_peft_zero3(args, outer.lora)
         trainer = SFTTrainer(model=model, args=args, train_dataset=sft_dataset(pairs, chat),
                              processing_class=tokenizer, peft_config=teacher_peft_config(outer))
         with quiet_trainer(trainer, "teacher SFT", is_main):

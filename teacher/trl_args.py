@@ -68,3 +68,18 @@ def trainer_kwargs(kind: str, outer: OuterConfig, derived: dict[str, Any]) -> di
     checkpointing = kwargs.pop("gradient_checkpointing", True)
     kwargs.setdefault("activation_checkpointing", checkpointing)
     return kwargs
+
+
+def reentrant_checkpointing_for_peft_zero3(args: Any, lora: bool) -> Any:
+    """TRL forces reentrant activation checkpointing for a PEFT model under DeepSpeed ZeRO-3, which it
+    needs for correct gradients (trl/trainer/sft_trainer.py, grpo_trainer.py; trl#2514), but writes it
+    under transformers' deprecated name `gradient_checkpointing_kwargs` into a new dict after the training
+    arguments resolved the aliases, so transformers 5's Trainer, which reads
+    `activation_checkpointing_kwargs` (transformers/trainer.py), checkpoints non-reentrantly. Set where it
+    is read; both names then hold one dict, which TRL's own write updates too. `args`: the SFTConfig or
+    GRPOConfig, returned."""
+    plugin = getattr(args, "deepspeed_plugin", None)
+    if lora and args.activation_checkpointing and plugin is not None and plugin.zero_stage == 3:
+        kwargs = {**(args.activation_checkpointing_kwargs or {}), "use_reentrant": True}
+        args.activation_checkpointing_kwargs = args.gradient_checkpointing_kwargs = kwargs
+    return args

@@ -102,3 +102,26 @@ def test_a_value_grpo_refuses_is_a_config_error(tmp_path):
     cfg = parse_config(["--outer.algorithm", "grpo", "--outer.trl_args", "{generation_batch_size: 7}"])
     with pytest.raises(ConfigError, match=r"outer.trl_args: generation_batch_size \(7\) must be divisible"):
         grpo_args(cfg, str(tmp_path), True, 0, [])
+
+
+def test_a_lora_teacher_under_zero3_checkpoints_reentrantly_where_transformers_reads_it(tmp_path, monkeypatch):
+    """TRL forces reentrant checkpointing for PEFT under ZeRO-3 (needed for correct gradients) but writes it
+    under the deprecated `gradient_checkpointing_kwargs` after the aliases were resolved: transformers 5's
+    Trainer reads `activation_checkpointing_kwargs` and ran non-reentrant. It is set there, and TRL's own
+    write (trl/trainer/grpo_trainer.py) lands in the same dict."""
+    from seal.shared.config_parser import parse_config
+    from seal.teacher.grpo import grpo_args
+
+    cfg = parse_config(["--outer.algorithm", "grpo"])
+    assert grpo_args(cfg, str(tmp_path), True, 0, []).activation_checkpointing_kwargs is None  # no DeepSpeed
+    # the plugin registers ZeRO-3 with transformers globally: off again after this test, whatever happens
+    monkeypatch.setattr("transformers.integrations.deepspeed._hf_deepspeed_config_weak_ref", None)
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    args = grpo_args(cfg, str(tmp_path), True, 0, [])
+    assert args.deepspeed_plugin.zero_stage == 3 and args.activation_checkpointing_kwargs == {"use_reentrant": True}
+    args.gradient_checkpointing_kwargs = args.gradient_checkpointing_kwargs or {}  # what TRL does
+    args.gradient_checkpointing_kwargs["use_reentrant"] = True
+    assert args.activation_checkpointing_kwargs is args.gradient_checkpointing_kwargs
+    full = parse_config(["--outer.algorithm", "grpo", "--outer.lora", "false"])
+    assert grpo_args(full, str(tmp_path), True, 0, []).activation_checkpointing_kwargs is None  # TRL's rule: PEFT only
