@@ -132,26 +132,30 @@ def plan(cfg: SealConfig, gpu_bytes: int, world: int, zero3: bool, prompt_tokens
         if not over:
             return slots, at
     worst = max(over, key=lambda p: p.total)
-    raise ConfigError(f"{worst.name} needs {worst.total / GB:.1f} GB per GPU, more than {limit / GB:.1f} GB "
-                      f"({HEADROOM:.0%} of {gpu_bytes / GB:.0f} GB): change {worst.key}"
+    raise ConfigError(f"{worst.name} needs {worst.total / GB:.1f} GiB per GPU, more than {limit / GB:.1f} GiB "
+                      f"({HEADROOM:.0%} of {gpu_bytes / GB:.0f} GiB): change {worst.key}"
                       + ("" if cfg.inner.deepspeed or cfg.mode == "self" else ", or set inner.deepspeed"))
 
 
 def table(slots: int, at: list[Phase], gpu_bytes: int) -> str:
-    lines = ["| phase | weights GB | working GB | total GB / GPU |", "|---|---:|---:|---:|"]
+    lines = ["| phase | weights GiB | working GiB | total GiB / GPU |", "|---|---:|---:|---:|"]
     lines += [f"| {p.name} | {p.resident / GB:.1f} | {p.working / GB:.1f} | {p.total / GB:.1f} |" for p in at]
     peak = max(p.total for p in at)
-    lines.append(f"\nPeak {peak / GB:.1f} GB of {gpu_bytes / GB:.0f} GB per GPU; inner.parallel_adapters (K): {slots}")
+    lines.append(f"\nPeak {peak / GB:.1f} GiB of {gpu_bytes / GB:.0f} GiB per GPU; inner.parallel_adapters (K): {slots}")
     return "\n".join(lines)
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], add_help=False)
-    parser.add_argument("--gpu_memory_gb", type=float, default=80.0)
+    parser.add_argument("--gpu_memory_gb", type=float, default=80.0,
+                        help="GiB per GPU (an 80 GB H100 reports 79.6 GiB); every figure printed is in GiB")
     parser.add_argument("--num_processes", type=int, default=1, help="GPUs of the launch (ZeRO-3 shards over them)")
     parser.add_argument("--zero3", action="store_true", help="the teacher SFT runs under the ZeRO-3 accelerate config")
     parser.add_argument("--prompt_tokens", type=int, default=None,
                         help="longest teacher prompt (default: 512 for knowledge, 4096 for ARC)")
+    if {"-h", "--help"} & set(argv):  # plan's own flags, then the config's (parse_config prints and exits)
+        parser.print_help()
+        print("\nThe config and its overrides, as recipes/seal.py takes them:\n")
     ours, rest = parser.parse_known_args(argv)
     try:
         cfg = parse_config(rest)
