@@ -141,7 +141,8 @@ def table(slots: int, at: list[Phase], gpu_bytes: int) -> str:
     lines = ["| phase | weights GiB | working GiB | total GiB / GPU |", "|---|---:|---:|---:|"]
     lines += [f"| {p.name} | {p.resident / GB:.1f} | {p.working / GB:.1f} | {p.total / GB:.1f} |" for p in at]
     peak = max(p.total for p in at)
-    lines.append(f"\nPeak {peak / GB:.1f} GiB of {gpu_bytes / GB:.0f} GiB per GPU; inner.parallel_adapters (K): {slots}")
+    lines.append(f"\nPeak {peak / GB:.1f} GiB of {gpu_bytes / GB:.0f} GiB per GPU; "
+                 f"inner.parallel_adapters (K): {slots}")
     return "\n".join(lines)
 
 
