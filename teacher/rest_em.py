@@ -124,15 +124,24 @@ def learn(teacher: ModelConfig, chat: bool, pairs: Sequence[tuple[str, str]], ou
         reentrant_checkpointing_for_peft_zero3(args, outer.lora)
         trainer = SFTTrainer(model=model, args=args, train_dataset=sft_dataset(pairs, chat),
                              processing_class=tokenizer, peft_config=teacher_peft_config(outer))
+        # TRL truncates each row to max_length and drops the rows left with no completion token (a prompt
+        # that fills max_length alone; trl/trainer/sft_trainer.py): they are not trained on
+        trained = len(trainer.train_dataset)
+        if not trained:
+            raise ValueError(f"teacher SFT: every kept self-edit's prompt fills outer.max_length "
+                             f"({outer.max_length}) alone: raise outer.max_length")
+        if trained < len(pairs) and is_main:
+            log.warning("teacher SFT: %d of %d kept self-edits are not trained on: their prompt fills "
+                        "outer.max_length (%d) alone", len(pairs) - trained, len(pairs), outer.max_length)
         with quiet_trainer(trainer, "teacher SFT", is_main):
             trainer.train()
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         if losses and not all(math.isfinite(x) for x in losses):
             raise FloatingPointError(f"teacher SFT loss became non-finite: {losses}")
-        publish(trainer, tokenizer, teacher, outer.lora, scratch, target, len(pairs), losses, started)
+        publish(trainer, tokenizer, teacher, outer.lora, scratch, target, trained, losses, started)
     del trainer, model  # the teacher and its optimizer state go before the next round loads its models
     free_memory()
-    return TeacherUpdate(path=target, examples=len(pairs), losses=losses)
+    return TeacherUpdate(path=target, examples=trained, losses=losses)
 
 
 @dataclass

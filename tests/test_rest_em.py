@@ -95,6 +95,22 @@ def test_the_teacher_update_frees_its_teacher_before_it_returns(tiny_model_dir, 
     assert len(loaded) == 1 and loaded[0]() is None
 
 
+def test_a_kept_self_edit_whose_prompt_fills_max_length_is_counted_out_and_said(tiny_model_dir, tmp_path, caplog):
+    """TRL drops a row whose prompt alone fills max_length (no completion token left): the update recorded
+    every kept self-edit as trained on; all of them dropped ended in a Trainer error."""
+    import logging
+
+    long_prompt = " ".join(["lanterns"] * 200)
+    pairs = [PAIRS[0], (long_prompt, PAIRS[1][1])]
+    outer = OuterConfig(lr=1e-3, epochs=1, lora_r=8, lora_alpha=16, max_length=160)
+    with caplog.at_level(logging.WARNING, logger="seal"):
+        update = learn(ModelConfig(name=str(tiny_model_dir)), True, pairs, outer, tmp_path / "round1", seed=0)
+    assert update.examples == 1 and read_update(update.path)["examples"] == 1
+    assert "1 of 2 kept self-edits are not trained on" in caplog.text
+    with pytest.raises(ValueError, match="raise outer.max_length"):
+        learn(ModelConfig(name=str(tiny_model_dir)), True, pairs[1:], outer, tmp_path / "round2", seed=0)
+
+
 def test_sft_needs_examples(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="no self-edits were kept"):
         learn(ModelConfig(name=str(tiny_model_dir)), True, [], OuterConfig(), tmp_path / "r", seed=0)
