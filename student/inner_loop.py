@@ -166,7 +166,7 @@ class Student:
             # second layer's backward finds its graph freed. Under ZeRO-3 non-reentrant recomputation is
             # tested on CPU with DeepSpeed 0.19.8 (tests/test_distributed.py); older DeepSpeed releases
             # reported saved/recomputed mismatches with it (deepspeedai/DeepSpeed#4332).
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
     def agree(self, n: int) -> int:
         """How often to run a forward-running step so that every rank runs it equally often: the

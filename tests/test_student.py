@@ -403,8 +403,12 @@ def test_memory_savers_train_the_same_adapters(tiny_model_dir, memory_saver):
     checkpointing (layers recomputed during the backward pass, inside the adapter routing) change what
     is held in memory, not what is learnt."""
     plans = [plan(), plan(TEXTS[:2]), plan(TEXTS[1:] + ("Velmora Lighthouse\nGreen and white stripes.",))]
+    import warnings
+
     plain = make_student(tiny_model_dir, batch_size=3, epochs=2, lr_scheduler="linear")
-    saver = make_student(tiny_model_dir, batch_size=3, epochs=2, lr_scheduler="linear", **memory_saver)
+    with warnings.catch_warnings():  # transformers 5 deprecates gradient_checkpointing_enable (FutureWarning)
+        warnings.simplefilter("error", FutureWarning)
+        saver = make_student(tiny_model_dir, batch_size=3, epochs=2, lr_scheduler="linear", **memory_saver)
     passes = []
     if "max_row_tokens" in memory_saver:
         original = saver._backward
@@ -412,7 +416,7 @@ def test_memory_savers_train_the_same_adapters(tiny_model_dir, memory_saver):
         assert max(len(ids) for ids, _, _ in saver.encode(plans[0])) <= 40 < sum(
             len(ids) for ids, _, _ in saver.encode(plans[0]))  # the batches do need splitting
     a, b = plain.absorb_many(plans, [0, 1, 2]), saver.absorb_many(plans, [0, 1, 2])
-    assert saver.model.is_gradient_checkpointing == ("gradient_checkpointing" in memory_saver)
+    assert saver.model.is_activation_checkpointing == ("gradient_checkpointing" in memory_saver)
     for x, y in zip(a, b):
         assert (x.steps, x.tokens) == (y.steps, y.tokens)
         assert x.first_loss == pytest.approx(y.first_loss, rel=1e-5) and x.last_loss == pytest.approx(y.last_loss,
