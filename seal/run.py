@@ -166,6 +166,10 @@ def load_split(run: Run, which: str) -> list[Any]:
 def preflight(cfg: SealConfig, domain: Domain, dist: Dist) -> None:
     """What the run will need from outside, checked before any model loads, once (on the main process; every
     rank stops with its message): the domain's own needs (the knowledge judge) and a served teacher."""
+    from seal.teacher.trl_args import precision
+
+    if cfg.outer.rounds > 0:  # the teacher update's precision follows the launch: a clash fails here, not after a round
+        precision(cfg.teacher.dtype, on_cpu=False)
     split = cfg.eval.cpt_split
     if cfg.eval.cpt and split is not None and split not in domain.cpt_splits:  # recipes/evaluate.py: enabled or not
         raise ConfigError(f"eval.cpt_split {split!r}: the {domain.name} domain's CPT splits are "

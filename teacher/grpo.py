@@ -39,7 +39,7 @@ from seal.teacher.checkpoints import (
 from seal.teacher.records import finish_round, round_stats
 from seal.teacher.rewards import absorb_and_score, load_baselines
 from seal.teacher.sampling import derive_seed
-from seal.teacher.trl_args import reentrant_checkpointing_for_peft_zero3, trainer_kwargs
+from seal.teacher.trl_args import precision, reentrant_checkpointing_for_peft_zero3, trainer_kwargs
 
 log = logging.getLogger("seal")
 
@@ -114,7 +114,7 @@ def grpo_args(cfg: SealConfig, output_dir: str, on_cpu: bool, seed: int, report_
         per_device_train_batch_size=k * outer.grpo_prompts_per_step, max_steps=outer.grpo_steps,
         max_completion_length=cfg.sampling.max_new_tokens, temperature=cfg.sampling.temperature,
         top_p=cfg.sampling.top_p, logging_steps=1, save_strategy="no", report_to=list(report_to),
-        seed=seed, use_cpu=on_cpu, bf16=(not on_cpu) and cfg.teacher.dtype == "bfloat16",
+        seed=seed, use_cpu=on_cpu, **precision(cfg.teacher.dtype, on_cpu),
         use_vllm=False, disable_tqdm=True, dataloader_num_workers=0))
     try:
         args = GRPOConfig(**kwargs)

@@ -43,7 +43,7 @@ from seal.teacher.records import finish_round, format_table, parse_record, rewar
 from seal.teacher.rewards import absorb_and_score, load_baselines, record_baselines
 from seal.teacher.sampling import Teacher, derive_seed
 from seal.teacher.served import ServedTeacher
-from seal.teacher.trl_args import reentrant_checkpointing_for_peft_zero3, trainer_kwargs
+from seal.teacher.trl_args import precision, reentrant_checkpointing_for_peft_zero3, trainer_kwargs
 from seal.teacher.vllm_sampling import VLLMTeacher
 
 log = logging.getLogger("seal")
@@ -117,7 +117,7 @@ def learn(teacher: ModelConfig, chat: bool, pairs: Sequence[tuple[str, str]], ou
                 per_device_train_batch_size=outer.batch_size, gradient_accumulation_steps=outer.grad_accum,
                 lr_scheduler_type=outer.lr_scheduler, max_length=outer.max_length, completion_only_loss=True,
                 logging_steps=1, save_strategy="no", report_to=list(report_to), seed=seed, data_seed=seed,
-                bf16=(not on_cpu) and teacher.dtype == "bfloat16", fp16=False, use_cpu=on_cpu,
+                **precision(teacher.dtype, on_cpu), use_cpu=on_cpu,
                 disable_tqdm=True, dataloader_num_workers=0)))
         except (TypeError, ValueError) as err:  # a value SFTConfig refuses (outer.trl_args)
             raise ConfigError(f"outer.trl_args: {err}") from err

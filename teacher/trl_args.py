@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from typing import Any
 
 from seal.shared.config import ConfigError, OuterConfig, SealConfig
@@ -83,3 +84,20 @@ def reentrant_checkpointing_for_peft_zero3(args: Any, lora: bool) -> Any:
         kwargs = {**(args.activation_checkpointing_kwargs or {}), "use_reentrant": True}
         args.activation_checkpointing_kwargs = args.gradient_checkpointing_kwargs = kwargs
     return args
+
+
+def precision(teacher_dtype: str, on_cpu: bool) -> dict[str, bool]:
+    """`bf16` / `fp16` of the teacher update's trainer config. A launch that sets mixed precision
+    (`accelerate launch --mixed_precision`, or its config file's `mixed_precision`, as every GPU config in
+    recipes/accelerate/ does) decides it: transformers reads ACCELERATE_MIXED_PRECISION whenever neither
+    flag is set (transformers/training_args.py), and under DeepSpeed the plugin enables that precision
+    while a differing flag is refused (transformers/integrations/deepspeed.py fill_match), so a float32
+    teacher under a bf16 launch stopped at the first teacher update. Without one: bf16 for a bfloat16
+    teacher on GPU."""
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if launched == "fp16" and teacher_dtype == "bfloat16":
+        raise ConfigError("the launch's mixed precision fp16 with teacher.dtype bfloat16: launch with "
+                          "--mixed_precision bf16 (or no), or load the teacher in float32")
+    if launched in ("bf16", "fp16"):
+        return {"bf16": launched == "bf16", "fp16": launched == "fp16"}
+    return {"bf16": not on_cpu and teacher_dtype == "bfloat16", "fp16": False}

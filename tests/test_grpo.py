@@ -125,3 +125,38 @@ def test_a_lora_teacher_under_zero3_checkpoints_reentrantly_where_transformers_r
     assert args.activation_checkpointing_kwargs is args.gradient_checkpointing_kwargs
     full = parse_config(["--outer.algorithm", "grpo", "--outer.lora", "false"])
     assert grpo_args(full, str(tmp_path), True, 0, []).activation_checkpointing_kwargs is None  # TRL's rule: PEFT only
+
+
+def test_the_teacher_update_takes_the_launchs_mixed_precision(tmp_path, monkeypatch):
+    """Every GPU launch config asks for bf16: a float32 teacher's update passed bf16=False, which
+    transformers overrides from ACCELERATE_MIXED_PRECISION without DeepSpeed and DeepSpeed refuses as a
+    mismatch (the run stopped at its first teacher update). The launch decides; fp16 with a bfloat16
+    teacher is refused before any model loads."""
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+    from seal.shared.config import ConfigError
+    from seal.shared.config_parser import parse_config
+    from seal.teacher.grpo import grpo_args
+    from seal.teacher.trl_args import precision
+
+    cfg = parse_config(["--outer.algorithm", "grpo"])  # a float32 teacher
+    assert precision("float32", False) == {"bf16": False, "fp16": False}
+    assert precision("bfloat16", False) == {"bf16": True, "fp16": False}
+    monkeypatch.setattr("transformers.integrations.deepspeed._hf_deepspeed_config_weak_ref", None)
+    for name, value in (("ACCELERATE_USE_DEEPSPEED", "true"), ("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"),
+                        ("ACCELERATE_MIXED_PRECISION", "bf16")):
+        monkeypatch.setenv(name, value)
+    args = grpo_args(cfg, str(tmp_path), True, 0, [])
+    assert args.bf16 and not args.fp16
+    ds = HfTrainerDeepSpeedConfig(args.deepspeed_plugin.deepspeed_config)
+    ds.trainer_config_process(args)  # what the Trainer does with the launch's DeepSpeed config
+    assert ds.mismatches == []
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    with pytest.raises(ConfigError, match="mixed precision fp16 with teacher.dtype bfloat16"):
+        precision("bfloat16", False)
+    from seal.run import preflight
+    from seal.shared.dist import Dist
+    from seal.shared.knowledge import KnowledgeDomain
+
+    with pytest.raises(ConfigError, match="mixed precision fp16"):  # at start-up, before any model loads
+        preflight(parse_config(["--teacher.dtype", "bfloat16"]), KnowledgeDomain(), Dist())
