@@ -79,7 +79,8 @@ def phases(cfg: SealConfig, teacher: ModelShape, student: ModelShape, slots: int
     row = row_tokens(inner.batch_size, inner.max_length, inner.max_row_tokens)
     checkpointing = inner.gradient_checkpointing
     out.append(Phase(f"inner loop ({slots} adapters)", resident,
-                     inner_loop_bytes(student, slots, row, inner.lora_r, inner.target_modules, s_dtype, checkpointing),
+                     inner_loop_bytes(student, slots, row, inner.lora_r, inner.target_modules, s_dtype, checkpointing,
+                                      inner.train_on_padding),
                      "inner.max_row_tokens or inner.gradient_checkpointing"))
     domain = cfg.domain
     if domain.get("name", "knowledge") == "arc":  # every test input under its views, answers up to 30×31
@@ -95,7 +96,8 @@ def phases(cfg: SealConfig, teacher: ModelShape, student: ModelShape, slots: int
     if cfg.eval.enabled and cfg.eval.cpt:
         cpt_row = row_tokens(cfg.eval.cpt_batch_size or inner.batch_size, inner.max_length, inner.max_row_tokens)
         cpt = (bank_bytes(student, slots, inner.lora_r, inner.target_modules, training=True)
-               + inner_loop_bytes(student, 1, cpt_row, inner.lora_r, inner.target_modules, s_dtype, checkpointing)
+               + inner_loop_bytes(student, 1, cpt_row, inner.lora_r, inner.target_modules, s_dtype, checkpointing,
+                                  inner.train_on_padding)
                - bank_bytes(student, 1, inner.lora_r, inner.target_modules, training=True))
         out.append(Phase("CPT (one adapter, all held-out instances)", evaluation, cpt, "inner.max_row_tokens"))
     if outer.rounds:

@@ -97,7 +97,7 @@ def start(argv: list[str], what: str = "run", config_cls: type = SealConfig, sub
         except ValueError as err:  # a domain option the domain itself refused
             raise ConfigError(str(err)) from err
         dist = init_dist(cpu=cfg.teacher.device == "cpu", timeout_minutes=cfg.dist_timeout_minutes)
-        preflight(cfg, domain, dist)
+        preflight(cfg, domain, dist, updates_teacher=what == "run")
         logging.getLogger().setLevel(cfg.log_level.upper() if dist.is_main else "WARNING")
         if cfg.teacher.name == "embedded" and (cfg.student is None or cfg.student.name == "embedded"):
             os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # nothing of this run comes from the hub
@@ -163,12 +163,14 @@ def load_split(run: Run, which: str) -> list[Any]:
     return instances
 
 
-def preflight(cfg: SealConfig, domain: Domain, dist: Dist) -> None:
+def preflight(cfg: SealConfig, domain: Domain, dist: Dist, updates_teacher: bool = True) -> None:
     """What the run will need from outside, checked before any model loads, once (on the main process; every
-    rank stops with its message): the domain's own needs (the knowledge judge) and a served teacher."""
+    rank stops with its message): the domain's own needs (the knowledge judge) and a served teacher; and,
+    for a run that updates its teacher (`updates_teacher`: recipes/seal.py), that the launch's mixed
+    precision suits the teacher's dtype (`trl_args.precision`: a clash fails here, not after a round)."""
     from seal.teacher.trl_args import precision
 
-    if cfg.outer.rounds > 0:  # the teacher update's precision follows the launch: a clash fails here, not after a round
+    if updates_teacher and cfg.outer.rounds > 0:
         precision(cfg.teacher.dtype, on_cpu=False)
     split = cfg.eval.cpt_split
     if cfg.eval.cpt and split is not None and split not in domain.cpt_splits:  # recipes/evaluate.py: enabled or not

@@ -111,22 +111,23 @@ def row_tokens(batch_size: int, max_length: int, max_row_tokens: int | None) -> 
 
 
 def inner_loop_bytes(shape: ModelShape, slots: int, row: int, r: int, targets: Sequence[str], dtype: str,
-                     checkpointing: bool = False) -> int:
+                     checkpointing: bool = False, dense_mask: bool = False) -> int:
     """One training pass of `slots` packed rows of `row` tokens each, beyond the weights: the bank and its
     optimizer, activations (or, checkpointed, each layer's input and one layer's), logits and loss, and
-    the block-diagonal attention mask (one byte per pair of positions of a row; a pass of batches of
+    the block-diagonal attention mask (one byte per pair of positions of a row, transformers' boolean
+    mask; `dense_mask`: inner.train_on_padding's additive mask, in the model's dtype; a pass of batches of
     unequal lengths may run as one row of all of them, student/inner_loop.py `_packs`)."""
     tokens = slots * row
     acts = shape.checkpointed_activation_bytes(tokens, dtype) if checkpointing else shape.activation_bytes(
         tokens, dtype) + shape.lora_input_bytes(tokens, r, targets, dtype)
     return (bank_bytes(shape, slots, r, targets, training=True) + acts + shape.logits_bytes(tokens, dtype)
-            + tokens * tokens)
+            + tokens * tokens * (DTYPE_BYTES.get(dtype, 2) if dense_mask else 1))
 
 
 def auto_slots(model: nn.Module, row: int, r: int, targets: Sequence[str], dtype: str, free: int,
-               checkpointing: bool = False, cap: int = 16) -> int:
+               checkpointing: bool = False, cap: int = 16, dense_mask: bool = False) -> int:
     """The most adapters (at most `cap`) whose training pass fits in 90 % of `free` bytes, at least 1."""
     shape = shape_of_model(model)
     fits = [k for k in range(1, cap + 1)
-            if inner_loop_bytes(shape, k, row, r, targets, dtype, checkpointing) <= 0.9 * free]
+            if inner_loop_bytes(shape, k, row, r, targets, dtype, checkpointing, dense_mask) <= 0.9 * free]
     return max(fits, default=1)

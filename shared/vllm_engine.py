@@ -153,11 +153,11 @@ def teacher_engine(vllm: Any, model_path: str, args: dict[str, Any], revision: s
     """A vLLM engine serving the teacher checkpoint at `model_path`: the run's idle engine for a model of
     the same architecture and engine arguments (DERIVED_ARGS aside) when there is one, with the
     checkpoint's weights loaded into it, else a new one. ReST-EM writes a new teacher every round and the
-    evaluation samples several; each used to get its own engine, and vLLM does not reliably free an
-    engine's memory when it is deleted. The reload follows TRL's colocate weight sync
-    (trl/generation/vllm_generation.py `sync_weights`): empty torch's cache, wake the weights only,
-    `load_weights` on the in-process model, then the KV cache, and reset the prefix cache (cached
-    prefixes hold the old weights' keys). vLLM allows one sleep-mode engine per process (`dispose`): an
+    evaluation samples several; each used to get its own engine, a start-up each (weights, CUDA graphs),
+    and whether a deleted engine's memory comes back entirely is not measured here (no GPU). The reload
+    follows TRL's colocate weight sync (trl/generation/vllm_generation.py `sync_weights`): empty torch's
+    cache, wake the weights only, `load_weights` on the in-process model, then the KV cache, and reset the
+    prefix cache (cached prefixes hold the old weights' keys). vLLM allows one sleep-mode engine per process (`dispose`): an
     idle engine that cannot serve (too short for the new prompts, or another architecture or engine
     arguments) is deleted before the new one is built, long enough for both; a new one while the run's
     engine still samples is an error. `revision`: the hub revision of `model_path` (the checkpoint's, like
@@ -190,7 +190,7 @@ def teacher_engine(vllm: Any, model_path: str, args: dict[str, Any], revision: s
 
 
 def _load(engine: _Engine, model_path: str, revision: str | None = None) -> None:
-    llm = engine.llm
+    llm, model = engine.llm, None
     try:
         torch.cuda.empty_cache()  # what training left in torch's cache goes back before the weights wake
         llm.wake_up(tags=["weights"])
@@ -202,7 +202,7 @@ def _load(engine: _Engine, model_path: str, revision: str | None = None) -> None
         llm.reset_prefix_cache()
     except BaseException:  # half-loaded weights must never serve a teacher: out of the pool, deleted
         _ENGINES.remove(engine)
-        del llm
+        del llm, model  # no reference of ours may keep the engine alive (the traceback holds this frame)
         try:
             dispose(engine)
         except Exception:  # noqa: BLE001 (the load's own error is the one to report)

@@ -94,7 +94,7 @@ def auto_slots(model, inner: InnerConfig, cap: int = 16) -> int:
     dtype = str(weight.dtype).removeprefix("torch.")
     row = memory.row_tokens(inner.batch_size, inner.max_length, inner.max_row_tokens)
     return memory.auto_slots(model, row, inner.lora_r, inner.target_modules, dtype, free,
-                             inner.gradient_checkpointing, cap)
+                             inner.gradient_checkpointing, cap, inner.train_on_padding)
 
 
 def lr_factor(kind: str, step: int, total: int, warmup: int) -> float:

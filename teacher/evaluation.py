@@ -111,7 +111,7 @@ def _sample_condition(cfg: SealConfig, domain: Domain, store: RunStore, instance
                             have.add((label, iid, j))
                     phase.update()
     finally:
-        if isinstance(teacher, VLLMTeacher):  # deleting an engine does not reliably free its memory; sleeping does
+        if isinstance(teacher, VLLMTeacher):  # asleep, for the next teacher's weights (`vllm_engine.teacher_engine`)
             teacher.release()
 
 
@@ -243,7 +243,9 @@ def evaluate(cfg: SealConfig, domain: Domain, store: RunStore, heldout: Sequence
         student = make_student(model, tok, cfg.inner, cfg.teacher, domain)
         shared = (model, tok)
 
-    # 1. Self-edits for every teacher condition (one teacher in memory at a time).
+    # 1. Self-edits for every teacher condition (one teacher in memory at a time). Every rank reads the
+    # store before any appends to it: the same `have` everywhere, so the same engines (`_sample_condition`)
+    dist.barrier()
     have = {(r.condition, r.instance, r.index) for r in store.iter("eval_self_edits", SelfEditRecord) if current(r)}
     for label, teacher_cfg in condition_teachers(cfg, store):
         _sample_condition(cfg, domain, store, heldout, label, teacher_cfg, have, dist, key,

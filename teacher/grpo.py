@@ -180,6 +180,7 @@ def run_grpo(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence[A
                 logged = [h[key] for h in trainer.state.log_history if key in h]
             if cfg.mode == "self":  # the next round's frozen copy gets a scoring engine of its own
                 student.close()
+                del student, s_model, s_tok  # this round's frozen copy goes with the teacher
             del model, trainer, reward
             free_memory()  # the trainer's cycles hold the teacher and its optimizer state
         rows = [r for r in store.iter("grpo_rewards", GrpoRewardRecord) if r.round == round_]
@@ -191,4 +192,6 @@ def run_grpo(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence[A
         finish_round(store, finished, stats, target, dist)
         log.info("GRPO round %d: %d steps, mean reward %+.3f, %.0f%% positive", round_, stats.steps,
                  stats.mean_reward, 100 * stats.fraction_positive)
+    if fixed_student is not None:  # teacher_student's fixed student: the evaluation loads its own
+        fixed_student.close()
     return [finished[r] for r in sorted(finished)]

@@ -126,7 +126,7 @@ def learn(teacher: ModelConfig, chat: bool, pairs: Sequence[tuple[str, str]], ou
                              processing_class=tokenizer, peft_config=teacher_peft_config(outer))
         # TRL truncates each row to max_length and drops the rows left with no completion token (a prompt
         # that fills max_length alone; trl/trainer/sft_trainer.py): they are not trained on
-        trained = len(trainer.train_dataset)
+        trained = len(pairs) if args.packing else len(trainer.train_dataset)  # packed rows are not pairs
         if not trained:
             raise ValueError(f"teacher SFT: every kept self-edit's prompt fills outer.max_length "
                              f"({outer.max_length}) alone: raise outer.max_length")
@@ -313,6 +313,8 @@ def run_rounds(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence
                               [e for e in store.iter("self_edits", SelfEditRecord) if e.round == round_])
         log.info("round %d: mean reward %+.3f, %.0f%% positive, kept %d of %d self-edits", round_,
                  stats.mean_reward, 100 * stats.fraction_positive, stats.kept, stats.self_edits)
+    if student is not None:  # teacher_student's fixed student: the evaluation loads its own
+        student.close()
     return [finished[r] for r in sorted(finished)]
 
 

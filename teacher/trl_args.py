@@ -19,7 +19,8 @@ from seal.shared.config import ConfigError, OuterConfig, SealConfig
 # TRL argument -> the SEAL key it is derived from (None: SEAL's own plumbing, not a user setting)
 _DERIVED_COMMON = {"learning_rate": "outer.lr", "seed": "seed", "output_dir": None, "report_to": "report_to",
                    "save_strategy": None, "logging_steps": None, "disable_tqdm": None, "use_cpu": "teacher.device",
-                   "bf16": "teacher.dtype", "fp16": "teacher.dtype", "dataloader_num_workers": None}
+                   "bf16": "accelerate launch --mixed_precision (or teacher.dtype)",
+                   "fp16": "accelerate launch --mixed_precision", "dataloader_num_workers": None}
 DERIVED = {
     "sft": {**_DERIVED_COMMON, "num_train_epochs": "outer.epochs", "per_device_train_batch_size": "outer.batch_size",
             "gradient_accumulation_steps": "outer.grad_accum", "lr_scheduler_type": "outer.lr_scheduler",

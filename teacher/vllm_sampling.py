@@ -25,8 +25,8 @@ class VLLMTeacher:
     their prompts plus max_new_tokens (rather than the model's whole context, whose KV cache may not fit).
     The engine is sized and placed by `seal.shared.vllm_engine.engine_args` and shared between the run's
     teachers (`teacher_engine`); `release()` puts it to sleep once this teacher's samples are drawn (a
-    round's teacher and an evaluation teacher sample once; deleting an engine does not reliably free its
-    memory), for the next teacher checkpoint to be loaded into."""
+    round's teacher and an evaluation teacher sample once), for the next teacher checkpoint to be loaded
+    into rather than a new engine started."""
 
     def __init__(self, model_path: str, tokenizer, sampling: SamplingConfig, domain: Domain, chat: bool,
                  instances: Sequence[Any] = (), revision: str | None = None):

@@ -140,6 +140,7 @@ def test_the_teacher_update_takes_the_launchs_mixed_precision(tmp_path, monkeypa
     from seal.teacher.trl_args import precision
 
     cfg = parse_config(["--outer.algorithm", "grpo"])  # a float32 teacher
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)  # no launch setting
     assert precision("float32", False) == {"bf16": False, "fp16": False}
     assert precision("bfloat16", False) == {"bf16": True, "fp16": False}
     monkeypatch.setattr("transformers.integrations.deepspeed._hf_deepspeed_config_weak_ref", None)

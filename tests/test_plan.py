@@ -1,5 +1,5 @@
 """recipes/plan.py and the memory model under it: the GPU recipes' models built on the meta device from
-their published configs (tests/fixtures/configs), every phase of the three GPU recipes within 80 GB."""
+their published configs (tests/fixtures/configs), every phase of the three GPU recipes within 80 GiB."""
 
 import pytest
 
@@ -41,7 +41,7 @@ def test_every_phase_of_the_gpu_recipes_fits_80_gb(recipe, capsys):
 
 def test_a_plan_that_cannot_fit_names_the_phase_and_the_key(capsys):
     """The 72B recipe without gradient checkpointing: its student's activations alone (27 MB per token)
-    overflow 80 GB at one adapter."""
+    overflow 80 GiB at one adapter."""
     plan = import_recipe("plan")
     models, launch, _ = RECIPES["knowledge/qwen2.5-7b-teaches-72b.yaml"]
     code = plan.main(["--config", str(REPO / "recipes/knowledge/qwen2.5-7b-teaches-72b.yaml"), *models, *launch,
@@ -95,3 +95,15 @@ def test_grpo_and_teacher_updates_count_what_stays_beside_them(capsys):
     ts = ["--mode", "teacher_student", "--student.name", "x", "--student.dtype", "bfloat16"]
     sft = phases(*ts, world=8, zero3=True)["teacher SFT"]
     assert sft.resident >= weights + weights // 8 and sft.total >= 2 * weights - weights // 8
+
+
+def test_the_dense_mask_of_training_on_padding_counts_in_the_models_dtype():
+    """inner.train_on_padding attends through an additive mask in the model's dtype (student/inner_loop.py),
+    not transformers' one-byte boolean one: a pass of T tokens holds T² mask elements of that size."""
+    from seal.shared.memory import ModelShape
+
+    shape = ModelShape(params=10**6, layers=2, hidden=64, intermediate=128, kv_dim=64, vocab=100,
+                       linears=[("q_proj", 64, 64)])
+    plain = inner_loop_bytes(shape, 2, 100, 8, ["q_proj"], "float32")
+    dense = inner_loop_bytes(shape, 2, 100, 8, ["q_proj"], "float32", dense_mask=True)
+    assert dense - plain == 200 * 200 * (4 - 1)

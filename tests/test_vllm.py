@@ -450,8 +450,7 @@ def test_a_gpu_engine_runs_in_process_so_its_weights_can_be_reloaded(fake_vllm, 
     llm = fake_vllm.LLM(str(tiny_model_dir), enable_sleep_mode=True, gpu_memory_utilization=0.4, max_model_len=64)
     with pytest.raises(AttributeError):  # the multiprocess engine core: the model is in another process
         assert llm.llm_engine.model_executor is None
-    llm.sleep()
-    del llm  # vLLM allows one sleep-mode engine per process
+    del llm  # vLLM allows one sleep-mode engine per process (deleted awake: its memory comes back)
     gc.collect()
     args = engine_args({}, max_model_len=64)
     assert args["distributed_executor_backend"] == "external_launcher" and os.environ["WORLD_SIZE"] == "1"
@@ -520,3 +519,20 @@ def test_a_rank_with_nothing_to_sample_still_builds_the_engine_the_others_build(
     (init,) = [c for c in fake_vllm.CALLS if "init" in c]
     assert init["max_model_len"] == len(vllm_prompt(tok, domain.teacher_prompt(longest), True)["prompt_token_ids"]) + 10
     assert not list(store.iter("eval_self_edits", SelfEditRecord))
+
+
+def test_the_fixed_students_scoring_engine_is_deleted_before_the_evaluation_loads_its_own(fake_vllm, small_gpu,
+                                                                                          tiny_model_dir, tmp_path):
+    """teacher_student mode keeps one student through the rounds; the evaluation that follows in the same
+    process loads its own, with its own scoring engine: the rounds' one must be gone by then."""
+    from seal.shared import RunStore
+    from seal.student import load_student
+    from seal.teacher.rest_em import run_rounds
+
+    tok, domain, insts = small_gpu
+    cfg = parse_config(["--mode", "teacher_student", "--teacher.name", str(tiny_model_dir), "--student.name",
+                        str(tiny_model_dir), "--inner.score_backend", "vllm", "--inner.vllm", "{max_model_len: 200}",
+                        "--data.per_round", "1", "--sampling.k", "2", "--sampling.max_new_tokens", "8",
+                        "--inner.epochs", "1", "--inner.seeds", "[0]", "--inner.lora_r", "8"])
+    run_rounds(cfg, domain, RunStore(tmp_path, {}), insts)
+    assert load_student(cfg.inner, cfg.student, domain).scorer.llm is not None

@@ -22,7 +22,9 @@ VLLM_ENABLE_V1_MULTIPROCESSING=0. An engine asleep keeps CONTEXT bytes. One slee
 process: vLLM's memory pool for sleep mode is process-wide (vllm/device_allocator/cumem.py
 `CuMemAllocator.get_instance`) and a sleep-mode worker asserts it is empty when it loads its weights
 (vllm/v1/worker/gpu_worker.py `_maybe_get_memory_pool_context`); an engine asleep still counts, until
-it is garbage."""
+it is garbage. One deleted while asleep counts for good: its allocations were unmapped by sleep and the
+pool's free path unmaps them again (vllm/device_allocator/cumem.py), so the fake never takes it as freed
+(SEAL wakes an engine before deleting it)."""
 
 from __future__ import annotations
 
@@ -42,6 +44,8 @@ CONTEXT = 4096
 differs from the first's."""
 SLEEP_MODE_ENGINES: "weakref.WeakSet[LLM]" = weakref.WeakSet()
 """Live engines built with enable_sleep_mode (those whose weights sit in vLLM's process-wide pool)."""
+DELETED_ASLEEP: list[int] = [0]
+"""Sleep-mode engines deleted while asleep: never freed."""
 
 
 @dataclass
@@ -60,9 +64,11 @@ class CompletionOutput:
     text: str
 
 
-def _free(held: list[int]) -> None:
-    if DEVICE is not None:
-        DEVICE["free"] += held[0]
+def _collected(state: dict[str, Any]) -> None:
+    if state["sleep_mode"] and state["asleep"]:
+        DELETED_ASLEEP[0] += 1
+    elif DEVICE is not None:
+        DEVICE["free"] += state["held"]
 
 
 @dataclass
@@ -83,7 +89,7 @@ class LLM:
         if max_lora_rank not in MAX_LORA_RANKS:
             raise ValueError(f"1 validation error for LoRAConfig\nmax_lora_rank\n  Input should be "
                              f"{', '.join(map(str, MAX_LORA_RANKS))} [input_value={max_lora_rank}]")
-        if enable_sleep_mode and len(SLEEP_MODE_ENGINES):
+        if enable_sleep_mode and (len(SLEEP_MODE_ENGINES) or DELETED_ASLEEP[0]):
             raise AssertionError("Sleep mode can only be used for one instance per process.")
         self.path, self.enable_lora, self.max_lora_rank = model, enable_lora, max_lora_rank
         self.model = AutoModelForCausalLM.from_pretrained(model).eval()
@@ -107,8 +113,9 @@ class LLM:
         self.reserved = self._reserve(gpu_memory_utilization, max_model_len)
         if enable_sleep_mode:
             SLEEP_MODE_ENGINES.add(self)
-        self.held = [self.reserved]  # what it holds now, handed back when it is garbage
-        weakref.finalize(self, _free, self.held)
+        # what it holds now, handed back when it is garbage (awake)
+        self.state: dict[str, Any] = {"held": self.reserved, "asleep": False, "sleep_mode": enable_sleep_mode}
+        weakref.finalize(self, _collected, self.state)
         CALLS.append({"init": model, "enable_lora": enable_lora, "engine_args": engine_args, "device": self.device,
                       "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len})
 
@@ -150,8 +157,9 @@ class LLM:
         if DEVICE is not None:
             freed = sum(self._bytes(t) for t in {"weights", "kv_cache"} - self.sleeping)
             DEVICE["free"] += freed
-            self.held[0] -= freed
+            self.state["held"] -= freed
         self.sleeping = {"weights", "kv_cache"}
+        self.state["asleep"] = True
         if level == 2:
             self.dropped, self.loaded = True, set()
 
@@ -165,8 +173,9 @@ class LLM:
                     raise RuntimeError(f"CUDA out of memory: waking {tag} needs {self._bytes(tag)} bytes, "
                                        f"{DEVICE['free']} free")
                 DEVICE["free"] -= self._bytes(tag)
-                self.held[0] += self._bytes(tag)
+                self.state["held"] += self._bytes(tag)
             self.sleeping.discard(tag)
+        self.state["asleep"] = bool(self.sleeping)
 
     def reset_prefix_cache(self) -> bool:
         self.prefix_cache_resets += 1
