@@ -157,10 +157,10 @@ def teacher_engine(vllm: Any, model_path: str, args: dict[str, Any], revision: s
     and whether a deleted engine's memory comes back entirely is not measured here (no GPU). The reload
     follows TRL's colocate weight sync (trl/generation/vllm_generation.py `sync_weights`): empty torch's
     cache, wake the weights only, `load_weights` on the in-process model, then the KV cache, and reset the
-    prefix cache (cached prefixes hold the old weights' keys). vLLM allows one sleep-mode engine per process (`dispose`): an
-    idle engine that cannot serve (too short for the new prompts, or another architecture or engine
-    arguments) is deleted before the new one is built, long enough for both; a new one while the run's
-    engine still samples is an error. `revision`: the hub revision of `model_path` (the checkpoint's, like
+    prefix cache (cached prefixes hold the old weights' keys). vLLM allows one sleep-mode engine per
+    process (`dispose`): an idle engine that cannot serve (too short for the new prompts, or another
+    architecture or engine arguments) is deleted before the new one is built, long enough for both; a new
+    one while the run's engine still samples is an error. `revision`: the hub revision of `model_path` (the checkpoint's, like
     the path: it does not split engines; vLLM ignores it for a local directory, as transformers does)."""
     if revision is not None:
         args = {**args, "revision": revision}
