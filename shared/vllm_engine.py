@@ -160,8 +160,9 @@ def teacher_engine(vllm: Any, model_path: str, args: dict[str, Any], revision: s
     prefix cache (cached prefixes hold the old weights' keys). vLLM allows one sleep-mode engine per
     process (`dispose`): an idle engine that cannot serve (too short for the new prompts, or another
     architecture or engine arguments) is deleted before the new one is built, long enough for both; a new
-    one while the run's engine still samples is an error. `revision`: the hub revision of `model_path` (the checkpoint's, like
-    the path: it does not split engines; vLLM ignores it for a local directory, as transformers does)."""
+    one while the run's engine still samples is an error. `revision`: the hub revision of `model_path` (the
+    checkpoint's, like the path: it does not split engines; vLLM ignores it for a local directory, as
+    transformers does)."""
     if revision is not None:
         args = {**args, "revision": revision}
     if not args.get("enable_sleep_mode"):  # it cannot give its memory back between teachers: not shared
