@@ -119,7 +119,7 @@ def publish(trainer, tokenizer, teacher: ModelConfig, lora: bool, scratch: Path,
                 base, _ = load_model(dataclasses.replace(teacher, device="cpu"))
                 merged = PeftModel.from_pretrained(base, saved).merge_and_unload()
                 staging = scratch / "model"
-                merged.save_pretrained(staging, safe_serialization=True)
+                merged.save_pretrained(staging)  # safetensors: transformers 5 writes nothing else
             else:
                 staging = saved
             tokenizer.save_pretrained(staging)

@@ -39,7 +39,7 @@ from seal.teacher.checkpoints import (
 from seal.teacher.records import finish_round, round_stats
 from seal.teacher.rewards import absorb_and_score, load_baselines
 from seal.teacher.sampling import derive_seed
-from seal.teacher.trl_args import precision, reentrant_checkpointing_for_peft_zero3, trainer_kwargs
+from seal.teacher.trl_args import precision, reentrant_checkpointing_for_peft_zero3, trainer_kwargs, update_model
 
 log = logging.getLogger("seal")
 
@@ -149,7 +149,7 @@ def run_grpo(cfg: SealConfig, domain: Domain, store: RunStore, train: Sequence[A
             started = time.perf_counter()
             # the teacher first: an unset inner.parallel_adapters sizes K from the memory left beside it (the
             # inner loops run inside its reward calls)
-            model, tok = load_model(teacher_cfg)
+            model, tok = load_model(update_model(teacher_cfg, cfg.outer.lora))
             if cfg.mode == "self":  # a frozen copy of this round's teacher
                 s_model, s_tok = load_model(teacher_cfg)
                 student = make_student(s_model, s_tok, cfg.inner, teacher_cfg, domain)

@@ -43,7 +43,7 @@ from seal.teacher.records import finish_round, format_table, parse_record, rewar
 from seal.teacher.rewards import absorb_and_score, load_baselines, record_baselines
 from seal.teacher.sampling import Teacher, derive_seed
 from seal.teacher.served import ServedTeacher
-from seal.teacher.trl_args import precision, reentrant_checkpointing_for_peft_zero3, trainer_kwargs
+from seal.teacher.trl_args import precision, reentrant_checkpointing_for_peft_zero3, trainer_kwargs, update_model
 from seal.teacher.vllm_sampling import VLLMTeacher
 
 log = logging.getLogger("seal")
@@ -108,7 +108,7 @@ def learn(teacher: ModelConfig, chat: bool, pairs: Sequence[tuple[str, str]], ou
     # (whose RNG has seen different work) trains the same teacher.
     set_seed(seed)
     datasets.disable_progress_bars()
-    model, tokenizer = load_model(teacher)
+    model, tokenizer = load_model(update_model(teacher, outer.lora))
     on_cpu = next(model.parameters()).device.type == "cpu"
     with staging_area(target, is_main) as scratch:
         try:

@@ -14,7 +14,7 @@ import difflib
 import os
 from typing import Any
 
-from seal.shared.config import ConfigError, OuterConfig, SealConfig
+from seal.shared.config import ConfigError, ModelConfig, OuterConfig, SealConfig
 
 # TRL argument -> the SEAL key it is derived from (None: SEAL's own plumbing, not a user setting)
 _DERIVED_COMMON = {"learning_rate": "outer.lr", "seed": "seed", "output_dir": None, "report_to": "report_to",
@@ -85,6 +85,19 @@ def reentrant_checkpointing_for_peft_zero3(args: Any, lora: bool) -> Any:
         kwargs = {**(args.activation_checkpointing_kwargs or {}), "use_reentrant": True}
         args.activation_checkpointing_kwargs = args.gradient_checkpointing_kwargs = kwargs
     return args
+
+
+def update_model(teacher: ModelConfig, lora: bool) -> ModelConfig:
+    """The teacher as its update loads it. A full finetune (`outer.lora: false`) outside DeepSpeed steps
+    AdamW on the weights themselves, and in bfloat16/float16 every update below the weights' resolution
+    (about 0.4 % of a bfloat16 weight) is rounded away; TRL loads a model it is given by name in float32
+    for that reason (trl/trainer/sft_trainer.py). Float32 then, with the launch's mixed precision as
+    autocast (`precision`); the next round loads the checkpoint in `teacher.dtype` again. A LoRA update
+    trains float32 adapters (peft) and DeepSpeed keeps float32 master weights: those load as configured."""
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true")
+    if lora or deepspeed or teacher.dtype not in ("bfloat16", "float16"):
+        return teacher
+    return dataclasses.replace(teacher, dtype="float32")
 
 
 def precision(teacher_dtype: str, on_cpu: bool) -> dict[str, bool]:

@@ -111,6 +111,32 @@ def test_a_kept_self_edit_whose_prompt_fills_max_length_is_counted_out_and_said(
         learn(ModelConfig(name=str(tiny_model_dir)), True, pairs[1:], outer, tmp_path / "round2", seed=0)
 
 
+def test_a_full_finetune_of_a_bfloat16_teacher_trains_float32_weights(tiny_model_dir, tmp_path, monkeypatch):
+    """outer.lora false without DeepSpeed: AdamW on bfloat16 weights rounds away every update below their
+    resolution, so the update loads the teacher in float32 (the next round reads it in teacher.dtype); a
+    LoRA update trains float32 adapters and loads the teacher as configured."""
+    import dataclasses
+
+    from seal.teacher import rest_em
+
+    seen = []
+
+    def load(cfg):
+        seen.append(cfg.dtype)
+        return load_model(cfg)
+    monkeypatch.setattr(rest_em, "load_model", load)
+    teacher = dataclasses.replace(ModelConfig(name=str(tiny_model_dir)), dtype="bfloat16")
+    outer = OuterConfig(lr=1e-3, epochs=1, lora=False)
+    learn(teacher, True, PAIRS, outer, tmp_path / "full", seed=0)
+    learn(teacher, True, PAIRS, dataclasses.replace(outer, lora=True, lora_r=8, lora_alpha=16), tmp_path / "lora",
+          seed=0)
+    assert seen[0] == "float32" and "float32" not in seen[1:]  # the LoRA merge loads the base as configured too
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # DeepSpeed keeps float32 master weights itself
+    from seal.teacher.trl_args import update_model
+
+    assert update_model(teacher, lora=False).dtype == "bfloat16"
+
+
 def test_sft_needs_examples(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="no self-edits were kept"):
         learn(ModelConfig(name=str(tiny_model_dir)), True, [], OuterConfig(), tmp_path / "r", seed=0)
