@@ -165,13 +165,19 @@ def load_split(run: Run, which: str) -> list[Any]:
 
 def preflight(cfg: SealConfig, domain: Domain, dist: Dist, updates_teacher: bool = True) -> None:
     """What the run will need from outside, checked before any model loads, once (on the main process; every
-    rank stops with its message): the domain's own needs (the knowledge judge) and a served teacher; and,
+    rank stops with its message): the domain's own needs (the knowledge judge), a served teacher and vLLM's
+    engine argument names; and,
     for a run that updates its teacher (`updates_teacher`: recipes/seal.py), that the launch's mixed
     precision suits the teacher's dtype (`trl_args.precision`: a clash fails here, not after a round)."""
+    from seal.shared.vllm_engine import check_engine_args
     from seal.teacher.trl_args import precision
 
     if updates_teacher and cfg.outer.rounds > 0:
         precision(cfg.teacher.dtype, on_cpu=False)
+    if cfg.sampling.backend == "vllm":
+        check_engine_args("sampling.vllm", cfg.sampling.vllm)
+    if cfg.inner.score_backend == "vllm":
+        check_engine_args("inner.vllm", cfg.inner.vllm)
     split = cfg.eval.cpt_split
     if cfg.eval.cpt and split is not None and split not in domain.cpt_splits:  # recipes/evaluate.py: enabled or not
         raise ConfigError(f"eval.cpt_split {split!r}: the {domain.name} domain's CPT splits are "

@@ -12,6 +12,8 @@ arguments (`sampling.vllm`, `inner.vllm`) take precedence over every value chose
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import gc
 import json
 import os
@@ -50,6 +52,27 @@ def engine_args(user: dict[str, Any], *, max_model_len: int | None = None, **our
         args["distributed_executor_backend"] = "external_launcher"
         _launcher_env()
     return {**args, **user}
+
+
+def check_engine_args(section: str, args: dict[str, Any]) -> None:
+    """Refuse a name vLLM's `EngineArgs` lacks at start-up, where vLLM is installed: `vllm.LLM` builds
+    `EngineArgs(**kwargs)` (vllm/entrypoints/llm.py), so a misspelt `sampling.vllm` / `inner.vllm` key was
+    a TypeError once the run's models had loaded."""
+    if not args:
+        return
+    try:
+        from vllm.engine.arg_utils import EngineArgs
+    except ImportError:  # not installed here: the backend's own check says so when it starts
+        return
+
+    from seal.shared.config import ConfigError
+
+    names = {f.name for f in dataclasses.fields(EngineArgs)}
+    for key in args:
+        if key not in names:
+            close = difflib.get_close_matches(key, sorted(names), n=3)
+            raise ConfigError(f"{section}.{key}: vLLM's EngineArgs has no argument {key!r}"
+                              + (f" (did you mean {', '.join(close)}?)" if close else ""))
 
 
 def _launcher_env() -> None:

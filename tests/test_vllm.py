@@ -536,3 +536,22 @@ def test_the_fixed_students_scoring_engine_is_deleted_before_the_evaluation_load
                         "--inner.epochs", "1", "--inner.seeds", "[0]", "--inner.lora_r", "8"])
     run_rounds(cfg, domain, RunStore(tmp_path, {}), insts)
     assert load_student(cfg.inner, cfg.student, domain).scorer.llm is not None
+
+
+def test_a_misspelt_engine_argument_is_refused_at_start_up(fake_vllm, tiny_model_dir):
+    """vllm.LLM passes its keyword arguments to EngineArgs, a dataclass: an unknown name is a TypeError, which
+    came only once the run's models had loaded. Where vLLM is installed it is refused at start-up."""
+    from seal.run import preflight
+    from seal.shared.config import ConfigError
+    from seal.shared.dist import Dist
+
+    with pytest.raises(TypeError):
+        fake_vllm.LLM(str(tiny_model_dir), gpu_memory_utilisation=0.5)  # what the engine itself does
+    cfg = parse_config(["--sampling.backend", "vllm", "--sampling.vllm", "{gpu_memory_utilisation: 0.5}"])
+    with pytest.raises(ConfigError, match=r"vllm.gpu_memory_utilisation: .*did you mean gpu_memory_utilization"):
+        preflight(cfg, KnowledgeDomain(), Dist())
+    cfg = parse_config(["--inner.score_backend", "vllm", "--inner.vllm", "{max_num_seq: 8}"])
+    with pytest.raises(ConfigError, match="inner.vllm.max_num_seq"):
+        preflight(cfg, KnowledgeDomain(), Dist())
+    preflight(parse_config(["--sampling.backend", "vllm", "--sampling.vllm", "{max_num_seqs: 8}"]), KnowledgeDomain(),
+              Dist())

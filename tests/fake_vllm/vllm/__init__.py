@@ -89,6 +89,12 @@ class LLM:
         if max_lora_rank not in MAX_LORA_RANKS:
             raise ValueError(f"1 validation error for LoRAConfig\nmax_lora_rank\n  Input should be "
                              f"{', '.join(map(str, MAX_LORA_RANKS))} [input_value={max_lora_rank}]")
+        from vllm.engine.arg_utils import EngineArgs
+
+        EngineArgs(model=model, seed=seed, enable_lora=enable_lora, max_lora_rank=max_lora_rank, max_loras=max_loras,
+                   gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+                   enable_sleep_mode=enable_sleep_mode, distributed_executor_backend=distributed_executor_backend,
+                   **engine_args)  # an unknown argument: TypeError, as vllm/entrypoints/llm.py's EngineArgs(...)
         if enable_sleep_mode and (len(SLEEP_MODE_ENGINES) or DELETED_ASLEEP[0]):
             raise AssertionError("Sleep mode can only be used for one instance per process.")
         self.path, self.enable_lora, self.max_lora_rank = model, enable_lora, max_lora_rank
