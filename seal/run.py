@@ -166,9 +166,9 @@ def load_split(run: Run, which: str) -> list[Any]:
 def preflight(cfg: SealConfig, domain: Domain, dist: Dist, updates_teacher: bool = True) -> None:
     """What the run will need from outside, checked before any model loads, once (on the main process; every
     rank stops with its message): the domain's own needs (the knowledge judge), a served teacher and vLLM's
-    engine argument names; and,
-    for a run that updates its teacher (`updates_teacher`: recipes/seal.py), that the launch's mixed
-    precision suits the teacher's dtype (`trl_args.precision`: a clash fails here, not after a round)."""
+    engine argument names; and, for a run that updates its teacher (`updates_teacher`: recipes/seal.py),
+    that the launch's mixed precision suits the teacher's dtype (`trl_args.precision`: a clash fails
+    here, not after a round)."""
     from seal.shared.vllm_engine import check_engine_args
     from seal.teacher.trl_args import precision
 
