@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import gc
 import json
 import os
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+
+from seal.shared.models import free_memory
 
 SHARE_OF_FREE = 0.9
 """Of the memory free when the engine starts: the rest stays for the allocator's fragmentation."""
@@ -167,9 +168,7 @@ def dispose(owner: Any, attr: str = "llm") -> None:
         llm.wake_up()
     finally:
         del llm
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        free_memory()
 
 
 def teacher_engine(vllm: Any, model_path: str, args: dict[str, Any], revision: str | None = None) -> _Engine:
