@@ -101,13 +101,30 @@ max_model_len serves shorter prompts, and the memory share is sized from what is
 (an engine asleep still holds its context, so the share differs from one teacher to the next)."""
 
 
+def model_config(model_path: str, revision: str | None = None) -> Any:
+    """The model's config as transformers reads it (a local directory, or the hub at `revision`), as vLLM
+    reads it for the engine."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model_path, revision=revision)
+
+
+def context_length(model_path: str, tokenizer: Any, revision: str | None = None) -> int | None:
+    """The longest max_model_len vLLM accepts for this model without VLLM_ALLOW_LONG_MAX_MODEL_LEN (which
+    it warns gives NaNs or out-of-bounds reads): the config's max_position_embeddings, capped by the
+    tokenizer's model_max_length (vllm/config/model.py `_get_and_verify_max_len`; vLLM also reads other
+    length keys and scales by some RoPE types, so this is never above what it derives for SEAL's models).
+    None: the config names no length."""
+    positions = getattr(model_config(model_path, revision), "max_position_embeddings", None)
+    cap = getattr(tokenizer, "model_max_length", None)
+    return min(positions, int(cap)) if positions and cap else positions
+
+
 def architecture(model_path: str, revision: str | None = None) -> str:
     """What an engine's weights must match: the model's config as transformers reads it (local or hub, with
     the defaults of this transformers version), less the keys a save rewrites; its dtype stays, so a
     reused engine computes as a fresh one on that checkpoint would."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(model_path, revision=revision).to_dict()
+    config = model_config(model_path, revision).to_dict()
     return json.dumps({k: v for k, v in config.items() if k not in _VOLATILE_CONFIG}, sort_keys=True, default=str)
 
 

@@ -23,10 +23,9 @@ def derive_seed(*parts: Any) -> int:
     return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
-def check_fits(model, prompt_tokens: int, max_new_tokens: int, what: str) -> None:
-    """A prompt that, with the tokens to generate, exceeds the model's positions would be silently cut or
-    produce garbage; refuse it by name instead."""
-    positions = getattr(model.config, "max_position_embeddings", None)
+def check_fits(positions: int | None, prompt_tokens: int, max_new_tokens: int, what: str) -> None:
+    """A prompt that, with the tokens to generate, exceeds the teacher's `positions` (None: unknown) would be
+    silently cut or produce garbage (transformers), or stop the vLLM engine's start; refuse it by name."""
     if positions and prompt_tokens + max_new_tokens > positions:
         raise DataError(f"the teacher prompt for {what!r} has {prompt_tokens} tokens, which with "
                         f"sampling.max_new_tokens {max_new_tokens} exceeds the teacher's {positions} positions: "
@@ -66,7 +65,8 @@ class Teacher:
         prompt = self.prompt(instance)
         tok = self.tokenizer
         enc = tok(prompt, return_tensors="pt", add_special_tokens=not self.chat).to(self.model.device)
-        check_fits(self.model, enc["input_ids"].shape[1], self.cfg.max_new_tokens, self.domain.describe(instance))
+        check_fits(getattr(self.model.config, "max_position_embeddings", None), enc["input_ids"].shape[1],
+                   self.cfg.max_new_tokens, self.domain.describe(instance))
         torch.manual_seed(derive_seed(self.cfg.seed, round_, self.domain.instance_id(instance)))
         # In self mode this is the student's model; its LoRA slots are only active inside Student calls.
         with stated_decoding(self.model, tok):  # top_k off, as vLLM's: 0 disables it

@@ -15,8 +15,8 @@ from typing import Any, Sequence
 from seal.shared.config import SamplingConfig
 from seal.shared.domain import Domain
 from seal.shared.models import format_prompt, import_vllm, vllm_prompt
-from seal.shared.vllm_engine import engine_args, release, teacher_engine
-from seal.teacher.sampling import Samples, derive_seed
+from seal.shared.vllm_engine import context_length, engine_args, release, teacher_engine
+from seal.teacher.sampling import Samples, check_fits, derive_seed
 
 
 class VLLMTeacher:
@@ -33,8 +33,12 @@ class VLLMTeacher:
         vllm = import_vllm()
         self.vllm = vllm
         self.tokenizer, self.cfg, self.domain, self.chat = tokenizer, sampling, domain, chat
-        longest = max((len(self._input(i)["prompt_token_ids"]) for i in instances), default=None)
-        self.max_model_len = None if longest is None else longest + sampling.max_new_tokens
+        lengths = [len(self._input(i)["prompt_token_ids"]) for i in instances]
+        if lengths:  # before the engine: vLLM refuses a max_model_len beyond the model's context
+            positions = context_length(model_path, tokenizer, revision)
+            for inst, n in zip(instances, lengths):
+                check_fits(positions, n, sampling.max_new_tokens, domain.describe(inst))
+        self.max_model_len = max(lengths) + sampling.max_new_tokens if lengths else None
         # seed: the config refuses a second one in sampling.vllm
         args = engine_args(sampling.vllm, max_model_len=self.max_model_len, seed=sampling.seed)
         # the run's engine from an earlier teacher, with this checkpoint's weights loaded, or a new one

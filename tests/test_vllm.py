@@ -20,6 +20,10 @@ FAKE = str(Path(__file__).parent / "fake_vllm")
 
 @pytest.fixture
 def fake_vllm(monkeypatch):
+    # TRL's GRPO trainer imports its vLLM backend when vllm is importable, reading the installed version
+    # (trl/import_utils.py `is_vllm_available`): the fake has none, so TRL is imported as without vLLM first
+    import trl.trainer.grpo_trainer  # noqa: F401
+
     monkeypatch.syspath_prepend(FAKE)
     for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
         monkeypatch.delitem(sys.modules, name)
@@ -200,6 +204,56 @@ def bos_tokenizer(model_dir, tmp_path):
     return AutoTokenizer.from_pretrained(tmp_path)
 
 
+def test_the_fake_refuses_the_requests_vllm_refuses(fake_vllm):
+    """vllm/sampling_params.py `_verify_args` and vllm/lora/request.py `__post_init__`: a fake that took these
+    would let a request through that the real engine rejects."""
+    from vllm.lora.request import LoRARequest
+
+    for bad in ({"n": 0}, {"temperature": -0.1}, {"top_p": 0.0}, {"top_p": 1.5}, {"max_tokens": 0}):
+        with pytest.raises(ValueError):
+            fake_vllm.SamplingParams(**bad)
+    with pytest.raises(ValueError, match="id must be > 0"):
+        LoRARequest("seal-0", 0, "/some/adapter")
+    with pytest.raises(AssertionError, match="lora_path cannot be empty"):
+        LoRARequest("seal-1", 1)
+    fake_vllm.SamplingParams(n=5, temperature=1.0, top_p=0.95, max_tokens=512, seed=3, stop=["\n"])  # SEAL's own
+    LoRARequest("seal-1", 1, "/some/adapter")
+
+
+def test_no_engine_is_asked_for_more_than_the_models_context(fake_vllm, tiny_model_dir, tmp_path):
+    """vLLM refuses a max_model_len above the model's context capped by the tokenizer's model_max_length
+    (vllm/config/model.py `_get_and_verify_max_len`), at engine start, and suggests
+    VLLM_ALLOW_LONG_MAX_MODEL_LEN (NaNs past the positions). A teacher prompt that cannot fit is refused by
+    name before any engine starts, as the transformers teacher refuses it; the scoring engine stays within
+    the tokenizer's cap."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from seal.shared.domain import DataError
+    from seal.student.loading import make_student
+    from seal.teacher.vllm_sampling import VLLMTeacher
+
+    with pytest.raises(ValueError, match="VLLM_ALLOW_LONG_MAX_MODEL_LEN"):
+        fake_vllm.LLM(str(tiny_model_dir), max_model_len=513)  # the tiny model has 512 positions
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    domain = KnowledgeDomain()
+    inst = domain.load("builtin", "train[:1]")[0]
+    with pytest.raises(DataError, match="exceeds the teacher's 512 positions"):
+        VLLMTeacher(str(tiny_model_dir), tok, SamplingConfig(k=1, max_new_tokens=500), domain, chat=True,
+                    instances=[inst])
+    assert not [c for c in fake_vllm.CALLS if "init" in c]
+
+    capped = tmp_path / "capped"  # the tiny model whose tokenizer says 256
+    shutil.copytree(tiny_model_dir, capped)
+    tok.model_max_length = 256
+    tok.save_pretrained(capped)
+    model, tok = load_model(ModelConfig(name=str(capped)))
+    student = make_student(model, tok, InnerConfig(score_backend="vllm", max_length=128, lora_r=8),
+                           ModelConfig(name=str(capped)), domain)
+    assert student.scorer.max_model_len == 256
+
+
 def test_vllm_gets_the_token_ids_the_transformers_path_uses(fake_vllm, tiny_model_dir, tmp_path):
     """A chat-formatted string already starts with BOS; vLLM tokenises strings with special tokens, so
     handing it the string gives two (vllm-project/vllm#27486). It gets token ids instead."""
@@ -224,16 +278,23 @@ def test_vllm_gets_the_token_ids_the_transformers_path_uses(fake_vllm, tiny_mode
                                                              add_special_tokens=False)["input_ids"]
 
 
-def test_the_gpu_install_is_one_extra_with_deepspeed_and_vllm():
-    """The ZeRO recipes need DeepSpeed, which `.[test]` does not install: `.[gpu]` brings both."""
+def test_the_gpu_install_is_one_extra_with_deepspeed_and_vllm_through_the_pins():
+    """The ZeRO recipes need DeepSpeed, which `.[test]` does not install: `.[gpu]` brings both, through
+    constraints.txt (an unpinned install took the newest vLLM, which wants another torch and transformers
+    and is outside TRL's supported range); the pinned vLLM satisfies the extra's range."""
     import tomllib
+    from packaging.requirements import Requirement
 
     from tests.conftest import REPO
 
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    names = {dep.split(">")[0].split("=")[0].split("[")[0] for dep in extras["gpu"]}
-    assert {"deepspeed", "vllm"} <= names
-    assert ".[gpu,test]" in (REPO / "README.md").read_text()
+    wanted = {Requirement(dep).name: Requirement(dep).specifier for dep in extras["gpu"]}
+    assert {"deepspeed", "vllm"} <= set(wanted)
+    pins = dict(line.split("==") for line in (REPO / "constraints.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    for name, spec in wanted.items():
+        assert name in pins and spec.contains(pins[name]), (name, spec, pins.get(name))
+    assert "pip install -c constraints.txt -e '.[gpu,test]'" in (REPO / "README.md").read_text()
 
 
 @pytest.fixture
@@ -387,7 +448,7 @@ def test_a_pinned_teacher_revision_reaches_the_engine_and_its_weight_reloads(fak
 
     tok, domain, insts = small_gpu
     seen = []
-    local = vllm_engine.architecture(str(tiny_model_dir))
+    local = vllm_engine.model_config(str(tiny_model_dir))
 
     def config(path, revision=None):  # no hub here: the tiny model stands for org/tiny at v2
         seen.append(("config", path, revision))
@@ -396,7 +457,7 @@ def test_a_pinned_teacher_revision_reaches_the_engine_and_its_weight_reloads(fak
     def snapshot(repo_id, revision=None, **_):
         seen.append(("weights", repo_id, revision))
         return str(tiny_model_dir)
-    monkeypatch.setattr(vllm_engine, "architecture", config)
+    monkeypatch.setattr(vllm_engine, "model_config", config)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot)
     cfg = SamplingConfig(k=1, max_new_tokens=4)
     first = VLLMTeacher(str(tiny_model_dir), tok, cfg, domain, chat=True, instances=insts, revision="v2")
@@ -481,20 +542,24 @@ def test_a_level_two_sleep_needs_new_weights_before_the_engine_generates(fake_vl
     assert llm.generate("hi", fake_vllm.SamplingParams(max_tokens=2))
 
 
+@pytest.mark.parametrize("algorithm", ["rest_em", "grpo"])
 def test_each_mode_self_round_deletes_its_scoring_engine_before_the_next_builds_one(fake_vllm, small_gpu,
-                                                                                   tiny_model_dir, tmp_path):
+                                                                                   tiny_model_dir, tmp_path, algorithm):
     """In mode self each round's student is the updated teacher with a scoring engine of its own, and vLLM
     allows one sleep-mode engine per process (an engine left asleep, or merely not yet collected, fails
-    the next one's start): a round ends by deleting its engine."""
+    the next one's start): a round ends by deleting its engine, under either outer algorithm."""
     from seal.shared import RunStore
+    from seal.teacher import run_grpo
     from seal.teacher.rest_em import run_rounds
 
     tok, domain, insts = small_gpu
     cfg = parse_config(["--teacher.name", str(tiny_model_dir), "--inner.score_backend", "vllm",
                         "--inner.vllm", "{max_model_len: 200}", "--outer.rounds", "2", "--data.per_round", "1",
                         "--sampling.k", "2", "--sampling.max_new_tokens", "8", "--inner.epochs", "1",
-                        "--inner.seeds", "[0]", "--inner.lora_r", "8", "--outer.lr", "1e-3"])
-    rounds = run_rounds(cfg, domain, RunStore(tmp_path, {}), insts)
+                        "--inner.seeds", "[0]", "--inner.lora_r", "8", "--outer.lr", "1e-3",
+                        "--outer.algorithm", algorithm, "--threads", "1"]
+                       + (["--outer.grpo_steps", "1"] if algorithm == "grpo" else []))
+    rounds = (run_rounds if algorithm == "rest_em" else run_grpo)(cfg, domain, RunStore(tmp_path, {}), insts)
     assert [r.round for r in rounds] == [0, 1]
     assert len([c for c in fake_vllm.CALLS if "init" in c]) == 2  # one scoring engine per round
 

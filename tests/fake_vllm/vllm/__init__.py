@@ -4,27 +4,29 @@ sampling_params, *, use_tqdm, lora_request)`, `SamplingParams(n, temperature, to
 stop)`, `RequestOutput.outputs[i].text`), backed by transformers and peft so its answers can be compared.
 
 As strict as the real engine where SEAL could go wrong: `max_lora_rank` must be one of vLLM's ranks
-(vllm/config/lora.py `MaxLoRARanks`), a prompt is a string or a TokensPrompt dict
-(vllm/inputs/data.py), and a string is tokenised with the tokenizer's special tokens, as vLLM's
-input processor does (so a chat-formatted Llama-3 string gets a second BOS). With `DEVICE` set (a
-simulated GPU: total and free bytes) an engine reserves gpu_memory_utilization × total and fails when
-that is not free, then fails when max_model_len tokens of KV cache do not fit beside the weights
-(vllm/v1/worker/gpu_worker.py, vllm/v1/core/kv_cache_utils.py); it sits on cuda:0 unless built with the
-external_launcher backend, which takes LOCAL_RANK's GPU; sleep() returns its memory, wake_up() takes
-it back (`tags` "weights" and "kv_cache" one at a time, vllm/v1/worker/gpu_worker.py), and generating
-while any part sleeps fails. After sleep(level=2) the weights are gone: vLLM then computes with
-uninitialised memory, the fake refuses to generate until new weights are loaded through the in-process
-model (`llm_engine.model_executor.driver_worker.model_runner.model.load_weights`, which takes
-(checkpoint name, tensor) pairs and raises KeyError on a name the model lacks, as vLLM's models do; the
-weights count as loaded once every parameter was). That model is reachable only when the engine core
-runs in-process: the external_launcher backend (which needs torch.distributed's env:// variables) or
-VLLM_ENABLE_V1_MULTIPROCESSING=0. An engine asleep keeps CONTEXT bytes. One sleep-mode engine per
-process: vLLM's memory pool for sleep mode is process-wide (vllm/device_allocator/cumem.py
+(vllm/config/lora.py `MaxLoRARanks`), `max_model_len` at most the model's context capped by the tokenizer's
+model_max_length (vllm/config/model.py `_get_and_verify_max_len`), SamplingParams within vLLM's ranges
+(vllm/sampling_params.py `_verify_args`), a LoRARequest id above 0 with a path (vllm/lora/request.py), a
+prompt is a string or a TokensPrompt dict (vllm/inputs/data.py), and a string is tokenised with the
+tokenizer's special tokens, as vLLM's input processor does (so a chat-formatted Llama-3 string gets a second
+BOS). With `DEVICE` set (a simulated GPU: total and free bytes) an engine reserves gpu_memory_utilization ×
+total and fails when that is not free, then fails when max_model_len tokens of KV cache do not fit beside the
+weights (vllm/v1/worker/gpu_worker.py, vllm/v1/core/kv_cache_utils.py); it sits on cuda:0 unless built with
+the external_launcher backend, which takes LOCAL_RANK's GPU; sleep() returns its memory, wake_up() takes it
+back (`tags` "weights" and "kv_cache" one at a time, vllm/v1/worker/gpu_worker.py), and generating while any
+part sleeps fails. After sleep(level=2) the weights are gone: vLLM then computes with uninitialised memory,
+the fake refuses to generate until new weights are loaded through the in-process model
+(`llm_engine.model_executor.driver_worker.model_runner.model.load_weights`, which takes (checkpoint name,
+tensor) pairs and raises KeyError on a name the model lacks, as vLLM's models do; the weights count as loaded
+once every parameter was). That model is reachable only when the engine core runs in-process: the
+external_launcher backend (which needs torch.distributed's env:// variables) or
+VLLM_ENABLE_V1_MULTIPROCESSING=0. An engine asleep keeps CONTEXT bytes. One sleep-mode engine per process:
+vLLM's memory pool for sleep mode is process-wide (vllm/device_allocator/cumem.py
 `CuMemAllocator.get_instance`) and a sleep-mode worker asserts it is empty when it loads its weights
-(vllm/v1/worker/gpu_worker.py `_maybe_get_memory_pool_context`); an engine asleep still counts, until
-it is garbage. One deleted while asleep counts for good: its allocations were unmapped by sleep and the
-pool's free path unmaps them again (vllm/device_allocator/cumem.py), so the fake never takes it as freed
-(SEAL wakes an engine before deleting it)."""
+(vllm/v1/worker/gpu_worker.py `_maybe_get_memory_pool_context`); an engine asleep still counts, until it is
+garbage. One deleted while asleep counts for good: its allocations were unmapped by sleep and the pool's free
+path unmaps them again (vllm/device_allocator/cumem.py), so the fake never takes it as freed (SEAL wakes an
+engine before deleting it)."""
 
 from __future__ import annotations
 
@@ -56,6 +58,16 @@ class SamplingParams:
     max_tokens: int | None = 16
     seed: int | None = None
     stop: list[str] | str | None = None
+
+    def __post_init__(self):  # the ranges vllm/sampling_params.py `_verify_args` refuses (those SEAL could send)
+        if not isinstance(self.n, int) or self.n < 1:
+            raise ValueError(f"n must be an int of at least 1, got {self.n!r}.")
+        if self.temperature < 0.0:
+            raise ValueError(f"temperature must be non-negative, got {self.temperature}.")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}.")
 
 
 @dataclass
@@ -100,6 +112,14 @@ class LLM:
         self.path, self.enable_lora, self.max_lora_rank = model, enable_lora, max_lora_rank
         self.model = AutoModelForCausalLM.from_pretrained(model).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(model)
+        # vllm/config/model.py `_get_and_verify_max_len`: the config's length, capped by the tokenizer's
+        derived = min(self.model.config.max_position_embeddings, self.tokenizer.model_max_length)
+        long_ok = os.environ.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN")
+        if max_model_len is not None and max_model_len > derived and not long_ok:
+            raise ValueError(f"User-specified max_model_len ({max_model_len}) is greater than the derived "
+                             f"max_model_len (max_position_embeddings={derived} or model_max_length=None in "
+                             "model's config.json). To allow overriding this maximum, set the env var "
+                             "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1.")
         self.adapters: dict[int, Any] = {}
         self.sleep_mode, self.dropped = enable_sleep_mode, False
         self.sleeping: set[str] = set()  # of "weights", "kv_cache"
