@@ -226,6 +226,15 @@ def check_engine_args(key: str, args: dict[str, Any], owned: dict[str, str]) -> 
     for name, seal_key in owned.items():
         if name in args:
             raise ConfigError(f"{key}.{name}: SEAL sets it from {seal_key}; set that instead")
+    if args.get("enable_cumem_allocator"):
+        raise ConfigError(f"{key}.enable_cumem_allocator: vLLM's cumem allocator allows one engine per process "
+                          "(vllm/v1/worker/gpu_worker.py `_maybe_get_memory_pool_context`) and SEAL deletes an "
+                          "engine before building the next only when it sleeps: leave it to enable_sleep_mode, "
+                          "which SEAL sets on a GPU and which turns the allocator on")
+
+
+VLLM_MAX_TEMPERATURE = 2.0
+"""vLLM refuses a sampling temperature above 2 (vllm/sampling_params.py `_verify_args` of the pinned 0.30.0)."""
 
 
 @dataclass
@@ -254,6 +263,9 @@ class SamplingConfig:
         check_choice("sampling.backend", self.backend, ("hf", "vllm", "openai"))
         check_engine_args("sampling.vllm", self.vllm, {"model": "teacher.name", "seed": "sampling.seed",
                                                        "revision": "teacher.revision"})
+        if self.backend == "vllm" and self.temperature > VLLM_MAX_TEMPERATURE:
+            raise ConfigError(f"sampling.temperature {self.temperature}: vLLM samples at temperatures up to "
+                              f"{VLLM_MAX_TEMPERATURE} (sampling.backend vllm)")
         if self.backend == "openai" and not self.served.ready:
             raise ConfigError("sampling.backend openai needs sampling.served.url (e.g. http://localhost:8000/v1) "
                               "and sampling.served.model")
@@ -563,6 +575,10 @@ class SealConfig:
         if self.inner.deepspeed and self.mode != "teacher_student":
             raise ConfigError("inner.deepspeed partitions a fixed student: it needs mode teacher_student (in self "
                               "mode the student is the teacher, which samples on every rank independently)")
+        if (self.sampling.backend == "vllm" and self.eval.temperature is not None
+                and self.eval.temperature > VLLM_MAX_TEMPERATURE):
+            raise ConfigError(f"eval.temperature {self.eval.temperature}: vLLM samples at temperatures up to "
+                              f"{VLLM_MAX_TEMPERATURE} (sampling.backend vllm)")
         if self.sampling.backend == "vllm" and self.inner.score_backend == "vllm":
             raise ConfigError("sampling.backend vllm with inner.score_backend vllm needs two vLLM engines asleep "
                               "side by side, and vLLM allows one sleep-mode engine per process "

@@ -99,9 +99,14 @@ def resolve_device(device: str) -> str:
 def free_memory() -> None:
     """Collect the cycles a trainer or model leaves (a Trainer holds its model, optimizer and callbacks in
     reference cycles, freed only by the cycle collector) and hand torch's cached CUDA blocks back, so that
-    what loads next finds the memory."""
+    what loads next finds the memory. Unfrozen first: a vLLM engine core running in this process (the
+    external_launcher backend) freezes every object alive at its start and after its warm-up
+    (vllm/v1/engine/core.py and vllm/v1/worker/gpu_worker.py `freeze_gc_heap`), which the collector then
+    never frees: the engine's own cycles, and the models and trainers that were alive beside it. vLLM's
+    own shutdown unfreezes for the same reason (vllm/v1/engine/core.py `EngineCore.shutdown`)."""
     import gc
 
+    gc.unfreeze()
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -1,7 +1,7 @@
 """Arguments for a vLLM engine that shares its GPU with the run's transformers models and processes.
 
-vLLM's defaults assume it owns the GPU: it reserves `gpu_memory_utilization` (0.9) of the device's
-*total* memory and fails at start-up when that much is not free (vllm/v1/worker/gpu_worker.py), then
+vLLM's defaults assume it owns the GPU: it reserves `gpu_memory_utilization` (0.92) of the device's
+*total* memory and fails at start-up when that much is not free (vllm/v1/worker/utils.py `request_memory`), then
 sizes its KV cache for `max_model_len`, by default the model's whole context (131072 for Llama 3.2),
 and fails when that does not fit. Under `accelerate launch` its single-process executor puts every
 rank's engine on the first GPU. So SEAL sizes the engine from what this run needs and what is free, and
@@ -109,15 +109,13 @@ def model_config(model_path: str, revision: str | None = None) -> Any:
     return AutoConfig.from_pretrained(model_path, revision=revision)
 
 
-def context_length(model_path: str, tokenizer: Any, revision: str | None = None) -> int | None:
-    """The longest max_model_len vLLM accepts for this model without VLLM_ALLOW_LONG_MAX_MODEL_LEN (which
-    it warns gives NaNs or out-of-bounds reads): the config's max_position_embeddings, capped by the
-    tokenizer's model_max_length (vllm/config/model.py `_get_and_verify_max_len`; vLLM also reads other
-    length keys and scales by some RoPE types, so this is never above what it derives for SEAL's models).
-    None: the config names no length."""
-    positions = getattr(model_config(model_path, revision), "max_position_embeddings", None)
-    cap = getattr(tokenizer, "model_max_length", None)
-    return min(positions, int(cap)) if positions and cap else positions
+def context_length(model_path: str, revision: str | None = None) -> int | None:
+    """The longest max_model_len vLLM accepts for this generative model without
+    VLLM_ALLOW_LONG_MAX_MODEL_LEN (which it warns gives NaNs or out-of-bounds reads): the config's
+    max_position_embeddings (vllm/config/model.py `_get_and_verify_max_len`; the tokenizer's
+    model_max_length caps only pooling models there; vLLM also scales by some RoPE types, so this is never
+    above what it derives). None: the config names no length."""
+    return getattr(model_config(model_path, revision), "max_position_embeddings", None)
 
 
 def architecture(model_path: str, revision: str | None = None) -> str:

@@ -16,14 +16,11 @@ def make_student(model, tokenizer, inner: InnerConfig, model_cfg: ModelConfig, d
     bank = lora_bank(model, inner)
     scorer = None
     if inner.score_backend == "vllm":
-        from seal.shared.vllm_engine import context_length
         from seal.student.vllm_scoring import VLLMScorer
 
-        # queries are at most a training sequence long (ARC's views), answers up to 30x30 grids; no longer
-        # than vLLM accepts for the model
-        path = resolve(model_cfg.name)
-        context = context_length(path, tokenizer, model_cfg.revision)
-        scorer = VLLMScorer(path, tokenizer, domain, chat, inner.vllm_lora_rank, bank.slots,
+        # queries are at most a training sequence long (ARC's views), answers up to 30x30 grids
+        context = getattr(model.config, "max_position_embeddings", None)
+        scorer = VLLMScorer(resolve(model_cfg.name), tokenizer, domain, chat, inner.vllm_lora_rank, bank.slots,
                             inner.vllm, adapter_dtype=next(model.parameters()).dtype,
                             max_model_len=min(inner.max_length + 1024, context or inner.max_length + 1024),
                             revision=model_cfg.revision)

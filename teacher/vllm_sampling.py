@@ -35,7 +35,7 @@ class VLLMTeacher:
         self.tokenizer, self.cfg, self.domain, self.chat = tokenizer, sampling, domain, chat
         lengths = [len(self._input(i)["prompt_token_ids"]) for i in instances]
         if lengths:  # before the engine: vLLM refuses a max_model_len beyond the model's context
-            positions = context_length(model_path, tokenizer, revision)
+            positions = context_length(model_path, revision)
             for inst, n in zip(instances, lengths):
                 check_fits(positions, n, sampling.max_new_tokens, domain.describe(inst))
         self.max_model_len = max(lengths) + sampling.max_new_tokens if lengths else None

@@ -4,32 +4,37 @@ sampling_params, *, use_tqdm, lora_request)`, `SamplingParams(n, temperature, to
 stop)`, `RequestOutput.outputs[i].text`), backed by transformers and peft so its answers can be compared.
 
 As strict as the real engine where SEAL could go wrong: `max_lora_rank` must be one of vLLM's ranks
-(vllm/config/lora.py `MaxLoRARanks`), `max_model_len` at most the model's context capped by the tokenizer's
-model_max_length (vllm/config/model.py `_get_and_verify_max_len`), SamplingParams within vLLM's ranges
-(vllm/sampling_params.py `_verify_args`), a LoRARequest id above 0 with a path (vllm/lora/request.py), a
-prompt is a string or a TokensPrompt dict (vllm/inputs/data.py), and a string is tokenised with the
-tokenizer's special tokens, as vLLM's input processor does (so a chat-formatted Llama-3 string gets a second
-BOS). With `DEVICE` set (a simulated GPU: total and free bytes) an engine reserves gpu_memory_utilization ×
-total and fails when that is not free, then fails when max_model_len tokens of KV cache do not fit beside the
-weights (vllm/v1/worker/gpu_worker.py, vllm/v1/core/kv_cache_utils.py); it sits on cuda:0 unless built with
-the external_launcher backend, which takes LOCAL_RANK's GPU; sleep() returns its memory, wake_up() takes it
-back (`tags` "weights" and "kv_cache" one at a time, vllm/v1/worker/gpu_worker.py), and generating while any
-part sleeps fails. After sleep(level=2) the weights are gone: vLLM then computes with uninitialised memory,
-the fake refuses to generate until new weights are loaded through the in-process model
+(vllm/config/lora.py `MaxLoRARanks`), `max_model_len` at most the model's context (vllm/config/model.py
+`_get_and_verify_max_len`), SamplingParams within vLLM's ranges (vllm/sampling_params.py `_verify_args`:
+temperature in [0, 2], a VLLMValidationError, not a ValueError), a LoRARequest id above 0 with a path
+(vllm/lora/request.py), a prompt is a string or a TokensPrompt dict (vllm/inputs/data.py), and a string is
+tokenised with the tokenizer's special tokens, as vLLM's input processor does (so a chat-formatted Llama-3
+string gets a second BOS). With `DEVICE` set (a simulated GPU: total and free bytes) an engine reserves
+gpu_memory_utilization × total and fails when that is not free, then fails when max_model_len tokens of KV
+cache do not fit beside the weights (vllm/v1/worker/gpu_worker.py, vllm/v1/core/kv_cache_utils.py); it sits on
+cuda:0 unless built with the external_launcher backend, which takes LOCAL_RANK's GPU; sleep() returns its
+memory, wake_up() takes it back (`tags` "weights" and "kv_cache" one at a time, vllm/v1/worker/gpu_worker.py),
+and generating while any part sleeps fails. After sleep(level=2) the weights are gone: vLLM then computes with
+uninitialised memory, the fake refuses to generate until new weights are loaded through the in-process model
 (`llm_engine.model_executor.driver_worker.model_runner.model.load_weights`, which takes (checkpoint name,
-tensor) pairs and raises KeyError on a name the model lacks, as vLLM's models do; the weights count as loaded
-once every parameter was). That model is reachable only when the engine core runs in-process: the
-external_launcher backend (which needs torch.distributed's env:// variables) or
-VLLM_ENABLE_V1_MULTIPROCESSING=0. An engine asleep keeps CONTEXT bytes. One sleep-mode engine per process:
-vLLM's memory pool for sleep mode is process-wide (vllm/device_allocator/cumem.py
-`CuMemAllocator.get_instance`) and a sleep-mode worker asserts it is empty when it loads its weights
+tensor) pairs and raises ValueError on a name the model lacks, as vLLM's models do through
+`AutoWeightsLoader`; the weights count as loaded once every parameter was). That model is reachable only when
+the engine core runs in-process: the external_launcher backend (which needs torch.distributed's env://
+variables) or VLLM_ENABLE_V1_MULTIPROCESSING=0. An engine asleep keeps CONTEXT bytes. One sleep-mode (cumem-
+allocator) engine per process: vLLM's memory pool for sleep mode is process-wide
+(vllm/device_allocator/cumem.py `CuMemAllocator.get_instance`) and a worker with the cumem allocator (which
+sleep mode turns on, or `enable_cumem_allocator`) asserts it is empty when it loads its weights
 (vllm/v1/worker/gpu_worker.py `_maybe_get_memory_pool_context`); an engine asleep still counts, until it is
 garbage. One deleted while asleep counts for good: its allocations were unmapped by sleep and the pool's free
 path unmaps them again (vllm/device_allocator/cumem.py), so the fake never takes it as freed (SEAL wakes an
-engine before deleting it)."""
+engine before deleting it). An engine core in this process freezes the garbage collector's heap when it starts
+(vllm/v1/engine/core.py `freeze_gc_heap`): an engine, being a reference cycle, is then never collected until
+the heap is unfrozen."""
 
 from __future__ import annotations
 
+import gc
+import math
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -45,7 +50,8 @@ CONTEXT = 4096
 """Bytes an engine keeps while asleep (CUDA context, graphs): a second engine's share of free memory
 differs from the first's."""
 SLEEP_MODE_ENGINES: "weakref.WeakSet[LLM]" = weakref.WeakSet()
-"""Live engines built with enable_sleep_mode (those whose weights sit in vLLM's process-wide pool)."""
+"""Live engines built with enable_sleep_mode or enable_cumem_allocator (sleep mode turns it on,
+vllm/config/model.py): those whose weights sit in vLLM's process-wide pool."""
 DELETED_ASLEEP: list[int] = [0]
 """Sleep-mode engines deleted while asleep: never freed."""
 
@@ -60,14 +66,16 @@ class SamplingParams:
     stop: list[str] | str | None = None
 
     def __post_init__(self):  # the ranges vllm/sampling_params.py `_verify_args` refuses (those SEAL could send)
+        from vllm.exceptions import VLLMValidationError
+
         if not isinstance(self.n, int) or self.n < 1:
             raise ValueError(f"n must be an int of at least 1, got {self.n!r}.")
-        if self.temperature < 0.0:
-            raise ValueError(f"temperature must be non-negative, got {self.temperature}.")
+        if not math.isfinite(self.temperature) or not 0.0 <= self.temperature <= 2.0:
+            raise VLLMValidationError(f"temperature must be in [0, 2], got {self.temperature}.")
         if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
+            raise VLLMValidationError(f"top_p must be in (0, 1], got {self.top_p}.")
         if self.max_tokens is not None and self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}.")
+            raise VLLMValidationError(f"max_tokens must be at least 1, got {self.max_tokens}.")
 
 
 @dataclass
@@ -91,7 +99,7 @@ class RequestOutput:
 
 class LLM:
     def __init__(self, model: str, *, seed: int = 0, enable_lora: bool = False, max_lora_rank: int = 16,
-                 max_loras: int = 1, gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
+                 max_loras: int = 1, gpu_memory_utilization: float = 0.92, max_model_len: int | None = None,
                  enable_sleep_mode: bool = False, distributed_executor_backend: str | None = None,
                  **engine_args: Any):
         import os
@@ -107,13 +115,14 @@ class LLM:
                    gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                    enable_sleep_mode=enable_sleep_mode, distributed_executor_backend=distributed_executor_backend,
                    **engine_args)  # an unknown argument: TypeError, as vllm/entrypoints/llm.py's EngineArgs(...)
-        if enable_sleep_mode and (len(SLEEP_MODE_ENGINES) or DELETED_ASLEEP[0]):
-            raise AssertionError("Sleep mode can only be used for one instance per process.")
+        cumem = enable_sleep_mode or bool(engine_args.get("enable_cumem_allocator"))
+        if cumem and (len(SLEEP_MODE_ENGINES) or DELETED_ASLEEP[0]):
+            raise AssertionError("CuMem allocator can only be used for one instance per process.")
         self.path, self.enable_lora, self.max_lora_rank = model, enable_lora, max_lora_rank
         self.model = AutoModelForCausalLM.from_pretrained(model).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(model)
-        # vllm/config/model.py `_get_and_verify_max_len`: the config's length, capped by the tokenizer's
-        derived = min(self.model.config.max_position_embeddings, self.tokenizer.model_max_length)
+        # vllm/config/model.py `_get_and_verify_max_len`: the config's length
+        derived = self.model.config.max_position_embeddings  # a generative model: no tokenizer cap
         long_ok = os.environ.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN")
         if max_model_len is not None and max_model_len > derived and not long_ok:
             raise ValueError(f"User-specified max_model_len ({max_model_len}) is greater than the derived "
@@ -137,13 +146,16 @@ class LLM:
         self.loaded: set[str] = set()
         self.prefix_cache_resets = 0
         self.reserved = self._reserve(gpu_memory_utilization, max_model_len)
-        if enable_sleep_mode:
+        if cumem:
             SLEEP_MODE_ENGINES.add(self)
         # what it holds now, handed back when it is garbage (awake)
         self.state: dict[str, Any] = {"held": self.reserved, "asleep": False, "sleep_mode": enable_sleep_mode}
         weakref.finalize(self, _collected, self.state)
         CALLS.append({"init": model, "enable_lora": enable_lora, "engine_args": engine_args, "device": self.device,
                       "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len})
+        if in_process:  # the engine core's start and warm-up freeze the heap (vllm/utils/gc_utils.py)
+            gc.collect()
+            gc.freeze()
 
     def _reserve(self, utilization: float, max_model_len: int | None) -> int:
         if DEVICE is None:
@@ -214,8 +226,8 @@ class LLM:
         loaded = set()
         with torch.no_grad():
             for name, tensor in weights:
-                if name not in params:
-                    raise KeyError(name)
+                if name not in params:  # vllm/model_executor/models/utils.py `AutoWeightsLoader`
+                    raise ValueError(f"There is no module or parameter named {name!r}")
                 if params[name].shape != tensor.shape:
                     raise ValueError(f"{name}: shape {tuple(tensor.shape)} into {tuple(params[name].shape)}")
                 params[name].copy_(tensor)

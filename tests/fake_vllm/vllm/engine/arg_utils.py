@@ -1,6 +1,6 @@
 """`EngineArgs`, the dataclass `vllm.LLM(model, **kwargs)` builds from its keyword arguments
 (vllm/entrypoints/llm.py), so an unknown argument is a TypeError there as here. The fields are a subset
-of vLLM 0.19.1's (vllm/engine/arg_utils.py): those SEAL sets and those a user most often passes."""
+of vLLM 0.30.0's (vllm/engine/arg_utils.py): those SEAL sets and those a user most often passes."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ class EngineArgs:
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
     data_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9
+    gpu_memory_utilization: float = 0.92
     kv_cache_memory_bytes: int | None = None
     cpu_offload_gb: float = 0
     block_size: int | None = None
@@ -45,4 +45,5 @@ class EngineArgs:
     lora_dtype: str | None = "auto"
     fully_sharded_loras: bool = False
     enable_sleep_mode: bool = False
+    enable_cumem_allocator: bool = False
     generation_config: str = "auto"
