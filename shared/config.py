@@ -251,7 +251,7 @@ class SamplingConfig:
     k: Count = 5
     """Self-edits sampled per training instance in each round (>= 1; GRPO: the group size)."""
     temperature: Rate = 1.0
-    """Sampling temperature (> 0: self-edits are sampled)."""
+    """Sampling temperature (> 0: self-edits are sampled; at most 2 under backend vllm)."""
     top_p: Share = 0.95
     """Nucleus sampling: keep the smallest token set whose probability reaches top_p (1.0: off)."""
     max_new_tokens: Count = 512
