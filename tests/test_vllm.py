@@ -561,7 +561,8 @@ def test_a_level_two_sleep_needs_new_weights_before_the_engine_generates(fake_vl
 
 @pytest.mark.parametrize("algorithm", ["rest_em", "grpo"])
 def test_each_mode_self_round_deletes_its_scoring_engine_before_the_next_builds_one(fake_vllm, small_gpu,
-                                                                                   tiny_model_dir, tmp_path, algorithm):
+                                                                                   tiny_model_dir, tmp_path, algorithm,
+                                                                                   monkeypatch):
     """In mode self each round's student is the updated teacher with a scoring engine of its own, and vLLM
     allows one sleep-mode engine per process (an engine left asleep, or merely not yet collected, fails
     the next one's start): a round ends by deleting its engine, under either outer algorithm."""
@@ -570,6 +571,9 @@ def test_each_mode_self_round_deletes_its_scoring_engine_before_the_next_builds_
     from seal.teacher.rest_em import run_rounds
 
     tok, domain, insts = small_gpu
+    # the simulated GPU's engine sets torch.distributed's variables, so accelerate takes this CPU process for
+    # a MULTI_CPU launch and warns when OMP_NUM_THREADS is unset
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     cfg = parse_config(["--teacher.name", str(tiny_model_dir), "--inner.score_backend", "vllm",
                         "--inner.vllm", "{max_model_len: 200}", "--outer.rounds", "2", "--data.per_round", "1",
                         "--sampling.k", "2", "--sampling.max_new_tokens", "8", "--inner.epochs", "1",
