@@ -226,11 +226,11 @@ def check_engine_args(key: str, args: dict[str, Any], owned: dict[str, str]) -> 
     for name, seal_key in owned.items():
         if name in args:
             raise ConfigError(f"{key}.{name}: SEAL sets it from {seal_key}; set that instead")
-    if args.get("enable_cumem_allocator"):
-        raise ConfigError(f"{key}.enable_cumem_allocator: vLLM's cumem allocator allows one engine per process "
-                          "(vllm/v1/worker/gpu_worker.py `_maybe_get_memory_pool_context`) and SEAL deletes an "
-                          "engine before building the next only when it sleeps: leave it to enable_sleep_mode, "
-                          "which SEAL sets on a GPU and which turns the allocator on")
+    if args.get("enable_cumem_allocator") and args.get("enable_sleep_mode") is False:
+        raise ConfigError(f"{key}.enable_cumem_allocator without sleep mode: vLLM's cumem allocator allows one "
+                          "engine per process (vllm/v1/worker/gpu_worker.py `_maybe_get_memory_pool_context`) and "
+                          "SEAL deletes an engine before building the next only when it sleeps: drop "
+                          "enable_sleep_mode: false (sleep mode turns the allocator on)")
 
 
 VLLM_MAX_TEMPERATURE = 2.0

@@ -215,5 +215,6 @@ def import_vllm():
     try:
         import vllm
     except ImportError as err:
-        raise ImportError("the vllm backend needs vLLM, which runs on CUDA GPUs: pip install -e '.[vllm]'") from err
+        raise ImportError("the vllm backend needs vLLM, which runs on CUDA GPUs: pip install -c constraints.txt "
+                          "-e '.[vllm]'") from err
     return vllm

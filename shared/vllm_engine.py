@@ -109,13 +109,23 @@ def model_config(model_path: str, revision: str | None = None) -> Any:
     return AutoConfig.from_pretrained(model_path, revision=revision)
 
 
+_LENGTH_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "model_max_length",
+                "max_target_positions", "max_sequence_length", "max_seq_length", "seq_len")
+"""The config keys vLLM derives a model's length from, the smallest present winning, model_max_length
+overriding (vllm/transformers_utils/model_arch_config_convertor.py `derive_max_model_len_and_key`)."""
+
+
 def context_length(model_path: str, revision: str | None = None) -> int | None:
     """The longest max_model_len vLLM accepts for this generative model without
-    VLLM_ALLOW_LONG_MAX_MODEL_LEN (which it warns gives NaNs or out-of-bounds reads): the config's
-    max_position_embeddings (vllm/config/model.py `_get_and_verify_max_len`; the tokenizer's
-    model_max_length caps only pooling models there; vLLM also scales by some RoPE types, so this is never
-    above what it derives). None: the config names no length."""
-    return getattr(model_config(model_path, revision), "max_position_embeddings", None)
+    VLLM_ALLOW_LONG_MAX_MODEL_LEN (which it warns gives NaNs or out-of-bounds reads), as
+    vllm/config/model.py `_get_and_verify_max_len` derives it from the config (the tokenizer's
+    model_max_length caps only pooling models there). vLLM then multiplies it by some RoPE scalings'
+    factor, which this leaves out: never above what vLLM accepts. None: the config names no length."""
+    config = model_config(model_path, revision)
+    if getattr(config, "model_max_length", None):
+        return int(config.model_max_length)
+    lengths = [getattr(config, key) for key in _LENGTH_KEYS if getattr(config, key, None) is not None]
+    return int(min(lengths)) if lengths else None
 
 
 def architecture(model_path: str, revision: str | None = None) -> str:

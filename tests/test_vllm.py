@@ -205,8 +205,9 @@ def test_what_vllm_refuses_at_engine_start_or_first_request_is_refused_at_config
     assert parse_config(["--sampling.temperature", "2.5"]).sampling.temperature == 2.5
     assert parse_config(["--sampling.backend", "vllm", "--sampling.temperature", "2.0"]).sampling.temperature == 2.0
     for section in ("sampling", "inner"):
-        with pytest.raises(ConfigError, match=f"{section}.vllm.enable_cumem_allocator: .* one engine per process"):
-            parse_config([f"--{section}.vllm", "{enable_cumem_allocator: true}"])
+        with pytest.raises(ConfigError, match=f"{section}.vllm.enable_cumem_allocator without sleep mode"):
+            parse_config([f"--{section}.vllm", "{enable_cumem_allocator: true, enable_sleep_mode: false}"])
+        parse_config([f"--{section}.vllm", "{enable_cumem_allocator: true}"])  # what sleep mode turns on anyway
 
 
 def bos_tokenizer(model_dir, tmp_path):
@@ -230,9 +231,7 @@ def test_the_fake_refuses_the_requests_vllm_refuses(fake_vllm, tiny_model_dir):
     from vllm.exceptions import VLLMValidationError
     from vllm.lora.request import LoRARequest
 
-    with pytest.raises(ValueError):
-        fake_vllm.SamplingParams(n=0)
-    for bad in ({"temperature": -0.1}, {"temperature": 2.5}, {"temperature": float("nan")}, {"top_p": 0.0},
+    for bad in ({"n": 0}, {"temperature": -0.1}, {"temperature": 2.5}, {"temperature": float("nan")}, {"top_p": 0.0},
                 {"top_p": 1.5}, {"max_tokens": 0}):
         with pytest.raises(VLLMValidationError):  # not a ValueError in vLLM 0.30 (vllm/exceptions.py)
             fake_vllm.SamplingParams(**bad)
@@ -269,6 +268,21 @@ def test_no_engine_is_asked_for_more_than_the_models_context(fake_vllm, tiny_mod
     VLLMTeacher(str(tiny_model_dir), tok, SamplingConfig(k=1, max_new_tokens=200), domain, chat=True,
                 instances=[inst])  # within the 512 positions: an engine of that length starts
     assert [c["max_model_len"] for c in fake_vllm.CALLS if "init" in c][0] <= 512
+
+
+def test_the_context_vllm_accepts_is_derived_from_the_config_as_vllm_derives_it(tiny_model_dir, tmp_path):
+    """vLLM takes the smallest of the config's length keys, model_max_length overriding them
+    (vllm/transformers_utils/model_arch_config_convertor.py): a teacher checked against
+    max_position_embeddings alone would pass a length vLLM refuses."""
+    import json
+
+    from seal.shared.vllm_engine import context_length
+
+    assert context_length(str(tiny_model_dir)) == 512
+    for extra, expected in (({"seq_length": 300}, 300), ({"seq_length": 300, "model_max_length": 1000}, 1000)):
+        config = json.loads((tiny_model_dir / "config.json").read_text())
+        (tmp_path / "config.json").write_text(json.dumps({**config, **extra}))
+        assert context_length(str(tmp_path)) == expected
 
 
 def test_vllm_gets_the_token_ids_the_transformers_path_uses(fake_vllm, tiny_model_dir, tmp_path):

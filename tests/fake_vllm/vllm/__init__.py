@@ -68,8 +68,8 @@ class SamplingParams:
     def __post_init__(self):  # the ranges vllm/sampling_params.py `_verify_args` refuses (those SEAL could send)
         from vllm.exceptions import VLLMValidationError
 
-        if not isinstance(self.n, int) or self.n < 1:
-            raise ValueError(f"n must be an int of at least 1, got {self.n!r}.")
+        if not isinstance(self.n, int) or self.n < 1:  # `_verify_num_sequences`
+            raise VLLMValidationError(f"n must be an int of at least 1, got {self.n!r}.")
         if not math.isfinite(self.temperature) or not 0.0 <= self.temperature <= 2.0:
             raise VLLMValidationError(f"temperature must be in [0, 2], got {self.temperature}.")
         if not 0.0 < self.top_p <= 1.0:
@@ -123,7 +123,7 @@ class LLM:
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         # vllm/config/model.py `_get_and_verify_max_len`: the config's length
         derived = self.model.config.max_position_embeddings  # a generative model: no tokenizer cap
-        long_ok = os.environ.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN")
+        long_ok = os.environ.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "0").strip().lower() in ("1", "true")  # envs.py
         if max_model_len is not None and max_model_len > derived and not long_ok:
             raise ValueError(f"User-specified max_model_len ({max_model_len}) is greater than the derived "
                              f"max_model_len (max_position_embeddings={derived} or model_max_length=None in "
