@@ -7,15 +7,16 @@ As strict as the real engine where SEAL could go wrong: `max_lora_rank` must be 
 (vllm/config/lora.py `MaxLoRARanks`), `max_model_len` at most the model's context (vllm/config/model.py
 `_get_and_verify_max_len`), SamplingParams within vLLM's ranges (vllm/sampling_params.py `_verify_args`:
 temperature in [0, 2], a VLLMValidationError, not a ValueError), a LoRARequest id above 0 with a path
-(vllm/lora/request.py), a prompt is a string or a TokensPrompt dict (vllm/inputs/data.py), and a string is
+(vllm/lora/request.py), a prompt is a string or a TokensPrompt dict (vllm/inputs/llm.py), and a string is
 tokenised with the tokenizer's special tokens, as vLLM's input processor does (so a chat-formatted Llama-3
 string gets a second BOS). With `DEVICE` set (a simulated GPU: total and free bytes) an engine reserves
-gpu_memory_utilization × total and fails when that is not free, then fails when max_model_len tokens of KV
-cache do not fit beside the weights (vllm/v1/worker/gpu_worker.py, vllm/v1/core/kv_cache_utils.py); it sits on
-cuda:0 unless built with the external_launcher backend, which takes LOCAL_RANK's GPU; sleep() returns its
-memory, wake_up() takes it back (`tags` "weights" and "kv_cache" one at a time, vllm/v1/worker/gpu_worker.py),
-and generating while any part sleeps fails. After sleep(level=2) the weights are gone: vLLM then computes with
-uninitialised memory, the fake refuses to generate until new weights are loaded through the in-process model
+gpu_memory_utilization × total and fails when that is not free (vllm/v1/worker/utils.py `request_memory`),
+then fails when max_model_len tokens of KV cache do not fit beside the weights
+(vllm/v1/core/kv_cache_utils.py); it sits on cuda:0 unless built with the external_launcher backend, which
+takes LOCAL_RANK's GPU; sleep() returns its memory, wake_up() takes it back (`tags` "weights" and "kv_cache"
+one at a time, vllm/v1/worker/gpu_worker.py), and generating while any part sleeps fails. After sleep(level=2)
+the weights are gone: vLLM then computes with uninitialised memory, the fake refuses to generate until new
+weights are loaded through the in-process model
 (`llm_engine.model_executor.driver_worker.model_runner.model.load_weights`, which takes (checkpoint name,
 tensor) pairs and raises ValueError on a name the model lacks, as vLLM's models do through
 `AutoWeightsLoader`; the weights count as loaded once every parameter was). That model is reachable only when
@@ -121,8 +122,13 @@ class LLM:
         self.path, self.enable_lora, self.max_lora_rank = model, enable_lora, max_lora_rank
         self.model = AutoModelForCausalLM.from_pretrained(model).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(model)
-        # vllm/config/model.py `_get_and_verify_max_len`: the config's length
-        derived = self.model.config.max_position_embeddings  # a generative model: no tokenizer cap
+        # vllm/config/model.py `_get_and_verify_max_len` (a generative model: no tokenizer cap) on the length
+        # of vllm/transformers_utils/model_arch_config_convertor.py: the smallest key, model_max_length overriding
+        cfg = self.model.config
+        keys = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "model_max_length",
+                "max_target_positions", "max_sequence_length", "max_seq_length", "seq_len")
+        derived = getattr(cfg, "model_max_length", None) or min(
+            getattr(cfg, k) for k in keys if getattr(cfg, k, None) is not None)
         long_ok = os.environ.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "0").strip().lower() in ("1", "true")  # envs.py
         if max_model_len is not None and max_model_len > derived and not long_ok:
             raise ValueError(f"User-specified max_model_len ({max_model_len}) is greater than the derived "
