@@ -1,3 +1,3 @@
 class VLLMValidationError(Exception):
-    """vllm/exceptions.py: a request parameter out of range (through VLLMClientError and VLLMError, not a
-    ValueError since vLLM 0.2x)."""
+    """vllm/exceptions.py: a request parameter out of range; in 0.30.0 through VLLMClientError and VLLMError,
+    not a ValueError (it was one in 0.19.1)."""
