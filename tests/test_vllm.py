@@ -254,6 +254,7 @@ def test_no_engine_is_asked_for_more_than_the_models_context(fake_vllm, tiny_mod
     from transformers import AutoTokenizer
 
     from seal.shared.domain import DataError
+    from seal.shared.models import vllm_prompt
     from seal.teacher.vllm_sampling import VLLMTeacher
 
     with pytest.raises(ValueError, match="VLLM_ALLOW_LONG_MAX_MODEL_LEN"):
@@ -267,7 +268,8 @@ def test_no_engine_is_asked_for_more_than_the_models_context(fake_vllm, tiny_mod
     assert not [c for c in fake_vllm.CALLS if "init" in c]
     VLLMTeacher(str(tiny_model_dir), tok, SamplingConfig(k=1, max_new_tokens=200), domain, chat=True,
                 instances=[inst])  # within the 512 positions: an engine of that length starts
-    assert [c["max_model_len"] for c in fake_vllm.CALLS if "init" in c][0] <= 512
+    prompt = len(vllm_prompt(tok, domain.teacher_prompt(inst), True)["prompt_token_ids"])
+    assert [c["max_model_len"] for c in fake_vllm.CALLS if "init" in c] == [prompt + 200]
 
 
 def test_the_context_vllm_accepts_is_derived_from_the_config_as_vllm_derives_it(tiny_model_dir, tmp_path):
